@@ -1,0 +1,40 @@
+"""Append-only audit log: one JSON line per mutating operation."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .catalog import iso
+from .storage.local import FILE_MODE, ensure_private_dir, storage_error
+
+AUDIT_FILE = "audit.log"
+
+
+def current_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        return str(os.getuid())
+
+
+def append_audit(state_dir: Path, operation: str, target_id: str | None, result: str,
+                 **extra: Any) -> None:
+    """One line, one ``write`` on an O_APPEND fd: concurrent writers never interleave."""
+    ensure_private_dir(state_dir)
+    entry = {"time": iso(datetime.now(UTC)), "operation": operation, "id": target_id,
+             "result": result, "user": current_user(), **extra}
+    line = (json.dumps(entry, sort_keys=True) + "\n").encode()
+    path = state_dir / AUDIT_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise storage_error(exc, f"cannot append to {path}") from None

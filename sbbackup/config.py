@@ -1,0 +1,205 @@
+"""Configuration: defaults < YAML file < environment < command flags, validated once.
+
+Every key is declared once in ``KEYS`` with its YAML path, its environment variable, its
+parser and its default. An unknown key or a bad value fails naming the source (file or
+variable), the key, and what was expected (exit 2).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+TRUE = {"true", "1", "yes", "on"}
+FALSE = {"false", "0", "no", "off"}
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in TRUE | FALSE:
+        return value.strip().lower() in TRUE
+    raise ValueError("a boolean (true/false/1/0/yes/no)")
+
+
+def _int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
+    expected = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+
+    def parse(value: Any) -> int:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            n = int(str(value).strip())
+        except ValueError:
+            raise ValueError(expected) from None
+        if n < lo or (hi is not None and n > hi):
+            raise ValueError(expected)
+        return n
+
+    return parse
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool) or str(value) == "":
+        raise ValueError("a non-empty string")
+    return str(value)
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if str(value) not in choices:
+            raise ValueError("one of " + ", ".join(choices))
+        return str(value)
+
+    return parse
+
+
+def _str_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise ValueError("a list of strings (or a comma-separated string)")
+    return tuple(v for v in items if v)
+
+
+@dataclass(frozen=True)
+class Key:
+    attr: str
+    path: tuple[str, str]
+    env: str | None
+    parse: Callable[[Any], Any]
+    default: Any
+
+
+KEYS: tuple[Key, ...] = (
+    Key("database_url", ("database", "url"), "DATABASE_URL", _str, None),
+    Key("lock_wait_timeout", ("database", "lockWaitTimeout"), "SBBACKUP_LOCK_WAIT_TIMEOUT",
+        _int(1), 300),
+    Key("enabled", ("backup", "enabled"), "DB_BACKUP_ENABLED", parse_bool, True),
+    Key("backup_path", ("backup", "path"), "DB_BACKUP_PATH", _str, "./backups"),
+    Key("retention_days", ("backup", "retentionDays"), "DB_BACKUP_RETENTION_DAYS", _int(1), 30),
+    Key("compression", ("backup", "compression"), "DB_BACKUP_COMPRESSION", parse_bool, True),
+    Key("compression_level", ("backup", "compressionLevel"), "DB_BACKUP_COMPRESSION_LEVEL",
+        _int(1, 22), 3),
+    Key("compression_threads", ("backup", "compressionThreads"), "DB_BACKUP_COMPRESSION_THREADS",
+        _int(-1, 64), -1),
+    Key("encryption", ("backup", "encryption"), "DB_BACKUP_ENCRYPTION", parse_bool, False),
+    Key("format", ("backup", "format"), "DB_BACKUP_FORMAT", _choice("plain", "custom"), "plain"),
+    Key("row_counts", ("backup", "rowCounts"), "DB_BACKUP_ROW_COUNTS", parse_bool, True),
+    Key("restore_jobs", ("restore", "jobs"), "DB_BACKUP_RESTORE_JOBS", _int(1, 64), 2),
+    Key("recipients", ("encryption", "recipients"), "DB_BACKUP_ENCRYPTION_RECIPIENTS",
+        _str_list, ()),
+    Key("recipients_file", ("encryption", "recipientsFile"),
+        "DB_BACKUP_ENCRYPTION_RECIPIENTS_FILE", _str, None),
+    Key("identity_file", ("encryption", "identityFile"), "DB_BACKUP_ENCRYPTION_IDENTITY_FILE",
+        _str, None),
+    Key("passphrase_file", ("encryption", "passphraseFile"),
+        "DB_BACKUP_ENCRYPTION_PASSPHRASE_FILE", _str, None),
+)
+SECTIONS = {k.path[0] for k in KEYS} | {"schedules"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    config_file: Path | None = None
+    database_url: str | None = None
+    lock_wait_timeout: int = 300
+    enabled: bool = True
+    backup_path: str = "./backups"
+    retention_days: int = 30
+    compression: bool = True
+    compression_level: int = 3
+    compression_threads: int = -1
+    encryption: bool = False
+    format: str = "plain"
+    row_counts: bool = True
+    restore_jobs: int = 2
+    recipients: tuple[str, ...] = ()
+    recipients_file: str | None = None
+    identity_file: str | None = None
+    passphrase_file: str | None = None
+    schedules: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _from_yaml(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    by_path = {k.path: k for k in KEYS}
+    values: dict[str, Any] = {}
+    for section, body in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{path}: unknown key {section!r} (expected one of "
+                              f"{', '.join(sorted(SECTIONS))})")
+        if section == "schedules":
+            if body is not None and not isinstance(body, dict):
+                raise ConfigError(f"{path}: key 'schedules' must be a mapping of schedule IDs")
+            values["schedules"] = body or {}
+            continue
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: key {section!r} must be a mapping")
+        for name, raw in body.items():
+            key = by_path.get((section, str(name)))
+            if key is None:
+                allowed = sorted(k.path[1] for k in KEYS if k.path[0] == section)
+                raise ConfigError(f"{path}: unknown key '{section}.{name}' (expected one of "
+                                  f"{', '.join(allowed)})")
+            if raw is None:
+                continue
+            values[key.attr] = _parse(key, raw, f"{path}: key '{section}.{name}'")
+    return values
+
+
+def _parse(key: Key, raw: Any, where: str) -> Any:
+    try:
+        return key.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: got {str(raw)[:60]!r}, expected {exc}") from None
+
+
+def load_settings(config_file: str | None = None, env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build validated settings. ``overrides`` are command flags keyed by attribute name."""
+    env = dict(os.environ if env is None else env)
+    values: dict[str, Any] = {}
+    path_str = config_file or env.get("SBBACKUP_CONFIG")
+    path = Path(path_str).expanduser().absolute() if path_str else None
+    if path is not None:
+        values.update(_from_yaml(path, _read_yaml(path)))
+    for key in KEYS:
+        if key.env and env.get(key.env, "") != "":
+            values[key.attr] = _parse(key, env[key.env], f"environment variable {key.env}")
+    by_attr = {k.attr: k for k in KEYS}
+    for attr, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        key = by_attr[attr]
+        values[attr] = _parse(key, raw, f"option for {'.'.join(key.path)}")
+    return Settings(config_file=path, env=env, **values)

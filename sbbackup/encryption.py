@@ -1,0 +1,108 @@
+"""From settings to age recipients and identities. Fail closed: never fall back to plaintext."""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .config import Settings
+from .errors import ConfigError, WrongKeyError
+from .pipeline import ReaderFactory, Stage, StageFactory, Writer
+
+PASSPHRASE_WORK_FACTOR = 18
+
+
+@dataclass(frozen=True)
+class EncryptionPlan:
+    stage: StageFactory
+    manifest: dict[str, Any]
+
+
+def _read_secret_file(path_str: str, what: str) -> bytes:
+    path = Path(path_str).expanduser()
+    try:
+        st = path.stat()
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot read ({exc.strerror})") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{what} {path} is readable by others (mode {st.st_mode & 0o777:o}): "
+                          "chmod 600 it")
+    return data
+
+
+def read_passphrase(settings: Settings) -> bytes | None:
+    if not settings.passphrase_file:
+        return None
+    data = _read_secret_file(settings.passphrase_file, "passphrase file").rstrip(b"\r\n")
+    if not data:
+        raise ConfigError(f"passphrase file {settings.passphrase_file} is empty")
+    return data
+
+
+def plan_encryption(settings: Settings) -> EncryptionPlan:
+    """Resolve recipients before any dumping starts; raise ConfigError (exit 2) if none."""
+    from .crypto import age
+
+    recipients: list[Any] = [age.parse_recipient(r) for r in settings.recipients]
+    if settings.recipients_file:
+        recipients += age.parse_recipients_file(Path(settings.recipients_file).expanduser())
+    passphrase = read_passphrase(settings)
+    if recipients and passphrase is not None:
+        raise ConfigError("configure either encryption recipients or a passphrase file, not both "
+                          "(an age passphrase file has exactly one recipient)")
+    if passphrase is not None:
+        scrypt = age.ScryptRecipient(passphrase, PASSPHRASE_WORK_FACTOR)
+        manifest = {"algorithm": "age-v1", "recipientType": "scrypt",
+                    "recipients": [], "workFactor": PASSPHRASE_WORK_FACTOR}
+        return EncryptionPlan(lambda out: _writer(age, out, [scrypt]), manifest)
+    if not recipients:
+        raise ConfigError("encryption is on but no recipient is configured: set "
+                          "DB_BACKUP_ENCRYPTION_RECIPIENTS, DB_BACKUP_ENCRYPTION_RECIPIENTS_FILE "
+                          "or DB_BACKUP_ENCRYPTION_PASSPHRASE_FILE (see `sbbackup keygen`)")
+    keys = [r.public_key_str for r in recipients]
+    manifest = {"algorithm": "age-v1", "recipientType": "X25519", "recipients": keys}
+    return EncryptionPlan(lambda out: _writer(age, out, recipients), manifest)
+
+
+def _writer(age: Any, out: Writer, recipients: list[Any]) -> Stage:
+    w: Stage = age.AgeWriter(out, recipients)
+    return w
+
+
+def identities(settings: Settings) -> list[Any]:
+    """Everything that may open a backup: identity file entries and/or the passphrase."""
+    from .crypto import age
+
+    found: list[Any] = []
+    if settings.identity_file:
+        path = Path(settings.identity_file).expanduser()
+        _read_secret_file(str(path), "identity file")
+        found += age.parse_identity_file(path)
+    passphrase = read_passphrase(settings)
+    if passphrase is not None:
+        found.append(age.ScryptIdentity(passphrase))
+    return found
+
+
+def decryptor(settings: Settings, record_id: str) -> ReaderFactory:
+    ids = identities(settings)
+    if not ids:
+        raise WrongKeyError(
+            f"backup {record_id} is encrypted and no identity is configured: set "
+            "DB_BACKUP_ENCRYPTION_IDENTITY_FILE or DB_BACKUP_ENCRYPTION_PASSPHRASE_FILE"
+        )
+    from .crypto import age
+
+    def factory(src: BinaryIO) -> BinaryIO:
+        reader: BinaryIO = age.AgeReader(src, ids)
+        return reader
+
+    return factory
+
+
+def fingerprint(public_key: str) -> str:
+    return hashlib.sha256(public_key.encode()).hexdigest()[:16]

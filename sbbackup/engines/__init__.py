@@ -1,0 +1,91 @@
+"""Database engines: a Protocol plus a registry keyed by URL scheme."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import ConfigError
+from ..pipeline import Writer
+
+
+@dataclass
+class DumpResult:
+    """What the engine learned while dumping, recorded in the manifest."""
+
+    database: dict[str, Any]
+    tool_version: str | None
+    contents: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+class Engine(Protocol):
+    """One database. Targets are URLs (or paths for SQLite); ``None`` means the source."""
+
+    name: str
+    formats: tuple[str, ...]
+    file_extension: dict[str, str]
+
+    def describe(self) -> dict[str, Any]:
+        """engine, name, and the source URL with no password."""
+
+    def check(self) -> dict[str, Any]:
+        """Find the client tools, connect, compare versions. Raise DatabaseError."""
+
+    def dump(self, fmt: str, out: Writer, row_counts: bool,
+             progress: Callable[[int], None] | None = None) -> DumpResult:
+        """Stream a consistent dump into ``out``. Raise DatabaseError on any failure."""
+
+    def restore(self, fmt: str, chunks: Iterable[bytes], target: str | None, *,
+                create_target: bool, clean: bool, jobs: int) -> None:
+        """Load a dump into ``target`` atomically where the format allows."""
+
+    def inventory(self, target: str | None) -> dict[str, Any]:
+        """Tables with exact row counts and object counts, as ``DumpResult.contents``."""
+
+    def redact(self, target: str | None) -> str:
+        """The target as it may be logged and recorded: never with a password."""
+
+    def is_source(self, target: str | None) -> bool: ...
+
+    def dump_complete(self, fmt: str, tail: bytes) -> bool:
+        """Does a plain dump end the way a complete dump ends?"""
+
+
+def engine_for(url: str | None, settings: Any) -> Engine:
+    """``sqlite:///path`` selects SQLite; ``postgresql://``, ``postgres://`` or no URL (libpq
+    ``PG*`` variables) select PostgreSQL."""
+    if url and url.startswith("sqlite:"):
+        from .sqlite import SQLiteEngine
+
+        return SQLiteEngine(url)
+    if url is None or url.startswith(("postgresql://", "postgres://")) or "=" in url:
+        from .postgresql import PostgreSQLEngine
+
+        return PostgreSQLEngine(url, settings)
+    raise ConfigError(f"unsupported database URL scheme in {url.split('://')[0]!r}: "
+                      "expected postgresql:// or sqlite:///path")
+
+
+def compare_contents(expected: dict[str, Any] | None, actual: dict[str, Any]) -> list[str]:
+    """Every difference between a manifest's recorded contents and a restored database."""
+    if not expected:
+        return []
+    diffs: list[str] = []
+    exp_tables: dict[str, int] = expected.get("tables", {})
+    act_tables: dict[str, int] = actual.get("tables", {})
+    for name in sorted(set(exp_tables) | set(act_tables)):
+        if name not in act_tables:
+            diffs.append(f"table {name} is missing from the restored database")
+        elif name not in exp_tables:
+            diffs.append(f"table {name} is in the restored database but not in the backup")
+        elif exp_tables[name] != act_tables[name]:
+            diffs.append(f"table {name}: {exp_tables[name]} rows in the backup, "
+                         f"{act_tables[name]} restored")
+    exp_obj: dict[str, int] = expected.get("objects", {})
+    act_obj: dict[str, int] = actual.get("objects", {})
+    for kind in sorted(set(exp_obj) & set(act_obj)):
+        if exp_obj[kind] != act_obj[kind]:
+            diffs.append(f"{kind}: {exp_obj[kind]} in the backup, {act_obj[kind]} restored")
+    return diffs

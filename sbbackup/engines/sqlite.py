@@ -1,0 +1,183 @@
+"""SQLite, the embedded engine of the quick start.
+
+The dump is SQL text from ``iterdump()`` inside one read transaction (a consistent snapshot),
+streamed line by line. Restore replays statements one at a time into a new file, which only
+replaces the target once every statement succeeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, DatabaseError
+from ..pipeline import Writer
+from . import DumpResult
+
+FLUSH = 1 << 20
+
+
+def path_of(url: str) -> Path:
+    """``sqlite:///relative.db`` or ``sqlite:////absolute/path.db`` (SQLAlchemy's convention)."""
+    if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
+        raise ConfigError(f"SQLite URL must look like sqlite:///path/to/file.db, got {url!r}")
+    return Path(url[len("sqlite:///"):]).expanduser().absolute()
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class SQLiteEngine:
+    name = "sqlite"
+    formats: tuple[str, ...] = ("plain",)
+    file_extension = {"plain": ".sql"}
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = path_of(url)
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "name": self.path.name, "url": self.url}
+
+    def redact(self, target: str | None) -> str:
+        return str(self._target(target))
+
+    def is_source(self, target: str | None) -> bool:
+        return self._target(target) == self.path
+
+    def _target(self, target: str | None) -> Path:
+        if target is None:
+            return self.path
+        return path_of(target) if target.startswith("sqlite:") else Path(target).absolute()
+
+    def _connect(self, path: Path, must_exist: bool = True) -> sqlite3.Connection:
+        if must_exist and not path.is_file():
+            raise DatabaseError(f"SQLite database {path} does not exist")
+        try:
+            uri = f"file:{path}?mode=ro" if must_exist else str(path)
+            return sqlite3.connect(uri, uri=must_exist, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot open SQLite database {path}: {exc}") from None
+
+    def check(self) -> dict[str, Any]:
+        con = self._connect(self.path)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot read SQLite database {self.path}: {exc}") from None
+        finally:
+            con.close()
+        return {"serverVersion": sqlite3.sqlite_version, "pgDumpVersion": None, "tools": {}}
+
+    def dump(self, fmt: str, out: Writer, row_counts: bool,
+             progress: Callable[[int], None] | None = None) -> DumpResult:
+        if fmt != "plain":
+            raise ConfigError("the SQLite engine only writes the plain format")
+        con = self._connect(self.path)
+        total = 0
+        try:
+            con.execute("BEGIN")  # one read transaction: counts and dump see the same data
+            contents = _inventory(con) if row_counts else None
+            buf: list[str] = []
+            size = 0
+            for line in con.iterdump():
+                if line == "COMMIT;":
+                    continue  # written below, followed by the completion marker
+                buf.append(line + "\n")
+                size += len(line) + 1
+                if size >= FLUSH:
+                    total += _emit(out, buf)
+                    buf, size = [], 0
+                    if progress:
+                        progress(total)
+            total += _emit(out, [*buf, "COMMIT;\n-- sbbackup SQLite dump complete\n"])
+            con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"dumping {self.path} failed: {exc}") from None
+        finally:
+            con.close()
+        return DumpResult(database={"engine": self.name, "name": self.path.name,
+                                    "serverVersion": sqlite3.sqlite_version},
+                          tool_version=None, contents=contents)
+
+    def restore(self, fmt: str, chunks: Iterable[bytes], target: str | None, *,
+                create_target: bool, clean: bool, jobs: int) -> None:
+        dest = self._target(target)
+        if dest.exists() and not clean:
+            raise DatabaseError(f"target {dest} exists: use --clean to replace it, or restore to "
+                                "a new path with --target-url sqlite:///new.db")
+        if not dest.parent.is_dir():
+            raise DatabaseError(f"target directory {dest.parent} does not exist")
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.restoring")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        con = sqlite3.connect(str(tmp), isolation_level=None)
+        try:
+            con.execute("BEGIN")
+            for stmt in _statements(chunks):
+                if stmt.strip() in ("BEGIN TRANSACTION;", "COMMIT;"):
+                    continue
+                con.execute(stmt)
+            con.execute("COMMIT")
+            con.close()
+            os.replace(tmp, dest)
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"restore into {dest} failed: {exc}") from None
+        finally:
+            con.close()
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def inventory(self, target: str | None) -> dict[str, Any]:
+        con = self._connect(self._target(target))
+        try:
+            return _inventory(con)
+        finally:
+            con.close()
+
+    def dump_complete(self, fmt: str, tail: bytes) -> bool:
+        return tail.rstrip().endswith(b"-- sbbackup SQLite dump complete")
+
+
+def _emit(out: Writer, lines: list[str]) -> int:
+    if not lines:
+        return 0
+    data = "".join(lines).encode()
+    out.write(data)
+    return len(data)
+
+
+def _statements(chunks: Iterable[bytes]) -> Iterator[str]:
+    """Split a dump into complete statements without holding it whole."""
+    pending = ""
+    rest = b""
+    for chunk in chunks:
+        data = rest + chunk
+        cut = data.rfind(b"\n") + 1
+        text, rest = data[:cut].decode(), data[cut:]
+        for line in text.splitlines(keepends=True):
+            if line.startswith("-- ") and not pending:
+                continue
+            pending += line
+            if sqlite3.complete_statement(pending):
+                yield pending
+                pending = ""
+    tail = pending + rest.decode()
+    if tail.strip() and not tail.lstrip().startswith("-- "):
+        yield tail
+
+
+def _inventory(con: sqlite3.Connection) -> dict[str, Any]:
+    rows = con.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' "
+                       "ORDER BY name").fetchall()
+    tables = {name: con.execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchone()[0]
+              for kind, name in rows if kind == "table"}
+    objects = {plural: sum(1 for k, _ in rows if k == kind)
+               for kind, plural in (("index", "indexes"), ("view", "views"),
+                                    ("trigger", "triggers"))}
+    return {"tables": tables, "objects": objects}

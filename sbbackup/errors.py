@@ -1,0 +1,97 @@
+"""Typed errors. Each carries the exit code documented in README, --help and the man page.
+
+Only ``cli.main()`` catches these; everything below raises.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    UNEXPECTED = 1
+    USAGE = 2
+    DATABASE = 3
+    STORAGE = 4
+    NOT_FOUND = 10
+    LOCKED = 11
+    WRONG_KEY = 12
+    INTEGRITY = 13
+    INTERRUPTED = 130
+
+
+EXIT_CODE_HELP = """Exit codes:
+  0    ok
+  1    unexpected error (traceback plus "please report")
+  2    usage or configuration error
+  3    database or dump tool failure
+  4    storage error (permission, disk full, I/O)
+  10   not found
+  11   lock held by another run
+  12   wrong key or no identity
+  13   integrity failure
+  130  interrupted"""
+
+
+class SbbackupError(Exception):
+    """Root of all known errors: one clear line for the user, no traceback."""
+
+    exit_code: ExitCode = ExitCode.UNEXPECTED
+    kind: str = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_json(self) -> dict[str, object]:
+        return {"error": {"code": int(self.exit_code), "kind": self.kind, "message": self.message}}
+
+
+class ConfigError(SbbackupError):
+    exit_code = ExitCode.USAGE
+    kind = "config"
+
+
+class UsageError(SbbackupError):
+    exit_code = ExitCode.USAGE
+    kind = "usage"
+
+
+class DatabaseError(SbbackupError):
+    exit_code = ExitCode.DATABASE
+    kind = "database"
+
+
+class StorageError(SbbackupError):
+    exit_code = ExitCode.STORAGE
+    kind = "storage"
+
+
+class NotFoundError(SbbackupError):
+    exit_code = ExitCode.NOT_FOUND
+    kind = "not_found"
+
+
+class LockedError(SbbackupError):
+    exit_code = ExitCode.LOCKED
+    kind = "locked"
+
+
+class WrongKeyError(SbbackupError):
+    """No configured identity or passphrase opens the file."""
+
+    exit_code = ExitCode.WRONG_KEY
+    kind = "wrong_key"
+
+
+class IntegrityError(SbbackupError):
+    """Checksum mismatch, truncation, tampering, or a restore that does not match its manifest."""
+
+    exit_code = ExitCode.INTEGRITY
+    kind = "integrity"
+
+
+class InterruptedError_(SbbackupError):
+    exit_code = ExitCode.INTERRUPTED
+    kind = "interrupted"

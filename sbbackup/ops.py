@@ -1,0 +1,428 @@
+"""Use cases. Never imports click or rich, never prints, never exits: returns results or raises."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .audit import append_audit
+from .catalog import (
+    STATUS_COMPLETED,
+    STATUS_FAILED,
+    BackupRecord,
+    Catalog,
+    iso,
+    new_backup_id,
+    validate_backup_id,
+)
+from .config import Settings
+from .engines import Engine, compare_contents, engine_for
+from .errors import (
+    IntegrityError,
+    NotFoundError,
+    SbbackupError,
+    StorageError,
+    UsageError,
+    WrongKeyError,
+)
+from .pipeline import (
+    BackupWriter,
+    Compression,
+    HashingReader,
+    check_digest,
+    iter_plaintext,
+    sha256_of,
+)
+from .storage import Storage
+from .storage.local import LocalStorage, ensure_private_dir
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Context:
+    """Everything a use case needs, built once from validated settings."""
+
+    settings: Settings
+    remote: str | None = None  # the API's client address, for the audit log
+
+    @cached_property
+    def storage(self) -> Storage:
+        from .storage import open_storage
+
+        return open_storage(self.settings.backup_path)
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return Catalog(self.storage)
+
+    @cached_property
+    def engine(self) -> Engine:
+        return engine_for(self.settings.database_url, self.settings)
+
+    @property
+    def state_dir(self) -> Path:
+        """Audit log, restore records, locks: always on the local filesystem."""
+        storage = self.storage
+        if isinstance(storage, LocalStorage):
+            return storage.root
+        state = self.settings.env.get("SBBACKUP_STATE_DIR", "~/.local/state/sbbackup")
+        return Path(state).expanduser()
+
+    def audit(self, operation: str, target_id: str | None, result: str, **extra: Any) -> None:
+        if self.remote:
+            extra["remote"] = self.remote
+        append_audit(self.state_dir, operation, target_id, result, **extra)
+
+
+# --- create ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CreateOptions:
+    format: str | None = None
+    compress: bool | None = None
+    level: int | None = None
+    encrypt: bool | None = None
+    schedule_id: str | None = None
+
+
+def create_backup(ctx: Context, opts: CreateOptions, now: datetime | None = None,
+                  progress: Progress | None = None) -> BackupRecord:
+    """Dump, stream to storage, commit, then write the manifest (the commit record)."""
+    s = ctx.settings
+    engine = ctx.engine
+    fmt = opts.format or s.format
+    if fmt not in engine.formats:
+        raise UsageError(f"the {engine.name} engine cannot write the {fmt} format")
+    compress = s.compression if opts.compress is None else opts.compress
+    compression = Compression(opts.level or s.compression_level, s.compression_threads) \
+        if compress else None
+    encrypt = s.encryption if opts.encrypt is None else opts.encrypt
+    plan = None
+    if encrypt:
+        from .encryption import plan_encryption
+
+        plan = plan_encryption(s)  # fail closed, before anything is dumped
+    storage = ctx.storage
+    storage.sweep_partials()
+    now = now or datetime.now(UTC)
+    backup_id = _unique_id(ctx.catalog, now)
+    filename = backup_id + engine.file_extension[fmt] + (".zst" if compression else "") \
+        + (".age" if plan else "")
+    record = BackupRecord(
+        id=backup_id, filename=filename, size=0, createdAt=iso(now) or "", checksum=None,
+        status="in_progress", duration=0, scheduleId=opts.schedule_id,
+        database=engine.describe(), format=fmt,
+        compression=compression.to_json() if compression else None,
+        encryption=plan.manifest if plan else None, toolVersion=__version__,
+    )
+    started = time.monotonic()
+    writer = BackupWriter(storage.open_write(filename), compression,
+                          plan.stage if plan else None)
+    try:
+        dumped = engine.dump(fmt, writer, s.row_counts, progress)
+        result = writer.finish()
+    except BaseException as exc:
+        writer.abort()
+        _record_failure(ctx, record, exc, started)
+        raise
+    record.size = result.size
+    record.checksum = result.checksum
+    record.uncompressedSize = result.uncompressed_size
+    record.database = {**record.database, **dumped.database}
+    record.pgDumpVersion = dumped.tool_version
+    record.contents = dumped.contents
+    record.status = STATUS_COMPLETED
+    record.completedAt = iso(datetime.now(UTC))
+    record.duration = int((time.monotonic() - started) * 1000)
+    ctx.catalog.save(record)
+    ctx.audit("create", record.id, "completed", size=record.size, scheduleId=record.scheduleId)
+    return record
+
+
+def _unique_id(catalog: Catalog, now: datetime) -> str:
+    base = new_backup_id(now)
+    names = set(catalog.storage.list_names())
+    candidate = base
+    n = 0
+    while any(name.startswith(candidate + ".") for name in names):
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
+def _record_failure(ctx: Context, record: BackupRecord, exc: BaseException, started: float) -> None:
+    """Keep a small failed-attempt record so statistics can count it. Never mask ``exc``."""
+    if isinstance(exc, KeyboardInterrupt):
+        message = "interrupted"
+    else:
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    record.status = STATUS_FAILED
+    record.error = message
+    record.filename = None
+    record.completedAt = iso(datetime.now(UTC))
+    record.duration = int((time.monotonic() - started) * 1000)
+    try:
+        ctx.catalog.save(record)
+        ctx.audit("create", record.id, "failed", error=message)
+    except (SbbackupError, OSError):
+        pass
+
+
+# --- list / show / delete ----------------------------------------------------------------
+
+def list_backups(ctx: Context, status: str | None = None, schedule: str | None = None,
+                 limit: int | None = None) -> list[BackupRecord]:
+    return ctx.catalog.list(status=status, schedule=schedule, limit=limit)
+
+
+def show_backup(ctx: Context, backup_id: str) -> BackupRecord:
+    validate_backup_id(backup_id)
+    for record in ctx.catalog.iter_records():
+        if record.id == backup_id:
+            return record
+    raise NotFoundError(f"backup {backup_id} not found")
+
+
+def delete_backup(ctx: Context, backup_id: str) -> BackupRecord:
+    record = show_backup(ctx, backup_id)
+    ctx.catalog.delete(record)
+    ctx.audit("delete", backup_id, "deleted")
+    return record
+
+
+# --- verify ------------------------------------------------------------------------------
+
+@dataclass
+class VerifyResult:
+    id: str
+    filename: str | None
+    ok: bool
+    deep: bool
+    checksum: str | None = None
+    error: str | None = None
+    exitCode: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class VerifyReport:
+    results: list[VerifyResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[VerifyResult]:
+        return [r for r in self.results if not r.ok]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": not self.failed, "results": [r.to_json() for r in self.results]}
+
+
+def verify_backups(ctx: Context, backup_id: str | None, all_: bool, deep: bool) -> VerifyReport:
+    if backup_id is None and not all_:
+        raise UsageError("give a backup ID or --all")
+    if all_:
+        records = [r for r in ctx.catalog.list() if r.status != STATUS_FAILED]
+    else:
+        records = [show_backup(ctx, backup_id or "")]
+    report = VerifyReport()
+    for record in records:
+        report.results.append(_verify_one(ctx, record, deep))
+    return report
+
+
+def _verify_one(ctx: Context, record: BackupRecord, deep: bool) -> VerifyResult:
+    result = VerifyResult(record.id, record.filename, ok=False, deep=deep)
+    try:
+        if record.status != STATUS_COMPLETED or not record.filename:
+            raise IntegrityError(f"{record.filename or record.id}: backup is {record.status}"
+                                 + (f" ({record.error})" if record.error else ""))
+        if deep:
+            _deep_check(ctx, record)
+        else:
+            with ctx.storage.open_read(record.filename) as fh:
+                digest, _ = sha256_of(fh)
+            check_digest(digest, record.checksum, record.filename)
+        result.ok, result.checksum = True, record.checksum
+    except FileNotFoundError:
+        result.error = f"{record.filename}: data file is missing"
+        result.exitCode = int(IntegrityError.exit_code)
+    except SbbackupError as exc:
+        result.error = exc.message
+        result.exitCode = int(exc.exit_code)
+    return result
+
+
+def plaintext(ctx: Context, record: BackupRecord, raw: HashingReader) -> Iterator[bytes]:
+    decrypt = None
+    if record.encryption:
+        from .encryption import decryptor
+
+        decrypt = decryptor(ctx.settings, record.id)
+    return iter_plaintext(raw, record.compression is not None, decrypt)
+
+
+def _deep_check(ctx: Context, record: BackupRecord) -> None:
+    """Hash, decrypt, decompress and check the dump's structure, all in one pass."""
+    assert record.filename
+    with ctx.storage.open_read(record.filename) as fh:
+        raw = HashingReader(fh)
+        chunks = plaintext(ctx, record, raw)
+        if record.format == "custom":
+            list_custom = getattr(ctx.engine, "list_custom")  # noqa: B009
+            list_custom(chunks)
+            complete = True
+        else:
+            tail = b""
+            for chunk in chunks:
+                tail = (tail + chunk[-4096:])[-4096:]
+            complete = ctx.engine.dump_complete(record.format, tail)
+        check_digest(raw.hash.hexdigest(), record.checksum, record.filename)
+    if not complete:
+        raise IntegrityError(f"{record.filename}: the dump is incomplete (no completion marker)")
+
+
+# --- restore -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    backup_id: str
+    target: str | None = None
+    create_target: bool = False
+    clean: bool = False
+    confirmed: bool = False
+    jobs: int | None = None
+
+
+RESTORE_DIR = "restores"
+
+
+def _restore_store(ctx: Context) -> LocalStorage:
+    store = LocalStorage(ctx.state_dir / RESTORE_DIR)
+    ensure_private_dir(store.root)
+    return store
+
+
+def restore_backup(ctx: Context, opts: RestoreOptions) -> dict[str, Any]:
+    """The seed's five steps: verify, prepare, restore, validate, clean up. Returns the record."""
+    record = show_backup(ctx, opts.backup_id)
+    engine = ctx.engine
+    overwriting_source = engine.is_source(opts.target)
+    if overwriting_source and not opts.confirmed:
+        raise UsageError(f"restoring {record.id} over the source database "
+                         f"{engine.redact(None)} is destructive: pass --yes to confirm")
+    now = datetime.now(UTC)
+    rec: dict[str, Any] = {
+        "restoreId": f"restore_{now:%Y-%m-%dT%H-%M-%S}Z_{secrets.token_hex(3)}",
+        "backupId": record.id, "target": engine.redact(opts.target), "startedAt": iso(now),
+        "finishedAt": None, "status": "in_progress", "error": None, "duration": 0,
+        "steps": {}, "validation": None,
+    }
+    store = _restore_store(ctx)
+    store.write_bytes_atomic(rec["restoreId"] + ".json", _dumps(rec))
+    started = time.monotonic()
+    try:
+        _restore_steps(ctx, record, opts, rec, fresh=opts.create_target or opts.clean)
+        rec["status"] = "completed"
+    except BaseException as exc:
+        rec["status"] = "failed"
+        rec["error"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        raise
+    finally:
+        rec["finishedAt"] = iso(datetime.now(UTC))
+        rec["duration"] = int((time.monotonic() - started) * 1000)
+        store.write_bytes_atomic(rec["restoreId"] + ".json", _dumps(rec))
+        ctx.audit("restore", record.id, rec["status"], restoreId=rec["restoreId"],
+                  target=rec["target"])
+    return rec
+
+
+def _timed(rec: dict[str, Any], step: str, fn: Callable[[], Any]) -> Any:
+    t = time.monotonic()
+    out = fn()
+    rec["steps"][step] = int((time.monotonic() - t) * 1000)
+    return out
+
+
+def _restore_steps(ctx: Context, record: BackupRecord, opts: RestoreOptions,
+                   rec: dict[str, Any], fresh: bool) -> None:
+    if record.status != STATUS_COMPLETED or not record.filename:
+        raise IntegrityError(f"refusing to restore {record.id}: backup is {record.status}")
+    filename = record.filename
+    _timed(rec, "verify", lambda: _check_file(ctx, record))  # 1. verification
+    decrypting = record.encryption is not None
+    if decrypting:
+        from .encryption import identities
+
+        if not identities(ctx.settings):
+            raise WrongKeyError(f"backup {record.id} is encrypted and no identity is configured")
+    jobs = 1 if decrypting else (opts.jobs or ctx.settings.restore_jobs)
+
+    def load() -> None:  # 2. preparation and 3. restore (the engine prepares its target)
+        with ctx.storage.open_read(filename) as fh:
+            raw = HashingReader(fh)
+            ctx.engine.restore(record.format, plaintext(ctx, record, raw), opts.target,
+                               create_target=opts.create_target, clean=opts.clean, jobs=jobs)
+            check_digest(raw.hash.hexdigest(), record.checksum, filename)
+
+    _timed(rec, "restore", load)
+    rec["validation"] = _timed(rec, "validate", lambda: validate_restore(ctx, record, opts.target,
+                                                                        strict=fresh))
+
+
+def validate_restore(ctx: Context, record: BackupRecord, target: str | None,
+                     strict: bool) -> dict[str, Any]:
+    """4. validation: exact row counts and object counts against the manifest."""
+    actual = ctx.engine.inventory(target)
+    expected = record.contents
+    if expected and not strict:
+        # Restoring into a database that held other things: judge only what the backup holds.
+        actual = {"tables": {k: v for k, v in actual.get("tables", {}).items()
+                             if k in expected.get("tables", {})}}
+        expected = {"tables": expected.get("tables", {})}
+    diffs = compare_contents(expected, actual)
+    summary = {"tables": len(actual.get("tables", {})), "differences": diffs,
+               "checked": expected is not None}
+    if diffs:
+        raise IntegrityError(f"restored database differs from backup {record.id}: "
+                             + "; ".join(diffs[:5]) + (" ..." if len(diffs) > 5 else ""))
+    return summary
+
+
+def _check_file(ctx: Context, record: BackupRecord) -> None:
+    assert record.filename
+    try:
+        with ctx.storage.open_read(record.filename) as fh:
+            digest, _ = sha256_of(fh)
+    except FileNotFoundError:
+        raise IntegrityError(f"{record.filename}: data file is missing") from None
+    check_digest(digest, record.checksum, record.filename)
+
+
+def get_restore(ctx: Context, restore_id: str) -> dict[str, Any]:
+    import json
+    import re
+
+    if not re.fullmatch(r"restore_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z_[0-9a-f]{6}", restore_id):
+        raise UsageError(f"invalid restore ID {restore_id[:80]!r}")
+    try:
+        data: dict[str, Any] = json.loads(_restore_store(ctx).read_bytes(restore_id + ".json"))
+    except FileNotFoundError:
+        raise NotFoundError(f"restore {restore_id} not found") from None
+    except ValueError as exc:
+        raise StorageError(f"restore record {restore_id} is unreadable: {exc}") from None
+    return data
+
+
+def _dumps(data: dict[str, Any]) -> bytes:
+    import json
+
+    return json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"

@@ -1,0 +1,67 @@
+"""Storage backends: a Protocol plus a registry keyed by URL scheme."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import BinaryIO, Protocol
+
+from ..errors import ConfigError
+
+
+class AtomicWriter(Protocol):
+    """A write that is invisible under its final name until ``commit()``."""
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
+
+    def commit(self) -> None:
+        """Make the object durable and visible under its final name."""
+
+    def abort(self) -> None:
+        """Throw the partial object away. Safe to call after commit (no-op)."""
+
+
+class Storage(Protocol):
+    """Where backups live. Names are flat, relative, and validated by the caller."""
+
+    url: str
+
+    def open_write(self, name: str) -> AtomicWriter: ...
+
+    def open_read(self, name: str) -> BinaryIO: ...
+
+    def read_bytes(self, name: str) -> bytes:
+        """Raise FileNotFoundError when absent."""
+
+    def write_bytes_atomic(self, name: str, data: bytes) -> None: ...
+
+    def exists(self, name: str) -> bool: ...
+
+    def size(self, name: str) -> int: ...
+
+    def delete(self, name: str) -> None: ...
+
+    def list_names(self) -> list[str]: ...
+
+    def sweep_partials(self) -> list[str]:
+        """Remove partial objects left by dead writers; return their names."""
+
+    def usage(self) -> tuple[int | None, int | None]:
+        """(bytes used by backups, bytes free), None where unknown."""
+
+
+StorageFactory = Callable[[str], Storage]
+
+
+def _registry() -> dict[str, StorageFactory]:
+    from .local import LocalStorage
+
+    return {"file": LocalStorage.from_url, "": LocalStorage.from_url}
+
+
+def open_storage(location: str) -> Storage:
+    """A plain path or file:// URL is local; other schemes come from the registry."""
+    scheme = location.split("://", 1)[0] if "://" in location else ""
+    factory = _registry().get(scheme)
+    if factory is None:
+        raise ConfigError(f"unsupported backup path scheme {scheme!r} in {location!r}")
+    return factory(location)
