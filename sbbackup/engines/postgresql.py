@@ -332,8 +332,9 @@ class PostgreSQLEngine:
             proc.stdout.close()
         if code != 0:
             msg = first_error(err.text())
-            if "lock" in msg.lower() and "timeout" in msg.lower():
-                msg += f" (a table stayed locked for {self.settings.lock_wait_timeout}s)"
+            if "timeout" in msg.lower():
+                msg += (f" (a table could not be locked within {self.settings.lock_wait_timeout}s:"
+                        " another session holds an exclusive lock; see database.lockWaitTimeout)")
             raise DatabaseError(f"pg_dump failed (exit {code}): {msg}")
         return counter.result() if counter else None
 

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# What the tests need from Debian: a PostgreSQL server (initdb), the age and zstd CLIs.
+# Installs only what is missing; fails loudly if it cannot.
+set -euo pipefail
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+have_initdb() { command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }
+need=()
+have_initdb || need+=(postgresql postgresql-contrib)
+command -v pg_dump >/dev/null 2>&1 || need+=(postgresql-client)
+command -v age >/dev/null 2>&1 || need+=(age)
+command -v zstd >/dev/null 2>&1 || need+=(zstd)
+command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}" >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+have_initdb || { echo "initdb still missing after installing postgresql" >&2; exit 1; }
+command -v age >/dev/null && command -v zstd >/dev/null || { echo "age/zstd missing" >&2; exit 1; }
