@@ -161,14 +161,21 @@ class Catalog:
                     status=STATUS_CORRUPT, duration=0, error=str(exc),
                 )
                 continue
-            if record.status == STATUS_COMPLETED and record.filename:
-                if record.filename not in present:
-                    record.status = STATUS_MISSING
-                    record.error = f"data file {record.filename} is missing"
-                elif self.storage.size(record.filename) != record.size:
-                    record.status = STATUS_CORRUPT
-                    record.error = f"data file {record.filename} has the wrong size"
-            yield record
+            yield self.with_file_status(record, present)
+
+    def with_file_status(self, record: BackupRecord, present: set[str] | None = None
+                         ) -> BackupRecord:
+        """Mark a completed record ``missing`` or ``corrupt`` from its data file's presence."""
+        if record.status == STATUS_COMPLETED and record.filename:
+            exists = (record.filename in present if present is not None
+                      else self.storage.exists(record.filename))
+            if not exists:
+                record.status = STATUS_MISSING
+                record.error = f"data file {record.filename} is missing"
+            elif self.storage.size(record.filename) != record.size:
+                record.status = STATUS_CORRUPT
+                record.error = f"data file {record.filename} has the wrong size"
+        return record
 
     def list(self, status: str | None = None, schedule: str | None = None,
              limit: int | None = None) -> list[BackupRecord]:

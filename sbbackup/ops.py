@@ -20,7 +20,6 @@ from .catalog import (
     Catalog,
     iso,
     new_backup_id,
-    validate_backup_id,
 )
 from .config import Settings
 from .engines import Engine, compare_contents, engine_for
@@ -184,11 +183,7 @@ def list_backups(ctx: Context, status: str | None = None, schedule: str | None =
 
 
 def show_backup(ctx: Context, backup_id: str) -> BackupRecord:
-    validate_backup_id(backup_id)
-    for record in ctx.catalog.iter_records():
-        if record.id == backup_id:
-            return record
-    raise NotFoundError(f"backup {backup_id} not found")
+    return ctx.catalog.with_file_status(ctx.catalog.get(backup_id))
 
 
 def delete_backup(ctx: Context, backup_id: str) -> BackupRecord:

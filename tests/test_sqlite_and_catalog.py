@@ -1,0 +1,128 @@
+"""The SQLite engine end to end, and catalog behaviour that needs no server."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import SB
+
+from sbbackup.catalog import BACKUP_ID_RE, SCHEMA_VERSION, validate_backup_id
+from sbbackup.errors import UsageError
+
+
+@pytest.fixture
+def demo_db(tmp_path: Path) -> Path:
+    db = tmp_path / "demo.db"
+    con = sqlite3.connect(db)
+    con.executescript('''
+        CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, data BLOB, n REAL);
+        CREATE TABLE "odd ""name""" (x TEXT);
+        CREATE INDEX t_name ON t(name);
+        CREATE VIEW v AS SELECT id FROM t;
+        CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END;
+    ''')
+    con.executemany("INSERT INTO t (name, data, n) VALUES (?, ?, ?)",
+                    [(f"row {i}\n-- not a comment; 'q' 😀", bytes(range(256)), i / 3)
+                     for i in range(2000)] + [(None, None, None)])
+    con.execute('INSERT INTO "odd ""name""" VALUES (\'x\')')
+    con.commit()
+    con.close()
+    return db
+
+
+def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_sqlite_round_trip(sb: SB, demo_db: Path, tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{demo_db}"}
+    record = sb.ok("create", "--json", env=env).json()
+    assert record["database"]["engine"] == "sqlite"
+    assert record["contents"]["tables"] == {"t": 2001, 'odd "name"': 1}
+    sb.ok("verify", "--deep", record["id"], env=env)
+    target = tmp_path / "restored.db"
+    res = sb.ok("restore", record["id"], "--target-url", f"sqlite:///{target}", "--json",
+                env=env).json()
+    assert res["status"] == "completed"
+    q = "SELECT * FROM t ORDER BY id"
+    assert rows(target, q) == rows(demo_db, q)
+    q = "SELECT type, name, sql FROM sqlite_master ORDER BY name"
+    assert rows(target, q) == rows(demo_db, q)
+    # An existing target is never overwritten without --clean.
+    res = sb("restore", record["id"], "--target-url", f"sqlite:///{target}", env=env)
+    assert res.code == 3 and "--clean" in res.err
+
+
+def test_list_shows_missing_and_corrupt(sb: SB, demo_db: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{demo_db}"}
+    a = sb.ok("create", "--json", env=env).json()
+    b = sb.ok("create", "--json", env=env).json()
+    c = sb.ok("create", "--json", env=env).json()
+    (sb.backup_path / a["filename"]).unlink()
+    with open(sb.backup_path / b["filename"], "ab") as fh:
+        fh.write(b"x")
+    (sb.backup_path / (c["id"] + ".json")).write_text("{not json")
+    listed = {r["id"]: r["status"] for r in sb.ok("list", "--json").json()}
+    assert listed == {a["id"]: "missing", b["id"]: "corrupt", c["id"]: "corrupt"}
+    res = sb("verify", "--all")
+    assert res.code == 13
+    assert sb.ok("list", "--status", "missing", "--json").json()[0]["id"] == a["id"]
+
+
+def test_newer_schema_version_refused(sb: SB, demo_db: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{demo_db}"}
+    rec = sb.ok("create", "--json", env=env).json()
+    manifest = sb.backup_path / (rec["id"] + ".json")
+    data = json.loads(manifest.read_text())
+    data["schemaVersion"] = SCHEMA_VERSION + 1
+    manifest.write_text(json.dumps(data))
+    res = sb("show", rec["id"])
+    assert res.code == 13 and "newer" in res.err and "upgrade sbbackup" in res.err
+
+
+@pytest.mark.parametrize("bad", ["../etc/passwd", "/abs", "streambuddy_backup_x", "a\0b",
+                                 "streambuddy_backup_2026-01-01T00-00-00-000Z/../x", "x" * 5000])
+def test_ids_are_validated_before_the_filesystem(bad: str, sb: SB) -> None:
+    with pytest.raises(UsageError):
+        validate_backup_id(bad)
+    res = sb("show", bad.replace("\0", ""))
+    assert res.code == 2
+
+
+def test_unknown_id_is_not_found(sb: SB) -> None:
+    res = sb("show", "streambuddy_backup_2026-01-01T00-00-00-000Z")
+    assert res.code == 10 and "not found" in res.err
+    res = sb("delete", "streambuddy_backup_2026-01-01T00-00-00-000Z", "--yes", "--json")
+    assert res.code == 10 and json.loads(res.err.splitlines()[-1])["error"]["code"] == 10
+
+
+def test_delete_needs_yes_without_tty(sb: SB, demo_db: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{demo_db}"}
+    rec = sb.ok("create", "--json", env=env).json()
+    assert sb("delete", rec["id"], env=env).code == 2
+    sb.ok("delete", rec["id"], "--yes", env=env)
+    assert not (sb.backup_path / rec["filename"]).exists()
+    assert sb("show", rec["id"]).code == 10
+
+
+def test_stale_partials_are_swept(sb: SB, demo_db: Path) -> None:
+    sb.backup_path.mkdir(mode=0o700)
+    stale = sb.backup_path / "streambuddy_backup_2026-01-01T00-00-00-000Z.sql.zst.partial"
+    stale.write_bytes(b"half a dump")
+    sb.ok("create", env={"DATABASE_URL": f"sqlite:///{demo_db}"})
+    assert not stale.exists()
+    assert all(BACKUP_ID_RE.fullmatch(r["id"]) for r in sb.ok("list", "--json").json())
+
+
+def test_help_lists_exit_codes(sb: SB) -> None:
+    for args in (["--help"], ["create", "--help"], ["verify", "--help"]):
+        out = sb.ok(*args).out
+        assert "13   integrity failure" in out and "130  interrupted" in out
+    assert sb.ok("--version").out.startswith("sbbackup, version ")
