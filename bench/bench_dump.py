@@ -22,8 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 def timed(cmd: list[str], env: dict[str, str], stdout: int | None = None) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB) of one command and its waited-for children."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=stdout if stdout is not None else subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=stdout if stdout is not None else subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -51,8 +55,12 @@ def main() -> None:
 
         cluster = create_cluster()
         cluster.psql("CREATE DATABASE bench")
-        subprocess.run(["pgbench", "-i", "-q", "-s", str(args.scale), "-d", "bench"],
-                       env=cluster.env(), check=True, capture_output=True)
+        subprocess.run(
+            ["pgbench", "-i", "-q", "-s", str(args.scale), "-d", "bench"],
+            env=cluster.env(),
+            check=True,
+            capture_output=True,
+        )
         url = cluster.url("bench")
     try:
         run(url, args)
@@ -81,16 +89,24 @@ def run(url: str, args: argparse.Namespace) -> None:
         ]
         if args.encrypt:
             key = Path(tmp) / "key.txt"
-            subprocess.run([sys.executable, "-m", "sbbackup", "keygen", "--output", str(key)],
-                           env=benv, check=True, capture_output=True)
-            enc_env = {"DB_BACKUP_ENCRYPTION_IDENTITY_FILE": str(key),
-                       "DB_BACKUP_ENCRYPTION_RECIPIENTS": _recipient(key)}
+            subprocess.run(
+                [sys.executable, "-m", "sbbackup", "keygen", "--output", str(key)],
+                env=benv,
+                check=True,
+                capture_output=True,
+            )
+            enc_env = {
+                "DB_BACKUP_ENCRYPTION_IDENTITY_FILE": str(key),
+                "DB_BACKUP_ENCRYPTION_RECIPIENTS": _recipient(key),
+            }
             variants.append(("create (zstd 3 + age)", ["--encrypt"], enc_env))
             variants.append(("create (zstd 1 + age)", ["--encrypt", "--level", "1"], enc_env))
         for label, extra, extra_env in variants:
             wall, rss = best(args.runs, [*sb, *extra], {**benv, **extra_env})
-            print(f"{label:28s} {wall:6.2f}s  ratio {wall / base:4.2f}x  "
-                  f"peak RSS {rss / 1024:.0f} MiB")
+            print(
+                f"{label:28s} {wall:6.2f}s  ratio {wall / base:4.2f}x  "
+                f"peak RSS {rss / 1024:.0f} MiB"
+            )
         sizes = sorted(p.stat().st_size for p in Path(tmp).glob("*.zst*"))
         if sizes:
             print(f"stored sizes: {', '.join(f'{s / 2**20:.1f} MiB' for s in sizes)}")

@@ -22,12 +22,19 @@ def current_user() -> str:
         return str(os.getuid())
 
 
-def append_audit(state_dir: Path, operation: str, target_id: str | None, result: str,
-                 **extra: Any) -> None:
+def append_audit(
+    state_dir: Path, operation: str, target_id: str | None, result: str, **extra: Any
+) -> None:
     """One line, one ``write`` on an O_APPEND fd: concurrent writers never interleave."""
     ensure_private_dir(state_dir)
-    entry = {"time": iso(datetime.now(UTC)), "operation": operation, "id": target_id,
-             "result": result, "user": current_user(), **extra}
+    entry = {
+        "time": iso(datetime.now(UTC)),
+        "operation": operation,
+        "id": target_id,
+        "result": result,
+        "user": current_user(),
+        **extra,
+    }
     line = (json.dumps(entry, sort_keys=True) + "\n").encode()
     path = state_dir / AUDIT_FILE
     try:

@@ -157,18 +157,28 @@ class Catalog:
                 record = self._parse(name, self.storage.read_bytes(name))
             except (IntegrityError, StorageError, OSError) as exc:
                 yield BackupRecord(
-                    id=stem, filename=None, size=0, createdAt=_id_time(stem), checksum=None,
-                    status=STATUS_CORRUPT, duration=0, error=str(exc),
+                    id=stem,
+                    filename=None,
+                    size=0,
+                    createdAt=_id_time(stem),
+                    checksum=None,
+                    status=STATUS_CORRUPT,
+                    duration=0,
+                    error=str(exc),
                 )
                 continue
             yield self.with_file_status(record, present)
 
-    def with_file_status(self, record: BackupRecord, present: set[str] | None = None
-                         ) -> BackupRecord:
+    def with_file_status(
+        self, record: BackupRecord, present: set[str] | None = None
+    ) -> BackupRecord:
         """Mark a completed record ``missing`` or ``corrupt`` from its data file's presence."""
         if record.status == STATUS_COMPLETED and record.filename:
-            exists = (record.filename in present if present is not None
-                      else self.storage.exists(record.filename))
+            exists = (
+                record.filename in present
+                if present is not None
+                else self.storage.exists(record.filename)
+            )
             if not exists:
                 record.status = STATUS_MISSING
                 record.error = f"data file {record.filename} is missing"
@@ -177,8 +187,9 @@ class Catalog:
                 record.error = f"data file {record.filename} has the wrong size"
         return record
 
-    def list(self, status: str | None = None, schedule: str | None = None,
-             limit: int | None = None) -> list[BackupRecord]:
+    def list(
+        self, status: str | None = None, schedule: str | None = None, limit: int | None = None
+    ) -> list[BackupRecord]:
         """Newest first."""
         records = sorted(self.iter_records(), key=lambda r: (r.createdAt, r.id), reverse=True)
         if status:
@@ -195,7 +206,7 @@ class Catalog:
 
 
 def _id_time(stem: str) -> str:
-    ts = stem[len(ID_PREFIX):len(ID_PREFIX) + 23]
+    ts = stem[len(ID_PREFIX) : len(ID_PREFIX) + 23]
     try:
         dt = datetime.strptime(ts, "%Y-%m-%dT%H-%M-%S-%f").replace(tzinfo=UTC)
     except ValueError:

@@ -42,41 +42,63 @@ def get_ctx() -> ops.Context:
 
 def command(group: click.Group, name: str, **kw: Any) -> Callable[[Callable[..., Any]], Any]:
     """A command whose help ends with the exit codes."""
+
     def deco(fn: Callable[..., Any]) -> Any:
         doc = (fn.__doc__ or "").rstrip() + "\n\n\b\n" + EXIT_CODE_HELP
         return group.command(name, help=doc, context_settings=CONTEXT, **kw)(fn)
+
     return deco
 
 
-@click.group(context_settings=CONTEXT, help=f"""Logical PostgreSQL backups that cannot silently
+@click.group(
+    context_settings=CONTEXT,
+    help=f"""Logical PostgreSQL backups that cannot silently
 lose data: checksummed, compressed, encrypted, atomic, restore-tested.
 
 \b
-{EXIT_CODE_HELP}""")
+{EXIT_CODE_HELP}""",
+)
 @click.version_option(__version__, prog_name="sbbackup")
-@click.option("--config", "config", type=click.Path(dir_okay=False), envvar="SBBACKUP_CONFIG",
-              help="YAML configuration file (env SBBACKUP_CONFIG).")
-@click.option("--database-url", help="postgresql://... or sqlite:///path (env DATABASE_URL). "
-              "Prefer DATABASE_URL or ~/.pgpass for passwords.")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    envvar="SBBACKUP_CONFIG",
+    help="YAML configuration file (env SBBACKUP_CONFIG).",
+)
+@click.option(
+    "--database-url",
+    help="postgresql://... or sqlite:///path (env DATABASE_URL). "
+    "Prefer DATABASE_URL or ~/.pgpass for passwords.",
+)
 @click.option("--backup-path", help="Where backups live (env DB_BACKUP_PATH).")
 @click.pass_context
-def cli(click_ctx: click.Context, config: str | None, database_url: str | None,
-        backup_path: str | None) -> None:
-    click_ctx.obj = {"config": config,
-                     "overrides": {"database_url": database_url, "backup_path": backup_path}}
+def cli(
+    click_ctx: click.Context, config: str | None, database_url: str | None, backup_path: str | None
+) -> None:
+    click_ctx.obj = {
+        "config": config,
+        "overrides": {"database_url": database_url, "backup_path": backup_path},
+    }
 
 
 # --- backups -----------------------------------------------------------------------------
 
+
 @command(cli, "create")
-@click.option("--format", "fmt", type=click.Choice(["plain", "custom"]),
-              help="plain SQL (default) or pg_dump's custom format.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["plain", "custom"]),
+    help="plain SQL (default) or pg_dump's custom format.",
+)
 @click.option("--compress/--no-compress", default=None, help="zstd compression (default on).")
 @click.option("--level", type=click.IntRange(1, 22), help="zstd level (default 3).")
 @click.option("--encrypt/--no-encrypt", default=None, help="age encryption (default off).")
 @json_option
-def create_cmd(fmt: str | None, compress: bool | None, level: int | None,
-               encrypt: bool | None, as_json: bool) -> None:
+def create_cmd(
+    fmt: str | None, compress: bool | None, level: int | None, encrypt: bool | None, as_json: bool
+) -> None:
     """Take a backup now and print its record."""
     ctx = get_ctx()
     opts = ops.CreateOptions(format=fmt, compress=compress, level=level, encrypt=encrypt)
@@ -86,8 +108,9 @@ def create_cmd(fmt: str | None, compress: bool | None, level: int | None,
 
 
 @command(cli, "list")
-@click.option("--status", type=click.Choice(["completed", "failed", "in_progress", "missing",
-                                             "corrupt"]))
+@click.option(
+    "--status", type=click.Choice(["completed", "failed", "in_progress", "missing", "corrupt"])
+)
 @click.option("--schedule", "schedule", help="Only this schedule ID.")
 @click.option("--limit", type=click.IntRange(1))
 @json_option
@@ -115,8 +138,10 @@ def verify_cmd(backup_id: str | None, all_: bool, deep: bool, as_json: bool) -> 
     render(report, as_json)
     if report.failed:
         first = report.failed[0]
-        err = IntegrityError(f"{len(report.failed)} of {len(report.results)} backups failed "
-                             f"verification: {first.error}")
+        err = IntegrityError(
+            f"{len(report.failed)} of {len(report.results)} backups failed "
+            f"verification: {first.error}"
+        )
         err.exit_code = ExitCode(first.exitCode or ExitCode.INTEGRITY)
         raise err
 
@@ -129,13 +154,21 @@ def verify_cmd(backup_id: str | None, all_: bool, deep: bool, as_json: bool) -> 
 @click.option("--jobs", type=click.IntRange(1, 64), help="pg_restore --jobs for custom format.")
 @click.option("--yes", "-y", is_flag=True, help="Confirm restoring over the source database.")
 @json_option
-def restore_cmd(backup_id: str, target_url: str | None, create_target: bool, clean: bool,
-                jobs: int | None, yes: bool, as_json: bool) -> None:
+def restore_cmd(
+    backup_id: str,
+    target_url: str | None,
+    create_target: bool,
+    clean: bool,
+    jobs: int | None,
+    yes: bool,
+    as_json: bool,
+) -> None:
     """Verify, prepare, restore, validate and clean up (the five restore steps)."""
     ctx = get_ctx()
     if not yes and ctx.engine.is_source(target_url) and sys.stdin.isatty():
-        yes = click.confirm(f"Restore {backup_id} over the source database "
-                            f"{ctx.engine.redact(None)}?", err=True)
+        yes = click.confirm(
+            f"Restore {backup_id} over the source database {ctx.engine.redact(None)}?", err=True
+        )
     opts = ops.RestoreOptions(backup_id, target_url, create_target, clean, yes, jobs)
     render(ops.restore_backup(ctx, opts), as_json)
 
@@ -157,6 +190,7 @@ def delete_cmd(backup_id: str, yes: bool, as_json: bool) -> None:
 
 # --- plumbing ----------------------------------------------------------------------------
 
+
 class progress_display:
     """rich progress on a TTY (bytes dumped, rate, elapsed); nothing otherwise."""
 
@@ -174,9 +208,15 @@ class progress_display:
             TransferSpeedColumn,
         )
 
-        self.progress = Progress(SpinnerColumn(), "dumping", DownloadColumn(),
-                                 TransferSpeedColumn(), TimeElapsedColumn(),
-                                 console=stderr_console(), transient=True)
+        self.progress = Progress(
+            SpinnerColumn(),
+            "dumping",
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeElapsedColumn(),
+            console=stderr_console(),
+            transient=True,
+        )
         self.progress.start()
         task = self.progress.add_task("dump", total=None)
         return functools.partial(self._update, task)
@@ -208,19 +248,31 @@ def main(argv: list[str] | None = None) -> None:
         render_error("interrupted", None, err)
         sys.exit(int(ExitCode.INTERRUPTED))
     except click.ClickException as exc:
-        render_error(exc.format_message(), {"error": {"code": 2, "kind": "usage",
-                     "message": exc.format_message()}} if as_json else None, err)
+        render_error(
+            exc.format_message(),
+            {"error": {"code": 2, "kind": "usage", "message": exc.format_message()}}
+            if as_json
+            else None,
+            err,
+        )
         sys.exit(int(ExitCode.USAGE))
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        render_error("interrupted", {"error": {"code": 130, "kind": "interrupted",
-                     "message": "interrupted"}} if as_json else None, err)
+        render_error(
+            "interrupted",
+            {"error": {"code": 130, "kind": "interrupted", "message": "interrupted"}}
+            if as_json
+            else None,
+            err,
+        )
         sys.exit(int(ExitCode.INTERRUPTED))
     except BrokenPipeError:
         sys.exit(0)
     except Exception:  # noqa: BLE001 - the unexpected-error boundary
         traceback.print_exc()
-        err.print("sbbackup: unexpected error: please report it at "
-                  "https://github.com/streambuddy/sbbackup/issues with the traceback above")
+        err.print(
+            "sbbackup: unexpected error: please report it at "
+            "https://github.com/streambuddy/sbbackup/issues with the traceback above"
+        )
         sys.exit(int(ExitCode.UNEXPECTED))

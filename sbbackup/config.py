@@ -84,28 +84,59 @@ class Key:
 
 KEYS: tuple[Key, ...] = (
     Key("database_url", ("database", "url"), "DATABASE_URL", _str, None),
-    Key("lock_wait_timeout", ("database", "lockWaitTimeout"), "SBBACKUP_LOCK_WAIT_TIMEOUT",
-        _int(1), 300),
+    Key(
+        "lock_wait_timeout",
+        ("database", "lockWaitTimeout"),
+        "SBBACKUP_LOCK_WAIT_TIMEOUT",
+        _int(1),
+        300,
+    ),
     Key("enabled", ("backup", "enabled"), "DB_BACKUP_ENABLED", parse_bool, True),
     Key("backup_path", ("backup", "path"), "DB_BACKUP_PATH", _str, "./backups"),
     Key("retention_days", ("backup", "retentionDays"), "DB_BACKUP_RETENTION_DAYS", _int(1), 30),
     Key("compression", ("backup", "compression"), "DB_BACKUP_COMPRESSION", parse_bool, True),
-    Key("compression_level", ("backup", "compressionLevel"), "DB_BACKUP_COMPRESSION_LEVEL",
-        _int(1, 22), 3),
-    Key("compression_threads", ("backup", "compressionThreads"), "DB_BACKUP_COMPRESSION_THREADS",
-        _int(-1, 64), -1),
+    Key(
+        "compression_level",
+        ("backup", "compressionLevel"),
+        "DB_BACKUP_COMPRESSION_LEVEL",
+        _int(1, 22),
+        3,
+    ),
+    Key(
+        "compression_threads",
+        ("backup", "compressionThreads"),
+        "DB_BACKUP_COMPRESSION_THREADS",
+        _int(-1, 64),
+        -1,
+    ),
     Key("encryption", ("backup", "encryption"), "DB_BACKUP_ENCRYPTION", parse_bool, False),
     Key("format", ("backup", "format"), "DB_BACKUP_FORMAT", _choice("plain", "custom"), "plain"),
     Key("row_counts", ("backup", "rowCounts"), "DB_BACKUP_ROW_COUNTS", parse_bool, True),
     Key("restore_jobs", ("restore", "jobs"), "DB_BACKUP_RESTORE_JOBS", _int(1, 64), 2),
-    Key("recipients", ("encryption", "recipients"), "DB_BACKUP_ENCRYPTION_RECIPIENTS",
-        _str_list, ()),
-    Key("recipients_file", ("encryption", "recipientsFile"),
-        "DB_BACKUP_ENCRYPTION_RECIPIENTS_FILE", _str, None),
-    Key("identity_file", ("encryption", "identityFile"), "DB_BACKUP_ENCRYPTION_IDENTITY_FILE",
-        _str, None),
-    Key("passphrase_file", ("encryption", "passphraseFile"),
-        "DB_BACKUP_ENCRYPTION_PASSPHRASE_FILE", _str, None),
+    Key(
+        "recipients", ("encryption", "recipients"), "DB_BACKUP_ENCRYPTION_RECIPIENTS", _str_list, ()
+    ),
+    Key(
+        "recipients_file",
+        ("encryption", "recipientsFile"),
+        "DB_BACKUP_ENCRYPTION_RECIPIENTS_FILE",
+        _str,
+        None,
+    ),
+    Key(
+        "identity_file",
+        ("encryption", "identityFile"),
+        "DB_BACKUP_ENCRYPTION_IDENTITY_FILE",
+        _str,
+        None,
+    ),
+    Key(
+        "passphrase_file",
+        ("encryption", "passphraseFile"),
+        "DB_BACKUP_ENCRYPTION_PASSPHRASE_FILE",
+        _str,
+        None,
+    ),
 )
 SECTIONS = {k.path[0] for k in KEYS} | {"schedules"}
 
@@ -154,8 +185,9 @@ def _from_yaml(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for section, body in data.items():
         if section not in SECTIONS:
-            raise ConfigError(f"{path}: unknown key {section!r} (expected one of "
-                              f"{', '.join(sorted(SECTIONS))})")
+            raise ConfigError(
+                f"{path}: unknown key {section!r} (expected one of {', '.join(sorted(SECTIONS))})"
+            )
         if section == "schedules":
             if body is not None and not isinstance(body, dict):
                 raise ConfigError(f"{path}: key 'schedules' must be a mapping of schedule IDs")
@@ -169,8 +201,9 @@ def _from_yaml(path: Path, data: dict[str, Any]) -> dict[str, Any]:
             key = by_path.get((section, str(name)))
             if key is None:
                 allowed = sorted(k.path[1] for k in KEYS if k.path[0] == section)
-                raise ConfigError(f"{path}: unknown key '{section}.{name}' (expected one of "
-                                  f"{', '.join(allowed)})")
+                raise ConfigError(
+                    f"{path}: unknown key '{section}.{name}' (expected one of {', '.join(allowed)})"
+                )
             if raw is None:
                 continue
             values[key.attr] = _parse(key, raw, f"{path}: key '{section}.{name}'")
@@ -184,8 +217,11 @@ def _parse(key: Key, raw: Any, where: str) -> Any:
         raise ConfigError(f"{where}: got {str(raw)[:60]!r}, expected {exc}") from None
 
 
-def load_settings(config_file: str | None = None, env: Mapping[str, str] | None = None,
-                  overrides: Mapping[str, Any] | None = None) -> Settings:
+def load_settings(
+    config_file: str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
     """Build validated settings. ``overrides`` are command flags keyed by attribute name."""
     env = dict(os.environ if env is None else env)
     values: dict[str, Any] = {}

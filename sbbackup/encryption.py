@@ -29,8 +29,9 @@ def _read_secret_file(path_str: str, what: str) -> bytes:
     except OSError as exc:
         raise ConfigError(f"{what} {path}: cannot read ({exc.strerror})") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"{what} {path} is readable by others (mode {st.st_mode & 0o777:o}): "
-                          "chmod 600 it")
+        raise ConfigError(
+            f"{what} {path} is readable by others (mode {st.st_mode & 0o777:o}): chmod 600 it"
+        )
     return data
 
 
@@ -52,17 +53,25 @@ def plan_encryption(settings: Settings) -> EncryptionPlan:
         recipients += age.parse_recipients_file(Path(settings.recipients_file).expanduser())
     passphrase = read_passphrase(settings)
     if recipients and passphrase is not None:
-        raise ConfigError("configure either encryption recipients or a passphrase file, not both "
-                          "(an age passphrase file has exactly one recipient)")
+        raise ConfigError(
+            "configure either encryption recipients or a passphrase file, not both "
+            "(an age passphrase file has exactly one recipient)"
+        )
     if passphrase is not None:
         scrypt = age.ScryptRecipient(passphrase, PASSPHRASE_WORK_FACTOR)
-        manifest = {"algorithm": "age-v1", "recipientType": "scrypt",
-                    "recipients": [], "workFactor": PASSPHRASE_WORK_FACTOR}
+        manifest = {
+            "algorithm": "age-v1",
+            "recipientType": "scrypt",
+            "recipients": [],
+            "workFactor": PASSPHRASE_WORK_FACTOR,
+        }
         return EncryptionPlan(lambda out: _writer(age, out, [scrypt]), manifest)
     if not recipients:
-        raise ConfigError("encryption is on but no recipient is configured: set "
-                          "DB_BACKUP_ENCRYPTION_RECIPIENTS, DB_BACKUP_ENCRYPTION_RECIPIENTS_FILE "
-                          "or DB_BACKUP_ENCRYPTION_PASSPHRASE_FILE (see `sbbackup keygen`)")
+        raise ConfigError(
+            "encryption is on but no recipient is configured: set "
+            "DB_BACKUP_ENCRYPTION_RECIPIENTS, DB_BACKUP_ENCRYPTION_RECIPIENTS_FILE "
+            "or DB_BACKUP_ENCRYPTION_PASSPHRASE_FILE (see `sbbackup keygen`)"
+        )
     keys = [r.public_key_str for r in recipients]
     manifest = {"algorithm": "age-v1", "recipientType": "X25519", "recipients": keys}
     return EncryptionPlan(lambda out: _writer(age, out, recipients), manifest)

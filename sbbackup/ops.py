@@ -83,6 +83,7 @@ class Context:
 
 # --- create ------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class CreateOptions:
     format: str | None = None
@@ -92,8 +93,9 @@ class CreateOptions:
     schedule_id: str | None = None
 
 
-def create_backup(ctx: Context, opts: CreateOptions, now: datetime | None = None,
-                  progress: Progress | None = None) -> BackupRecord:
+def create_backup(
+    ctx: Context, opts: CreateOptions, now: datetime | None = None, progress: Progress | None = None
+) -> BackupRecord:
     """Dump, stream to storage, commit, then write the manifest (the commit record)."""
     s = ctx.settings
     engine = ctx.engine
@@ -101,8 +103,9 @@ def create_backup(ctx: Context, opts: CreateOptions, now: datetime | None = None
     if fmt not in engine.formats:
         raise UsageError(f"the {engine.name} engine cannot write the {fmt} format")
     compress = s.compression if opts.compress is None else opts.compress
-    compression = Compression(opts.level or s.compression_level, s.compression_threads) \
-        if compress else None
+    compression = (
+        Compression(opts.level or s.compression_level, s.compression_threads) if compress else None
+    )
     encrypt = s.encryption if opts.encrypt is None else opts.encrypt
     plan = None
     if encrypt:
@@ -113,18 +116,29 @@ def create_backup(ctx: Context, opts: CreateOptions, now: datetime | None = None
     storage.sweep_partials()
     now = now or datetime.now(UTC)
     backup_id = _unique_id(ctx.catalog, now)
-    filename = backup_id + engine.file_extension[fmt] + (".zst" if compression else "") \
+    filename = (
+        backup_id
+        + engine.file_extension[fmt]
+        + (".zst" if compression else "")
         + (".age" if plan else "")
+    )
     record = BackupRecord(
-        id=backup_id, filename=filename, size=0, createdAt=iso(now) or "", checksum=None,
-        status="in_progress", duration=0, scheduleId=opts.schedule_id,
-        database=engine.describe(), format=fmt,
+        id=backup_id,
+        filename=filename,
+        size=0,
+        createdAt=iso(now) or "",
+        checksum=None,
+        status="in_progress",
+        duration=0,
+        scheduleId=opts.schedule_id,
+        database=engine.describe(),
+        format=fmt,
         compression=compression.to_json() if compression else None,
-        encryption=plan.manifest if plan else None, toolVersion=__version__,
+        encryption=plan.manifest if plan else None,
+        toolVersion=__version__,
     )
     started = time.monotonic()
-    writer = BackupWriter(storage.open_write(filename), compression,
-                          plan.stage if plan else None)
+    writer = BackupWriter(storage.open_write(filename), compression, plan.stage if plan else None)
     try:
         dumped = engine.dump(fmt, writer, s.row_counts, progress)
         result = writer.finish()
@@ -177,8 +191,10 @@ def _record_failure(ctx: Context, record: BackupRecord, exc: BaseException, star
 
 # --- list / show / delete ----------------------------------------------------------------
 
-def list_backups(ctx: Context, status: str | None = None, schedule: str | None = None,
-                 limit: int | None = None) -> list[BackupRecord]:
+
+def list_backups(
+    ctx: Context, status: str | None = None, schedule: str | None = None, limit: int | None = None
+) -> list[BackupRecord]:
     return ctx.catalog.list(status=status, schedule=schedule, limit=limit)
 
 
@@ -194,6 +210,7 @@ def delete_backup(ctx: Context, backup_id: str) -> BackupRecord:
 
 
 # --- verify ------------------------------------------------------------------------------
+
 
 @dataclass
 class VerifyResult:
@@ -238,8 +255,10 @@ def _verify_one(ctx: Context, record: BackupRecord, deep: bool) -> VerifyResult:
     result = VerifyResult(record.id, record.filename, ok=False, deep=deep)
     try:
         if record.status != STATUS_COMPLETED or not record.filename:
-            raise IntegrityError(f"{record.filename or record.id}: backup is {record.status}"
-                                 + (f" ({record.error})" if record.error else ""))
+            raise IntegrityError(
+                f"{record.filename or record.id}: backup is {record.status}"
+                + (f" ({record.error})" if record.error else "")
+            )
         if deep:
             _deep_check(ctx, record)
         else:
@@ -287,6 +306,7 @@ def _deep_check(ctx: Context, record: BackupRecord) -> None:
 
 # --- restore -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class RestoreOptions:
     backup_id: str
@@ -312,14 +332,22 @@ def restore_backup(ctx: Context, opts: RestoreOptions) -> dict[str, Any]:
     engine = ctx.engine
     overwriting_source = engine.is_source(opts.target)
     if overwriting_source and not opts.confirmed:
-        raise UsageError(f"restoring {record.id} over the source database "
-                         f"{engine.redact(None)} is destructive: pass --yes to confirm")
+        raise UsageError(
+            f"restoring {record.id} over the source database "
+            f"{engine.redact(None)} is destructive: pass --yes to confirm"
+        )
     now = datetime.now(UTC)
     rec: dict[str, Any] = {
         "restoreId": f"restore_{now:%Y-%m-%dT%H-%M-%S}Z_{secrets.token_hex(3)}",
-        "backupId": record.id, "target": engine.redact(opts.target), "startedAt": iso(now),
-        "finishedAt": None, "status": "in_progress", "error": None, "duration": 0,
-        "steps": {}, "validation": None,
+        "backupId": record.id,
+        "target": engine.redact(opts.target),
+        "startedAt": iso(now),
+        "finishedAt": None,
+        "status": "in_progress",
+        "error": None,
+        "duration": 0,
+        "steps": {},
+        "validation": None,
     }
     store = _restore_store(ctx)
     store.write_bytes_atomic(rec["restoreId"] + ".json", _dumps(rec))
@@ -335,8 +363,9 @@ def restore_backup(ctx: Context, opts: RestoreOptions) -> dict[str, Any]:
         rec["finishedAt"] = iso(datetime.now(UTC))
         rec["duration"] = int((time.monotonic() - started) * 1000)
         store.write_bytes_atomic(rec["restoreId"] + ".json", _dumps(rec))
-        ctx.audit("restore", record.id, rec["status"], restoreId=rec["restoreId"],
-                  target=rec["target"])
+        ctx.audit(
+            "restore", record.id, rec["status"], restoreId=rec["restoreId"], target=rec["target"]
+        )
     return rec
 
 
@@ -347,8 +376,9 @@ def _timed(rec: dict[str, Any], step: str, fn: Callable[[], Any]) -> Any:
     return out
 
 
-def _restore_steps(ctx: Context, record: BackupRecord, opts: RestoreOptions,
-                   rec: dict[str, Any], fresh: bool) -> None:
+def _restore_steps(
+    ctx: Context, record: BackupRecord, opts: RestoreOptions, rec: dict[str, Any], fresh: bool
+) -> None:
     if record.status != STATUS_COMPLETED or not record.filename:
         raise IntegrityError(f"refusing to restore {record.id}: backup is {record.status}")
     filename = record.filename
@@ -364,31 +394,48 @@ def _restore_steps(ctx: Context, record: BackupRecord, opts: RestoreOptions,
     def load() -> None:  # 2. preparation and 3. restore (the engine prepares its target)
         with ctx.storage.open_read(filename) as fh:
             raw = HashingReader(fh)
-            ctx.engine.restore(record.format, plaintext(ctx, record, raw), opts.target,
-                               create_target=opts.create_target, clean=opts.clean, jobs=jobs)
+            ctx.engine.restore(
+                record.format,
+                plaintext(ctx, record, raw),
+                opts.target,
+                create_target=opts.create_target,
+                clean=opts.clean,
+                jobs=jobs,
+            )
             check_digest(raw.hash.hexdigest(), record.checksum, filename)
 
     _timed(rec, "restore", load)
-    rec["validation"] = _timed(rec, "validate", lambda: validate_restore(ctx, record, opts.target,
-                                                                        strict=fresh))
+    rec["validation"] = _timed(
+        rec, "validate", lambda: validate_restore(ctx, record, opts.target, strict=fresh)
+    )
 
 
-def validate_restore(ctx: Context, record: BackupRecord, target: str | None,
-                     strict: bool) -> dict[str, Any]:
+def validate_restore(
+    ctx: Context, record: BackupRecord, target: str | None, strict: bool
+) -> dict[str, Any]:
     """4. validation: exact row counts and object counts against the manifest."""
     actual = ctx.engine.inventory(target)
     expected = record.contents
     if expected and not strict:
         # Restoring into a database that held other things: judge only what the backup holds.
-        actual = {"tables": {k: v for k, v in actual.get("tables", {}).items()
-                             if k in expected.get("tables", {})}}
+        actual = {
+            "tables": {
+                k: v for k, v in actual.get("tables", {}).items() if k in expected.get("tables", {})
+            }
+        }
         expected = {"tables": expected.get("tables", {})}
     diffs = compare_contents(expected, actual)
-    summary = {"tables": len(actual.get("tables", {})), "differences": diffs,
-               "checked": expected is not None}
+    summary = {
+        "tables": len(actual.get("tables", {})),
+        "differences": diffs,
+        "checked": expected is not None,
+    }
     if diffs:
-        raise IntegrityError(f"restored database differs from backup {record.id}: "
-                             + "; ".join(diffs[:5]) + (" ..." if len(diffs) > 5 else ""))
+        raise IntegrityError(
+            f"restored database differs from backup {record.id}: "
+            + "; ".join(diffs[:5])
+            + (" ..." if len(diffs) > 5 else "")
+        )
     return summary
 
 

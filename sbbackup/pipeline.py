@@ -80,8 +80,12 @@ class HashingWriter:
 class BackupWriter:
     """The write side of the pipeline. ``write`` dump bytes, then ``finish`` or ``abort``."""
 
-    def __init__(self, dest: AtomicWriter, compression: Compression | None,
-                 encrypt: StageFactory | None = None) -> None:
+    def __init__(
+        self,
+        dest: AtomicWriter,
+        compression: Compression | None,
+        encrypt: StageFactory | None = None,
+    ) -> None:
         self.dest = dest
         self.hashing = HashingWriter(dest)
         self.stages: list[Stage] = []
@@ -91,8 +95,9 @@ class BackupWriter:
             self.stages.append(stage)
             head = stage
         if compression is not None:
-            cctx = zstandard.ZstdCompressor(level=compression.level, threads=compression.threads,
-                                            write_checksum=True)
+            cctx = zstandard.ZstdCompressor(
+                level=compression.level, threads=compression.threads, write_checksum=True
+            )
             zw = cctx.stream_writer(head, closefd=False, write_size=BLOCK)  # type: ignore[arg-type]
             self.stages.append(zw)
             head = zw
@@ -187,15 +192,17 @@ def sha256_of(fh: BinaryIO) -> tuple[str, int]:
         size += n
 
 
-def iter_plaintext(raw: HashingReader, compressed: bool,
-                   decrypt: ReaderFactory | None = None) -> Iterator[bytes]:
+def iter_plaintext(
+    raw: HashingReader, compressed: bool, decrypt: ReaderFactory | None = None
+) -> Iterator[bytes]:
     """Yield the dump bytes, block by block. Afterwards ``raw`` holds the stored file's hash."""
     src: BinaryIO = raw  # type: ignore[assignment]
     if decrypt is not None:
         src = decrypt(src)
     if compressed:
-        reader = zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True,
-                                                            read_size=BLOCK, closefd=False)
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            src, read_across_frames=True, read_size=BLOCK, closefd=False
+        )
         try:
             while True:
                 chunk = reader.read(BLOCK)

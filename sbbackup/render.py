@@ -38,15 +38,19 @@ def human_size(n: int | None) -> str:
 
 def render(result: Any, as_json: bool, console: Console | None = None) -> None:
     """Print ``result`` to stdout: one JSON document, or the human view of it."""
-    console = console or Console(soft_wrap=True, highlight=False,
-                                 width=None if sys.stdout.isatty() else 160)
+    console = console or Console(
+        soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 160
+    )
     if as_json:
         console.file.write(json.dumps(to_jsonable(result), indent=2, sort_keys=False) + "\n")
         return
     if isinstance(result, BackupRecord):
         _mapping(console, result.to_json())
-    elif isinstance(result, Sequence) and not isinstance(result, str) and (
-            not result or isinstance(result[0], BackupRecord)):
+    elif (
+        isinstance(result, Sequence)
+        and not isinstance(result, str)
+        and (not result or isinstance(result[0], BackupRecord))
+    ):
         _backups(console, result)
     elif isinstance(result, VerifyReport):
         _verify(console, result)
@@ -65,9 +69,15 @@ def _backups(console: Console, records: Sequence[BackupRecord]) -> None:
         table.add_column(col, no_wrap=col in ("ID", "CREATED"))
     colour = {"completed": "green", "failed": "red", "missing": "red", "corrupt": "red"}
     for r in records:
-        table.add_row(Text(r.id), Text(r.status, style=colour.get(r.status, "yellow")),
-                      Text(r.scheduleId or "manual"), Text(r.format), Text(human_size(r.size)),
-                      Text(r.createdAt), Text(f"{r.duration / 1000:.1f}s"))
+        table.add_row(
+            Text(r.id),
+            Text(r.status, style=colour.get(r.status, "yellow")),
+            Text(r.scheduleId or "manual"),
+            Text(r.format),
+            Text(human_size(r.size)),
+            Text(r.createdAt),
+            Text(f"{r.duration / 1000:.1f}s"),
+        )
     console.print(table)
 
 
@@ -88,8 +98,11 @@ def _mapping(console: Console, data: Mapping[str, Any]) -> None:
     table.add_column()
     for key, value in data.items():
         if isinstance(value, (dict, list)):
-            value = json.dumps(value, sort_keys=True) if len(json.dumps(value)) < 200 else \
-                f"({len(value)} entries)"
+            value = (
+                json.dumps(value, sort_keys=True)
+                if len(json.dumps(value)) < 200
+                else f"({len(value)} entries)"
+            )
         if key in ("size", "uncompressedSize") and isinstance(value, int):
             value = f"{value} ({human_size(value)})"
         table.add_row(Text(str(key)), Text("-" if value is None else str(value)))

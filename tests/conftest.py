@@ -74,12 +74,22 @@ class SB:
     backup_path: Path
     env: dict[str, str]
 
-    def __call__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300,
-                 input: str | None = None) -> Result:
+    def __call__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        timeout: float = 300,
+        input: str | None = None,
+    ) -> Result:
         full_env = {**self.env, **(env or {})}
-        proc = subprocess.run([sys.executable, "-m", "sbbackup", *args], env=full_env,
-                              capture_output=True, text=True, timeout=timeout,
-                              input=input if input is not None else "")
+        proc = subprocess.run(
+            [sys.executable, "-m", "sbbackup", *args],
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input if input is not None else "",
+        )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     def ok(self, *args: str, **kw: object) -> Result:

@@ -29,7 +29,9 @@ def pg_bindir() -> Path:
     for cand in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
         if (cand / "initdb").exists():
             return cand
-    raise RuntimeError("initdb not found: run `make test` (it installs postgresql) or apt install postgresql")
+    raise RuntimeError(
+        "initdb not found: run `make test` (it installs postgresql) or apt install postgresql"
+    )
 
 
 def free_port() -> int:
@@ -66,23 +68,37 @@ class Cluster:
     def psql(self, sql: str, db: str = "postgres", check: bool = True) -> str:
         res = subprocess.run(
             ["psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql],
-            env=self.env(), capture_output=True, text=True,
+            env=self.env(),
+            capture_output=True,
+            text=True,
         )
         if check and res.returncode != 0:
             raise RuntimeError(f"psql failed: {res.stderr}")
         return res.stdout.strip()
 
     def psql_file(self, path: Path, db: str) -> None:
-        subprocess.run(["psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", str(path)],
-                       env=self.env(), check=True, capture_output=True)
+        subprocess.run(
+            ["psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", str(path)],
+            env=self.env(),
+            check=True,
+            capture_output=True,
+        )
 
     def pg_ctl(self, *args: str) -> None:
-        subprocess.run([*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-w",
-                        *args], check=True, capture_output=True)
+        subprocess.run(
+            [*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-w", *args],
+            check=True,
+            capture_output=True,
+        )
 
     def start(self) -> None:
-        self.pg_ctl("-l", str(self.base / "log"), "-o",
-                    f"-p {self.port} -k {self.sockdir} -c listen_addresses=127.0.0.1", "start")
+        self.pg_ctl(
+            "-l",
+            str(self.base / "log"),
+            "-o",
+            f"-p {self.port} -k {self.sockdir} -c listen_addresses=127.0.0.1",
+            "start",
+        )
 
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
@@ -106,9 +122,26 @@ def create_cluster() -> Cluster:
     pwfile.write_text(PASSWORD + "\n")
     if as_user:
         os.chown(pwfile, pwd.getpwnam("postgres").pw_uid, -1)
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(cluster.datadir), "-U", "postgres",
-                    "--pwfile", str(pwfile), "-A", "trust", "--auth-host=scram-sha-256",
-                    "-E", "UTF8", "--locale=C.UTF-8"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            *as_user,
+            str(bindir / "initdb"),
+            "-D",
+            str(cluster.datadir),
+            "-U",
+            "postgres",
+            "--pwfile",
+            str(pwfile),
+            "-A",
+            "trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        ],
+        check=True,
+        capture_output=True,
+    )
     pwfile.unlink()
     sock = cluster.sockdir
     sock.mkdir()
@@ -118,8 +151,12 @@ def create_cluster() -> Cluster:
         fh.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
     cluster.start()
     for _ in range(100):
-        if subprocess.run(["pg_isready", "-h", str(sock), "-p", str(cluster.port)],
-                          capture_output=True).returncode == 0:
+        if (
+            subprocess.run(
+                ["pg_isready", "-h", str(sock), "-p", str(cluster.port)], capture_output=True
+            ).returncode
+            == 0
+        ):
             break
         time.sleep(0.1)
     return cluster

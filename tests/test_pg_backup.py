@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,11 +18,19 @@ from pgcluster import PASSWORD, Cluster
 
 
 def plain_dump(pg: Cluster, db: str, *extra: str) -> str:
-    res = subprocess.run(["pg_dump", "--no-password", *extra, "-d", db], env=pg.env(),
-                         capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        ["pg_dump", "--no-password", *extra, "-d", db],
+        env=pg.env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     # \restrict / \unrestrict carry a random key per dump (PostgreSQL 15.14+).
-    return "".join(ln for ln in res.stdout.splitlines(keepends=True)
-                   if not ln.startswith(("\\restrict ", "\\unrestrict ")))
+    return "".join(
+        ln
+        for ln in res.stdout.splitlines(keepends=True)
+        if not ln.startswith(("\\restrict ", "\\unrestrict "))
+    )
 
 
 def newest(sb: SB) -> dict:
@@ -39,8 +48,16 @@ def test_round_trip_fidelity(pg: Cluster, rich_db: str, sb: SB, fmt: str) -> Non
     assert record["contents"]["tables"]["app.everything"] == 501
     assert record["contents"]["objects"]["largeObjects"] == 1
     target = f"restored_{fmt}"
-    res = sb.ok("--database-url", url, "restore", record["id"], "--target-url",
-                pg.url(target), "--create-target", "--json").json()
+    res = sb.ok(
+        "--database-url",
+        url,
+        "restore",
+        record["id"],
+        "--target-url",
+        pg.url(target),
+        "--create-target",
+        "--json",
+    ).json()
     assert res["status"] == "completed" and res["validation"]["differences"] == []
     assert res["validation"]["tables"] == len(record["contents"]["tables"])
     assert plain_dump(pg, target, "--schema-only") == plain_dump(pg, rich_db, "--schema-only")
@@ -55,9 +72,26 @@ def test_manifest_fields_and_modes(pg: Cluster, rich_db: str, sb: SB) -> None:
         record = sb.ok("create", "--json", env=env).json()
     finally:
         os.umask(old)
-    for key in ("id", "filename", "size", "createdAt", "checksum", "status", "duration", "error",
-                "schemaVersion", "scheduleId", "completedAt", "database", "format",
-                "compression", "encryption", "uncompressedSize", "toolVersion", "pgDumpVersion"):
+    for key in (
+        "id",
+        "filename",
+        "size",
+        "createdAt",
+        "checksum",
+        "status",
+        "duration",
+        "error",
+        "schemaVersion",
+        "scheduleId",
+        "completedAt",
+        "database",
+        "format",
+        "compression",
+        "encryption",
+        "uncompressedSize",
+        "toolVersion",
+        "pgDumpVersion",
+    ):
         assert key in record
     assert record["database"]["serverVersion"].startswith("15.")
     assert record["pgDumpVersion"].startswith("15.")
@@ -74,8 +108,11 @@ def test_manifest_fields_and_modes(pg: Cluster, rich_db: str, sb: SB) -> None:
 
 def test_zstd_cli_decompresses(pg: Cluster, rich_db: str, sb: SB) -> None:
     record = sb.ok("--database-url", pg.url(rich_db), "create", "--json").json()
-    out = subprocess.run(["zstd", "-d", "-c", str(sb.backup_path / record["filename"])],
-                         capture_output=True, check=True).stdout
+    out = subprocess.run(
+        ["zstd", "-d", "-c", str(sb.backup_path / record["filename"])],
+        capture_output=True,
+        check=True,
+    ).stdout
     assert len(out) == record["uncompressedSize"]
     assert b"-- PostgreSQL database dump complete" in out[-200:]
 
@@ -92,8 +129,9 @@ def test_corrupted_byte_verify_and_restore_refuse(pg: Cluster, fresh_db: str, sb
     res = sb("verify", record["id"], env=env)
     assert res.code == 13 and record["filename"] in res.err
     assert len(res.err.strip().splitlines()) == 1
-    res = sb("restore", record["id"], "--target-url", pg.url("never_made"), "--create-target",
-             env=env)
+    res = sb(
+        "restore", record["id"], "--target-url", pg.url("never_made"), "--create-target", env=env
+    )
     assert res.code == 13, res.err
     assert pg.psql("SELECT count(*) FROM pg_database WHERE datname = 'never_made'") == "0"
 
@@ -101,15 +139,17 @@ def test_corrupted_byte_verify_and_restore_refuse(pg: Cluster, fresh_db: str, sb
 def test_failed_dump_leaves_no_backup(pg: Cluster, fresh_db: str, sb: SB) -> None:
     """A dump blocked behind an exclusive lock fails (lock wait timeout) and is recorded."""
     pg.psql("CREATE TABLE locked (id int)", db=fresh_db)
-    holder = subprocess.Popen(["psql", "-X", "-q", "-d", fresh_db], stdin=subprocess.PIPE,
-                              env=pg.env(), text=True)
+    holder = subprocess.Popen(
+        ["psql", "-X", "-q", "-d", fresh_db], stdin=subprocess.PIPE, env=pg.env(), text=True
+    )
     assert holder.stdin is not None
     holder.stdin.write("BEGIN; LOCK TABLE locked IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);\n")
     holder.stdin.flush()
     time.sleep(0.5)
     try:
-        res = sb("create", env={"DATABASE_URL": pg.url(fresh_db),
-                                "SBBACKUP_LOCK_WAIT_TIMEOUT": "1"})
+        res = sb(
+            "create", env={"DATABASE_URL": pg.url(fresh_db), "SBBACKUP_LOCK_WAIT_TIMEOUT": "1"}
+        )
     finally:
         holder.kill()
     assert res.code == 3, res.err
@@ -126,8 +166,10 @@ def test_pg_dump_killed_mid_stream(pg: Cluster, rich_db: str, sb: SB, tmp_path: 
     bindir.mkdir()
     real = subprocess.run(["which", "pg_dump"], capture_output=True, text=True).stdout.strip()
     fake = bindir / "pg_dump"
-    fake.write_text(f'#!/bin/sh\ncase "$1" in --version) exec {real} --version;; esac\n'
-                    f'{real} "$@" | head -c 30000\nkill -KILL $$\n')
+    fake.write_text(
+        f'#!/bin/sh\ncase "$1" in --version) exec {real} --version;; esac\n'
+        f'{real} "$@" | head -c 30000\nkill -KILL $$\n'
+    )
     fake.chmod(0o755)
     env = {"DATABASE_URL": pg.url(rich_db), "PATH": f"{bindir}:{os.environ['PATH']}"}
     res = sb("create", env=env)
@@ -143,8 +185,10 @@ def test_wrong_url_missing_tool_bad_config(pg: Cluster, sb: SB, tmp_path: Path) 
     assert len(res.err.strip().splitlines()) == 1 and "pw" not in res.err
     res = sb("create", env={"DATABASE_URL": pg.url(), "PATH": "/nonexistent"})
     assert res.code == 3
-    assert res.err.strip() == ("sbbackup: error: pg_dump not found: install the PostgreSQL client "
-                               "tools (e.g. apt install postgresql-client)")
+    assert res.err.strip() == (
+        "sbbackup: error: pg_dump not found: install the PostgreSQL client "
+        "tools (e.g. apt install postgresql-client)"
+    )
     cfg = tmp_path / "c.yaml"
     cfg.write_text("backup:\n  retentionDayz: 3\n")
     res = sb("--config", str(cfg), "list")
@@ -160,8 +204,11 @@ def test_read_only_backup_path(tmp_path: Path) -> None:
     import sqlite3
     import sys
 
-    base = Path(subprocess.run(["mktemp", "-d", "/tmp/sbb-ro.XXXXXX"], capture_output=True,
-                               text=True, check=True).stdout.strip())
+    base = Path(
+        subprocess.run(
+            ["mktemp", "-d", "/tmp/sbb-ro.XXXXXX"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
     try:
         db = base / "db.sqlite"
         sqlite3.connect(db).executescript("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
@@ -172,14 +219,20 @@ def test_read_only_backup_path(tmp_path: Path) -> None:
         os.chmod(ro, 0o555)
         # Root ignores file modes, so drop to nobody after importing (site-packages may
         # live under a 0700 /root that nobody cannot read).
-        drop = ("import os, sys, sqlite3; import sbbackup.cli, sbbackup.ops, "
-                "sbbackup.engines.sqlite, sbbackup.storage.local, sbbackup.render\n"
-                "if os.geteuid() == 0: os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
-                "sbbackup.cli.main(['create'])")
+        drop = (
+            "import os, sys, sqlite3; import sbbackup.cli, sbbackup.ops, "
+            "sbbackup.engines.sqlite, sbbackup.storage.local, sbbackup.render\n"
+            "if os.geteuid() == 0: os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+            "sbbackup.cli.main(['create'])"
+        )
         cmd = [sys.executable, "-c", drop]
-        env = {"PATH": os.environ["PATH"], "DATABASE_URL": f"sqlite:///{db}",
-               "DB_BACKUP_PATH": str(ro / "backups"), "HOME": str(base),
-               "PYTHONPATH": str(Path(__file__).parents[1])}
+        env = {
+            "PATH": os.environ["PATH"],
+            "DATABASE_URL": f"sqlite:///{db}",
+            "DB_BACKUP_PATH": str(ro / "backups"),
+            "HOME": str(base),
+            "PYTHONPATH": str(Path(__file__).parents[1]),
+        }
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=base)
         assert res.returncode == 4, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1
@@ -189,8 +242,9 @@ def test_read_only_backup_path(tmp_path: Path) -> None:
 
 
 def test_password_never_in_argv(pg: Cluster, sb: SB, fresh_db: str) -> None:
-    pg.psql("CREATE TABLE big AS SELECT g, md5(g::text) FROM generate_series(1, 400000) g",
-            db=fresh_db)
+    pg.psql(
+        "CREATE TABLE big AS SELECT g, md5(g::text) FROM generate_series(1, 400000) g", db=fresh_db
+    )
     seen: list[str] = []
     done = threading.Event()
 
@@ -198,10 +252,10 @@ def test_password_never_in_argv(pg: Cluster, sb: SB, fresh_db: str) -> None:
         while not done.is_set():
             for pid in os.listdir("/proc"):
                 if pid.isdigit():
-                    try:
-                        seen.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
-                    except OSError:
-                        pass
+                    with contextlib.suppress(OSError):
+                        seen.append(
+                            Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                        )
 
     t = threading.Thread(target=poll)
     t.start()
@@ -217,13 +271,18 @@ def test_password_never_in_argv(pg: Cluster, sb: SB, fresh_db: str) -> None:
 
 
 def test_sigterm_during_create(pg: Cluster, sb: SB, fresh_db: str) -> None:
-    pg.psql("CREATE TABLE big AS SELECT g, md5(g::text) AS h FROM generate_series(1, 2000000) g",
-            db=fresh_db)
+    pg.psql(
+        "CREATE TABLE big AS SELECT g, md5(g::text) AS h FROM generate_series(1, 2000000) g",
+        db=fresh_db,
+    )
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "sbbackup", "create", "--level", "19"],
-                            env={**sb.env, "DATABASE_URL": pg.url(fresh_db)},
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sbbackup", "create", "--level", "19"],
+        env={**sb.env, "DATABASE_URL": pg.url(fresh_db)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 30
     while time.time() < deadline and not list(sb.backup_path.glob("*.partial")):
         time.sleep(0.05)

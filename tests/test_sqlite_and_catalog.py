@@ -24,9 +24,11 @@ def demo_db(tmp_path: Path) -> Path:
         CREATE VIEW v AS SELECT id FROM t;
         CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END;
     ''')
-    con.executemany("INSERT INTO t (name, data, n) VALUES (?, ?, ?)",
-                    [(f"row {i}\n-- not a comment; 'q' 😀", bytes(range(256)), i / 3)
-                     for i in range(2000)] + [(None, None, None)])
+    con.executemany(
+        "INSERT INTO t (name, data, n) VALUES (?, ?, ?)",
+        [(f"row {i}\n-- not a comment; 'q' 😀", bytes(range(256)), i / 3) for i in range(2000)]
+        + [(None, None, None)],
+    )
     con.execute('INSERT INTO "odd ""name""" VALUES (\'x\')')
     con.commit()
     con.close()
@@ -48,8 +50,9 @@ def test_sqlite_round_trip(sb: SB, demo_db: Path, tmp_path: Path) -> None:
     assert record["contents"]["tables"] == {"t": 2001, 'odd "name"': 1}
     sb.ok("verify", "--deep", record["id"], env=env)
     target = tmp_path / "restored.db"
-    res = sb.ok("restore", record["id"], "--target-url", f"sqlite:///{target}", "--json",
-                env=env).json()
+    res = sb.ok(
+        "restore", record["id"], "--target-url", f"sqlite:///{target}", "--json", env=env
+    ).json()
     assert res["status"] == "completed"
     q = "SELECT * FROM t ORDER BY id"
     assert rows(target, q) == rows(demo_db, q)
@@ -87,8 +90,17 @@ def test_newer_schema_version_refused(sb: SB, demo_db: Path) -> None:
     assert res.code == 13 and "newer" in res.err and "upgrade sbbackup" in res.err
 
 
-@pytest.mark.parametrize("bad", ["../etc/passwd", "/abs", "streambuddy_backup_x", "a\0b",
-                                 "streambuddy_backup_2026-01-01T00-00-00-000Z/../x", "x" * 5000])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "../etc/passwd",
+        "/abs",
+        "streambuddy_backup_x",
+        "a\0b",
+        "streambuddy_backup_2026-01-01T00-00-00-000Z/../x",
+        "x" * 5000,
+    ],
+)
 def test_ids_are_validated_before_the_filesystem(bad: str, sb: SB) -> None:
     with pytest.raises(UsageError):
         validate_backup_id(bad)

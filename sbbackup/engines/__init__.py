@@ -33,12 +33,21 @@ class Engine(Protocol):
     def check(self) -> dict[str, Any]:
         """Find the client tools, connect, compare versions. Raise DatabaseError."""
 
-    def dump(self, fmt: str, out: Writer, row_counts: bool,
-             progress: Callable[[int], None] | None = None) -> DumpResult:
+    def dump(
+        self, fmt: str, out: Writer, row_counts: bool, progress: Callable[[int], None] | None = None
+    ) -> DumpResult:
         """Stream a consistent dump into ``out``. Raise DatabaseError on any failure."""
 
-    def restore(self, fmt: str, chunks: Iterable[bytes], target: str | None, *,
-                create_target: bool, clean: bool, jobs: int) -> None:
+    def restore(
+        self,
+        fmt: str,
+        chunks: Iterable[bytes],
+        target: str | None,
+        *,
+        create_target: bool,
+        clean: bool,
+        jobs: int,
+    ) -> None:
         """Load a dump into ``target`` atomically where the format allows."""
 
     def inventory(self, target: str | None) -> dict[str, Any]:
@@ -64,8 +73,10 @@ def engine_for(url: str | None, settings: Any) -> Engine:
         from .postgresql import PostgreSQLEngine
 
         return PostgreSQLEngine(url, settings)
-    raise ConfigError(f"unsupported database URL scheme in {url.split('://')[0]!r}: "
-                      "expected postgresql:// or sqlite:///path")
+    raise ConfigError(
+        f"unsupported database URL scheme in {url.split('://')[0]!r}: "
+        "expected postgresql:// or sqlite:///path"
+    )
 
 
 def compare_contents(expected: dict[str, Any] | None, actual: dict[str, Any]) -> list[str]:
@@ -81,8 +92,9 @@ def compare_contents(expected: dict[str, Any] | None, actual: dict[str, Any]) ->
         elif name not in exp_tables:
             diffs.append(f"table {name} is in the restored database but not in the backup")
         elif exp_tables[name] != act_tables[name]:
-            diffs.append(f"table {name}: {exp_tables[name]} rows in the backup, "
-                         f"{act_tables[name]} restored")
+            diffs.append(
+                f"table {name}: {exp_tables[name]} rows in the backup, {act_tables[name]} restored"
+            )
     exp_obj: dict[str, int] = expected.get("objects", {})
     act_obj: dict[str, int] = actual.get("objects", {})
     for kind in sorted(set(exp_obj) & set(act_obj)):

@@ -29,40 +29,51 @@ INSTALL_HINT = "install the PostgreSQL client tools (e.g. apt install postgresql
 SEP = "\x1f"
 END = "__sbbackup_end__"
 DUMP_COMPLETE = b"-- PostgreSQL database dump complete"
-USER_NS = ("n.nspname NOT IN ('pg_catalog', 'information_schema') "
-           "AND n.nspname !~ '^pg_(toast|temp)'")
-NOT_EXT = ("NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = {oid} AND d.classid = "
-           "'{cat}'::regclass AND d.deptype = 'e')")
+USER_NS = (
+    "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp)'"
+)
+NOT_EXT = (
+    "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = {oid} AND d.classid = "
+    "'{cat}'::regclass AND d.deptype = 'e')"
+)
 
 TABLES_SQL = f"""SELECT format('%I.%I', n.nspname, c.relname)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'm') AND (c.relkind <> 'm' OR c.relispopulated) AND {USER_NS}
-AND {NOT_EXT.format(oid='c.oid', cat='pg_class')} ORDER BY 1"""
+AND {NOT_EXT.format(oid="c.oid", cat="pg_class")} ORDER BY 1"""
 
 
 def _count_rel(kinds: str) -> str:
-    return (f"SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            f"WHERE c.relkind IN ({kinds}) AND {USER_NS} "
-            f"AND {NOT_EXT.format(oid='c.oid', cat='pg_class')}")
+    return (
+        f"SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        f"WHERE c.relkind IN ({kinds}) AND {USER_NS} "
+        f"AND {NOT_EXT.format(oid='c.oid', cat='pg_class')}"
+    )
 
 
-OBJECTS_SQL = "\nUNION ALL ".join([
-    f"SELECT 'sequences', ({_count_rel(repr('S'))})",
-    f"SELECT 'views', ({_count_rel(repr('v'))})",
-    f"SELECT 'materializedViews', ({_count_rel(repr('m'))})",
-    f"SELECT 'indexes', ({_count_rel(chr(39) + 'i' + chr(39) + ', ' + chr(39) + 'I' + chr(39))})",
-    "SELECT 'functions', (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON "
-    f"n.oid = p.pronamespace WHERE {USER_NS} AND {NOT_EXT.format(oid='p.oid', cat='pg_proc')})",
-    "SELECT 'types', (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
-    f"LEFT JOIN pg_class c ON c.oid = t.typrelid WHERE {USER_NS} AND (t.typtype IN "
-    "('e', 'd', 'r', 'm') OR (t.typtype = 'c' AND c.relkind = 'c')) AND "
-    f"{NOT_EXT.format(oid='t.oid', cat='pg_type')})",
-    "SELECT 'triggers', (SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-    f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND {USER_NS})",
-    "SELECT 'constraints', (SELECT count(*) FROM pg_constraint k JOIN pg_namespace n ON "
-    f"n.oid = k.connamespace WHERE {USER_NS})",
-    "SELECT 'largeObjects', (SELECT count(*) FROM pg_largeobject_metadata)",
-])
+INDEX_KINDS = "'i', 'I'"
+OBJECTS_SQL = "\nUNION ALL ".join(
+    [
+        f"SELECT 'sequences', ({_count_rel(repr('S'))})",
+        f"SELECT 'views', ({_count_rel(repr('v'))})",
+        f"SELECT 'materializedViews', ({_count_rel(repr('m'))})",
+        f"SELECT 'indexes', ({_count_rel(INDEX_KINDS)})",
+        "SELECT 'functions', (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON "
+        f"n.oid = p.pronamespace WHERE {USER_NS} AND "
+        f"{NOT_EXT.format(oid='p.oid', cat='pg_proc')})",
+        "SELECT 'types', (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON "
+        "n.oid = t.typnamespace "
+        f"LEFT JOIN pg_class c ON c.oid = t.typrelid WHERE {USER_NS} AND (t.typtype IN "
+        "('e', 'd', 'r', 'm') OR (t.typtype = 'c' AND c.relkind = 'c')) AND "
+        f"{NOT_EXT.format(oid='t.oid', cat='pg_type')})",
+        "SELECT 'triggers', (SELECT count(*) FROM pg_trigger t JOIN pg_class c ON "
+        "c.oid = t.tgrelid "
+        f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND {USER_NS})",
+        "SELECT 'constraints', (SELECT count(*) FROM pg_constraint k JOIN pg_namespace n ON "
+        f"n.oid = k.connamespace WHERE {USER_NS})",
+        "SELECT 'largeObjects', (SELECT count(*) FROM pg_largeobject_metadata)",
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -156,10 +167,25 @@ class PsqlSession:
 
     def __init__(self, engine: PostgreSQLEngine, conn: Conn) -> None:
         self.proc = subprocess.Popen(
-            [engine.tool("psql"), "-X", "-A", "-t", "-q", "-F", SEP, "-v", "ON_ERROR_STOP=1",
-             "--no-password", *conn.args()],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=engine.child_env(conn), text=True, bufsize=1,
+            [
+                engine.tool("psql"),
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-F",
+                SEP,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "--no-password",
+                *conn.args(),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=engine.child_env(conn),
+            text=True,
+            bufsize=1,
         )
         assert self.proc.stderr is not None
         self.err = StderrCollector(self.proc.stderr.buffer)  # type: ignore[attr-defined]
@@ -203,9 +229,10 @@ def inventory(session: PsqlSession) -> dict[str, Any]:
     tables = [row[0] for row in session.query(TABLES_SQL)]
     counts: dict[str, int] = {}
     for i in range(0, len(tables), 200):
-        batch = tables[i:i + 200]
+        batch = tables[i : i + 200]
         sql = "\nUNION ALL ".join(
-            f"SELECT '{t.replace(chr(39), chr(39) * 2)}', count(*) FROM {t}" for t in batch)
+            f"SELECT '{t.replace(chr(39), chr(39) * 2)}', count(*) FROM {t}" for t in batch
+        )
         for name, n in session.query(sql):
             counts[name] = int(n)
     objects = {kind: int(n) for kind, n in session.query(OBJECTS_SQL)}
@@ -259,17 +286,31 @@ class PostgreSQLEngine:
 
     def run_psql(self, conn: Conn, sql: str) -> str:
         res = subprocess.run(
-            [self.tool("psql"), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "--no-password",
-             *conn.args(), "-c", sql],
-            env=self.child_env(conn), capture_output=True, text=True,
+            [
+                self.tool("psql"),
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "--no-password",
+                *conn.args(),
+                "-c",
+                sql,
+            ],
+            env=self.child_env(conn),
+            capture_output=True,
+            text=True,
         )
         if res.returncode != 0:
             raise DatabaseError(f"cannot connect to {conn.redacted()}: {first_error(res.stderr)}")
         return res.stdout.strip()
 
     def client_version(self, name: str = "pg_dump") -> tuple[int, str]:
-        res = subprocess.run([self.tool(name), "--version"], capture_output=True, text=True,
-                             env=self.env)
+        res = subprocess.run(
+            [self.tool(name), "--version"], capture_output=True, text=True, env=self.env
+        )
         return parse_major(res.stdout)
 
     def check(self, conn: Conn | None = None) -> dict[str, Any]:
@@ -282,40 +323,62 @@ class PostgreSQLEngine:
             if major < server_major:
                 raise DatabaseError(
                     f"{name} {full} is older than the server ({server_version}): install "
-                    f"postgresql-client-{server_major} or newer and put it first on PATH")
-        return {"serverVersion": server_version, "serverMajor": server_major,
-                "pgDumpVersion": versions["pg_dump"][1],
-                "tools": {n: self.tool(n) for n in TOOLS}}
+                    f"postgresql-client-{server_major} or newer and put it first on PATH"
+                )
+        return {
+            "serverVersion": server_version,
+            "serverMajor": server_major,
+            "pgDumpVersion": versions["pg_dump"][1],
+            "tools": {n: self.tool(n) for n in TOOLS},
+        }
 
     # --- dump --------------------------------------------------------------------------
-    def dump(self, fmt: str, out: Writer, row_counts: bool,
-             progress: Callable[[int], None] | None = None) -> DumpResult:
+    def dump(
+        self, fmt: str, out: Writer, row_counts: bool, progress: Callable[[int], None] | None = None
+    ) -> DumpResult:
         info = self.check()
         session = PsqlSession(self, self.conn)
         try:
             session.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             snapshot = session.query("SELECT pg_export_snapshot()")[0][0]
-            contents = self._dump_with(fmt, snapshot, out, session if row_counts else None,
-                                       progress)
+            contents = self._dump_with(
+                fmt, snapshot, out, session if row_counts else None, progress
+            )
             session.query("COMMIT")
         finally:
             session.close()
-        database = {"engine": self.name, "name": self.conn.dbname,
-                    "serverVersion": info["serverVersion"]}
-        return DumpResult(database=database, tool_version=info["pgDumpVersion"],
-                          contents=contents)
+        database = {
+            "engine": self.name,
+            "name": self.conn.dbname,
+            "serverVersion": info["serverVersion"],
+        }
+        return DumpResult(database=database, tool_version=info["pgDumpVersion"], contents=contents)
 
     def _dump_args(self, fmt: str, snapshot: str) -> list[str]:
-        args = [self.tool("pg_dump"), "--no-password", f"--snapshot={snapshot}",
-                f"--lock-wait-timeout={self.settings.lock_wait_timeout}s"]
+        args = [
+            self.tool("pg_dump"),
+            "--no-password",
+            f"--snapshot={snapshot}",
+            f"--lock-wait-timeout={self.settings.lock_wait_timeout}s",
+        ]
         args += ["--format=custom", "--compress=0"] if fmt == "custom" else ["--format=plain"]
         return [*args, *self.conn.args()]
 
-    def _dump_with(self, fmt: str, snapshot: str, out: Writer, session: PsqlSession | None,
-                   progress: Callable[[int], None] | None) -> dict[str, Any] | None:
-        proc = subprocess.Popen(self._dump_args(fmt, snapshot), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=self.child_env(self.conn),
-                                start_new_session=True)
+    def _dump_with(
+        self,
+        fmt: str,
+        snapshot: str,
+        out: Writer,
+        session: PsqlSession | None,
+        progress: Callable[[int], None] | None,
+    ) -> dict[str, Any] | None:
+        proc = subprocess.Popen(
+            self._dump_args(fmt, snapshot),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.child_env(self.conn),
+            start_new_session=True,
+        )
         assert proc.stdout is not None and proc.stderr is not None
         err = StderrCollector(proc.stderr)
         err.start()
@@ -333,8 +396,10 @@ class PostgreSQLEngine:
         if code != 0:
             msg = first_error(err.text())
             if "timeout" in msg.lower():
-                msg += (f" (a table could not be locked within {self.settings.lock_wait_timeout}s:"
-                        " another session holds an exclusive lock; see database.lockWaitTimeout)")
+                msg += (
+                    f" (a table could not be locked within {self.settings.lock_wait_timeout}s:"
+                    " another session holds an exclusive lock; see database.lockWaitTimeout)"
+                )
             raise DatabaseError(f"pg_dump failed (exit {code}): {msg}")
         return counter.result() if counter else None
 
@@ -357,25 +422,54 @@ class PostgreSQLEngine:
             self.run_psql(admin, f"CREATE DATABASE {ident}")
         return conn
 
-    def restore(self, fmt: str, chunks: Iterable[bytes], target: str | None, *,
-                create_target: bool, clean: bool, jobs: int) -> None:
+    def restore(
+        self,
+        fmt: str,
+        chunks: Iterable[bytes],
+        target: str | None,
+        *,
+        create_target: bool,
+        clean: bool,
+        jobs: int,
+    ) -> None:
         conn = self.prepare_target(target, create_target, clean)
         if fmt == "custom" and jobs > 1:
             self._restore_parallel(conn, chunks, jobs)
             return
         if fmt == "custom":
-            args = [self.tool("pg_restore"), "--exit-on-error", "--single-transaction",
-                    "--no-password", "--no-owner", *conn.args()]
+            args = [
+                self.tool("pg_restore"),
+                "--exit-on-error",
+                "--single-transaction",
+                "--no-password",
+                "--no-owner",
+                *conn.args(),
+            ]
         else:
-            args = [self.tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
-                    "--no-password", "-f", "-", *conn.args()]
+            args = [
+                self.tool("psql"),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "--single-transaction",
+                "--no-password",
+                "-f",
+                "-",
+                *conn.args(),
+            ]
         self._feed(args, conn, chunks)
 
     def _feed(self, args: list[str], conn: Conn, chunks: Iterable[bytes]) -> None:
         """Stream into a client. On a stream error kill it before EOF: no COMMIT is sent."""
-        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, env=self.child_env(conn),
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=self.child_env(conn),
+            start_new_session=True,
+        )
         assert proc.stdin is not None and proc.stderr is not None
         err = StderrCollector(proc.stderr)
         err.start()
@@ -400,12 +494,20 @@ class PostgreSQLEngine:
             with os.fdopen(fd, "wb") as fh:
                 for chunk in chunks:
                     fh.write(chunk)
-            args = [self.tool("pg_restore"), "--exit-on-error", f"--jobs={jobs}",
-                    "--no-password", "--no-owner", *conn.args(), path]
+            args = [
+                self.tool("pg_restore"),
+                "--exit-on-error",
+                f"--jobs={jobs}",
+                "--no-password",
+                "--no-owner",
+                *conn.args(),
+                path,
+            ]
             res = subprocess.run(args, capture_output=True, text=True, env=self.child_env(conn))
             if res.returncode != 0:
-                raise DatabaseError(f"restore into {conn.redacted()} failed: "
-                                    f"{first_error(res.stderr)}")
+                raise DatabaseError(
+                    f"restore into {conn.redacted()} failed: {first_error(res.stderr)}"
+                )
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -425,8 +527,13 @@ class PostgreSQLEngine:
 
     def list_custom(self, chunks: Iterable[bytes]) -> None:
         """``pg_restore --list`` over a custom-format stream: its TOC must parse."""
-        proc = subprocess.Popen([self.tool("pg_restore"), "--list"], stdin=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.env)
+        proc = subprocess.Popen(
+            [self.tool("pg_restore"), "--list"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=self.env,
+        )
         assert proc.stdin is not None and proc.stderr is not None
         err = StderrCollector(proc.stderr)
         err.start()

@@ -25,7 +25,7 @@ def path_of(url: str) -> Path:
     """``sqlite:///relative.db`` or ``sqlite:////absolute/path.db`` (SQLAlchemy's convention)."""
     if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
         raise ConfigError(f"SQLite URL must look like sqlite:///path/to/file.db, got {url!r}")
-    return Path(url[len("sqlite:///"):]).expanduser().absolute()
+    return Path(url[len("sqlite:///") :]).expanduser().absolute()
 
 
 def quote_ident(name: str) -> str:
@@ -74,8 +74,9 @@ class SQLiteEngine:
             con.close()
         return {"serverVersion": sqlite3.sqlite_version, "pgDumpVersion": None, "tools": {}}
 
-    def dump(self, fmt: str, out: Writer, row_counts: bool,
-             progress: Callable[[int], None] | None = None) -> DumpResult:
+    def dump(
+        self, fmt: str, out: Writer, row_counts: bool, progress: Callable[[int], None] | None = None
+    ) -> DumpResult:
         if fmt != "plain":
             raise ConfigError("the SQLite engine only writes the plain format")
         con = self._connect(self.path)
@@ -101,16 +102,32 @@ class SQLiteEngine:
             raise DatabaseError(f"dumping {self.path} failed: {exc}") from None
         finally:
             con.close()
-        return DumpResult(database={"engine": self.name, "name": self.path.name,
-                                    "serverVersion": sqlite3.sqlite_version},
-                          tool_version=None, contents=contents)
+        return DumpResult(
+            database={
+                "engine": self.name,
+                "name": self.path.name,
+                "serverVersion": sqlite3.sqlite_version,
+            },
+            tool_version=None,
+            contents=contents,
+        )
 
-    def restore(self, fmt: str, chunks: Iterable[bytes], target: str | None, *,
-                create_target: bool, clean: bool, jobs: int) -> None:
+    def restore(
+        self,
+        fmt: str,
+        chunks: Iterable[bytes],
+        target: str | None,
+        *,
+        create_target: bool,
+        clean: bool,
+        jobs: int,
+    ) -> None:
         dest = self._target(target)
         if dest.exists() and not clean:
-            raise DatabaseError(f"target {dest} exists: use --clean to replace it, or restore to "
-                                "a new path with --target-url sqlite:///new.db")
+            raise DatabaseError(
+                f"target {dest} exists: use --clean to replace it, or restore to "
+                "a new path with --target-url sqlite:///new.db"
+            )
         if not dest.parent.is_dir():
             raise DatabaseError(f"target directory {dest.parent} does not exist")
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.restoring")
@@ -173,11 +190,16 @@ def _statements(chunks: Iterable[bytes]) -> Iterator[str]:
 
 
 def _inventory(con: sqlite3.Connection) -> dict[str, Any]:
-    rows = con.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' "
-                       "ORDER BY name").fetchall()
-    tables = {name: con.execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchone()[0]
-              for kind, name in rows if kind == "table"}
-    objects = {plural: sum(1 for k, _ in rows if k == kind)
-               for kind, plural in (("index", "indexes"), ("view", "views"),
-                                    ("trigger", "triggers"))}
+    rows = con.execute(
+        "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+    ).fetchall()
+    tables = {
+        name: con.execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchone()[0]
+        for kind, name in rows
+        if kind == "table"
+    }
+    objects = {
+        plural: sum(1 for k, _ in rows if k == kind)
+        for kind, plural in (("index", "indexes"), ("view", "views"), ("trigger", "triggers"))
+    }
     return {"tables": tables, "objects": objects}

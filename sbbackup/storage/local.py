@@ -104,7 +104,7 @@ class LocalStorage:
 
     @classmethod
     def from_url(cls, location: str) -> LocalStorage:
-        path = location[len("file://"):] if location.startswith("file://") else location
+        path = location[len("file://") :] if location.startswith("file://") else location
         return cls(Path(path).expanduser().absolute())
 
     def ensure(self) -> None:
