@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,3 +116,32 @@ def decryptor(settings: Settings, record_id: str) -> ReaderFactory:
 
 def fingerprint(public_key: str) -> str:
     return hashlib.sha256(public_key.encode()).hexdigest()[:16]
+
+
+def keygen(output: str | None) -> dict[str, Any]:
+    """A new X25519 identity, written like ``age-keygen -o`` (0600, never overwriting)."""
+    from datetime import UTC, datetime
+
+    from .crypto import age
+    from .errors import StorageError, UsageError
+
+    identity = age.generate_identity()
+    public = identity.recipient().public_key_str
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    text = f"# created: {created}\n# public key: {public}\n{identity.secret_str}\n"
+    if output is None:
+        return {"publicKey": public, "output": None, "identity": text}
+    path = Path(output).expanduser()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise UsageError(f"{path} already exists: refusing to overwrite an identity") from None
+    except OSError as exc:
+        raise StorageError(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return {"publicKey": public, "output": str(path.absolute()), "identity": None}

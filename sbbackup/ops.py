@@ -29,7 +29,6 @@ from .errors import (
     SbbackupError,
     StorageError,
     UsageError,
-    WrongKeyError,
 )
 from .pipeline import (
     BackupWriter,
@@ -385,10 +384,7 @@ def _restore_steps(
     _timed(rec, "verify", lambda: _check_file(ctx, record))  # 1. verification
     decrypting = record.encryption is not None
     if decrypting:
-        from .encryption import identities
-
-        if not identities(ctx.settings):
-            raise WrongKeyError(f"backup {record.id} is encrypted and no identity is configured")
+        _check_key(ctx, record)  # a wrong key fails here, before the target is touched
     jobs = 1 if decrypting else (opts.jobs or ctx.settings.restore_jobs)
 
     def load() -> None:  # 2. preparation and 3. restore (the engine prepares its target)
@@ -437,6 +433,16 @@ def validate_restore(
             + (" ..." if len(diffs) > 5 else "")
         )
     return summary
+
+
+def _check_key(ctx: Context, record: BackupRecord) -> None:
+    """Open the age header with the configured identities (exit 12 if none matches)."""
+    from .encryption import decryptor
+
+    assert record.filename
+    opener = decryptor(ctx.settings, record.id)
+    with ctx.storage.open_read(record.filename) as fh:
+        opener(fh)
 
 
 def _check_file(ctx: Context, record: BackupRecord) -> None:

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from .catalog import BackupRecord
 from .ops import VerifyReport
+from .selftest import TestReport
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -54,6 +55,8 @@ def render(result: Any, as_json: bool, console: Console | None = None) -> None:
         _backups(console, result)
     elif isinstance(result, VerifyReport):
         _verify(console, result)
+    elif isinstance(result, TestReport):
+        _test_report(console, result)
     elif isinstance(result, Mapping):
         _mapping(console, result)
     else:
@@ -90,6 +93,27 @@ def _verify(console: Console, report: VerifyReport) -> None:
             console.print(Text(f"FAIL  {r.filename or r.id}: {r.error}", style="red"))
     if not report.results:
         console.print(Text("nothing to verify"))
+
+
+def _test_report(console: Console, report: TestReport) -> None:
+    style = {"pass": "green", "warn": "yellow", "fail": "red"}
+    for c in report.checks:
+        console.print(Text(f"{c.status:5s} {c.name:12s} {c.reason}", style=style[c.status]))
+    d = report.drill
+    if d.status == "skipped":
+        console.print(Text("drill skipped" + (f": {d.error}" if d.error else "")))
+    else:
+        timings = ", ".join(f"{k} {v / 1000:.2f}s" for k, v in d.timings.items())
+        line = f"drill {d.status}: backup {d.backupId} -> {d.target} ({timings})"
+        console.print(Text(line, style="green" if d.status == "passed" else "red"))
+        if d.status == "passed":
+            console.print(Text(f"      {d.tables} tables match the backup's row counts exactly"))
+        for diff in d.differences:
+            console.print(Text(f"      {diff}", style="red"))
+        if d.error and not d.differences:
+            console.print(Text(f"      {d.error}", style="red"))
+    console.print(Text("PASSED" if report.ok else f"FAILED (exit {report.exit_code})",
+                       style="bold green" if report.ok else "bold red"))
 
 
 def _mapping(console: Console, data: Mapping[str, Any]) -> None:

@@ -61,6 +61,17 @@ class Engine(Protocol):
     def dump_complete(self, fmt: str, tail: bytes) -> bool:
         """Does a plain dump end the way a complete dump ends?"""
 
+    def scratch_target(self, name: str, server: str | None) -> str:
+        """A throwaway target called ``name`` beside ``server`` (default: the source)."""
+
+    def drop_target(self, target: str) -> None: ...
+
+    def leftover_targets(self, prefix: str, server: str | None) -> list[str]:
+        """Scratch targets whose name starts with ``prefix``."""
+
+    def size_estimate(self) -> int:
+        """The database's size in bytes, for free-space estimates."""
+
 
 def engine_for(url: str | None, settings: Any) -> Engine:
     """``sqlite:///path`` selects SQLite; ``postgresql://``, ``postgres://`` or no URL (libpq

@@ -268,11 +268,41 @@ class PostgreSQLEngine:
         return env
 
     def target(self, target: str | None) -> Conn:
+        """``None`` is the source; a bare name is a database on the source's server."""
         if target is None:
             return self.conn
         if target.startswith(("postgresql://", "postgres://")):
             return Conn.parse(target, self.env)
-        raise ConfigError("target URL must start with postgresql://")
+        if "://" not in target and "/" not in target and target:
+            return self.conn.with_db(target)
+        raise ConfigError("target must be a postgresql:// URL or a database name")
+
+    def scratch_target(self, name: str, server: str | None) -> str:
+        """A database called ``name`` on ``server`` (default: the source's server)."""
+        conn = self.target(server).with_db(name)
+        if conn.url is None:
+            return name
+        if conn.password is None:
+            return conn.url
+        scheme, rest = conn.url.split("://", 1)
+        user, at, tail = rest.partition("@")
+        return f"{scheme}://{user}:{quote(conn.password, safe='')}@{tail}" if at else conn.url
+
+    def drop_target(self, target: str) -> None:
+        conn = self.target(target)
+        admin = conn.with_db("postgres" if conn.dbname != "postgres" else "template1")
+        ident = '"' + conn.dbname.replace('"', '""') + '"'
+        self.run_psql(admin, f"DROP DATABASE IF EXISTS {ident} WITH (FORCE)")
+
+    def leftover_targets(self, prefix: str, server: str | None) -> list[str]:
+        conn = self.target(server)
+        admin = conn.with_db("postgres" if conn.dbname != "postgres" else "template1")
+        out = self.run_psql(admin, f"SELECT datname FROM pg_database WHERE datname LIKE "
+                                   f"'{prefix}%' ORDER BY 1")
+        return [self.scratch_target(name, server) for name in out.splitlines() if name]
+
+    def size_estimate(self) -> int:
+        return int(self.run_psql(self.conn, "SELECT pg_database_size(current_database())"))
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "name": self.conn.dbname, "url": self.conn.redacted()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,21 @@ class SQLiteEngine:
             return _inventory(con)
         finally:
             con.close()
+
+    def scratch_target(self, name: str, server: str | None) -> str:
+        base = self._target(server).parent if server else Path(tempfile.gettempdir())
+        return f"sqlite:///{base / (name + '.db')}"
+
+    def drop_target(self, target: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._target(target).unlink()
+
+    def leftover_targets(self, prefix: str, server: str | None) -> list[str]:
+        base = self._target(server).parent if server else Path(tempfile.gettempdir())
+        return [f"sqlite:///{p}" for p in sorted(base.glob(prefix + "*.db"))]
+
+    def size_estimate(self) -> int:
+        return self.path.stat().st_size
 
     def dump_complete(self, fmt: str, tail: bytes) -> bool:
         return tail.rstrip().endswith(b"-- sbbackup SQLite dump complete")

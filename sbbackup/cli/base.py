@@ -15,10 +15,10 @@ from typing import Any
 import click
 from rich.console import Console
 
-from . import __version__, ops
-from .config import load_settings
-from .errors import EXIT_CODE_HELP, ExitCode, IntegrityError, SbbackupError, UsageError
-from .render import render, render_error
+from .. import __version__, ops
+from ..config import load_settings
+from ..errors import EXIT_CODE_HELP, ExitCode, SbbackupError
+from ..render import render_error
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -82,110 +82,13 @@ def cli(
     }
 
 
-# --- backups -----------------------------------------------------------------------------
-
-
-@command(cli, "create")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["plain", "custom"]),
-    help="plain SQL (default) or pg_dump's custom format.",
-)
-@click.option("--compress/--no-compress", default=None, help="zstd compression (default on).")
-@click.option("--level", type=click.IntRange(1, 22), help="zstd level (default 3).")
-@click.option("--encrypt/--no-encrypt", default=None, help="age encryption (default off).")
-@json_option
-def create_cmd(
-    fmt: str | None, compress: bool | None, level: int | None, encrypt: bool | None, as_json: bool
-) -> None:
-    """Take a backup now and print its record."""
-    ctx = get_ctx()
-    opts = ops.CreateOptions(format=fmt, compress=compress, level=level, encrypt=encrypt)
-    with progress_display() as progress:
-        record = ops.create_backup(ctx, opts, progress=progress)
-    render(record, as_json)
-
-
-@command(cli, "list")
-@click.option(
-    "--status", type=click.Choice(["completed", "failed", "in_progress", "missing", "corrupt"])
-)
-@click.option("--schedule", "schedule", help="Only this schedule ID.")
-@click.option("--limit", type=click.IntRange(1))
-@json_option
-def list_cmd(status: str | None, schedule: str | None, limit: int | None, as_json: bool) -> None:
-    """List backups, newest first."""
-    render(ops.list_backups(get_ctx(), status, schedule, limit), as_json)
-
-
-@command(cli, "show")
-@click.argument("backup_id")
-@json_option
-def show_cmd(backup_id: str, as_json: bool) -> None:
-    """Show one backup's record."""
-    render(ops.show_backup(get_ctx(), backup_id), as_json)
-
-
-@command(cli, "verify")
-@click.argument("backup_id", required=False)
-@click.option("--all", "all_", is_flag=True, help="Verify every backup.")
-@click.option("--deep", is_flag=True, help="Also decrypt, decompress and check the dump.")
-@json_option
-def verify_cmd(backup_id: str | None, all_: bool, deep: bool, as_json: bool) -> None:
-    """Recompute checksums (and with --deep, read the whole dump). Exit 13 on any mismatch."""
-    report = ops.verify_backups(get_ctx(), backup_id, all_, deep)
-    render(report, as_json)
-    if report.failed:
-        first = report.failed[0]
-        err = IntegrityError(
-            f"{len(report.failed)} of {len(report.results)} backups failed "
-            f"verification: {first.error}"
-        )
-        err.exit_code = ExitCode(first.exitCode or ExitCode.INTEGRITY)
-        raise err
-
-
-@command(cli, "restore")
-@click.argument("backup_id")
-@click.option("--target-url", help="Restore here instead of the source database.")
-@click.option("--create-target", is_flag=True, help="Create the target database first.")
-@click.option("--clean", is_flag=True, help="Drop and recreate the target database first.")
-@click.option("--jobs", type=click.IntRange(1, 64), help="pg_restore --jobs for custom format.")
-@click.option("--yes", "-y", is_flag=True, help="Confirm restoring over the source database.")
-@json_option
-def restore_cmd(
-    backup_id: str,
-    target_url: str | None,
-    create_target: bool,
-    clean: bool,
-    jobs: int | None,
-    yes: bool,
-    as_json: bool,
-) -> None:
-    """Verify, prepare, restore, validate and clean up (the five restore steps)."""
-    ctx = get_ctx()
-    if not yes and ctx.engine.is_source(target_url) and sys.stdin.isatty():
-        yes = click.confirm(
-            f"Restore {backup_id} over the source database {ctx.engine.redact(None)}?", err=True
-        )
-    opts = ops.RestoreOptions(backup_id, target_url, create_target, clean, yes, jobs)
-    render(ops.restore_backup(ctx, opts), as_json)
-
-
-@command(cli, "delete")
-@click.argument("backup_id")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask.")
-@json_option
-def delete_cmd(backup_id: str, yes: bool, as_json: bool) -> None:
-    """Delete a backup's data file, then its manifest."""
-    ctx = get_ctx()
-    if not yes:
-        if not sys.stdin.isatty():
-            raise UsageError(f"deleting {backup_id} needs --yes when there is no terminal")
-        if not click.confirm(f"Delete backup {backup_id}?", err=True):
-            raise UsageError("not confirmed")
-    render(ops.delete_backup(ctx, backup_id), as_json)
+def raise_for_report(ok: bool, code: int, message: str) -> None:
+    """A report was printed; now exit with the code of its first failure."""
+    if ok:
+        return
+    err = SbbackupError(message)
+    err.exit_code = ExitCode(code) if code in ExitCode._value2member_map_ else ExitCode.UNEXPECTED
+    raise err
 
 
 # --- plumbing ----------------------------------------------------------------------------
