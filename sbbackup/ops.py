@@ -314,6 +314,7 @@ class RestoreOptions:
     clean: bool = False
     confirmed: bool = False
     jobs: int | None = None
+    restore_id: str | None = None  # the API names a restore before it starts (new_restore_id)
 
 
 RESTORE_DIR = "restores"
@@ -323,6 +324,14 @@ def _restore_store(ctx: Context) -> LocalStorage:
     store = LocalStorage(ctx.state_dir / RESTORE_DIR)
     ensure_private_dir(store.root)
     return store
+
+
+RESTORE_ID_RE = r"restore_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z_[0-9a-f]{6}"
+
+
+def new_restore_id(now: datetime | None = None) -> str:
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"restore_{now:%Y-%m-%dT%H-%M-%S}Z_{secrets.token_hex(3)}"
 
 
 def restore_backup(ctx: Context, opts: RestoreOptions) -> dict[str, Any]:
@@ -337,7 +346,7 @@ def restore_backup(ctx: Context, opts: RestoreOptions) -> dict[str, Any]:
         )
     now = datetime.now(UTC)
     rec: dict[str, Any] = {
-        "restoreId": f"restore_{now:%Y-%m-%dT%H-%M-%S}Z_{secrets.token_hex(3)}",
+        "restoreId": opts.restore_id or new_restore_id(now),
         "backupId": record.id,
         "target": engine.redact(opts.target),
         "startedAt": iso(now),
@@ -459,7 +468,7 @@ def get_restore(ctx: Context, restore_id: str) -> dict[str, Any]:
     import json
     import re
 
-    if not re.fullmatch(r"restore_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z_[0-9a-f]{6}", restore_id):
+    if not isinstance(restore_id, str) or not re.fullmatch(RESTORE_ID_RE, restore_id):
         raise UsageError(f"invalid restore ID {restore_id[:80]!r}")
     try:
         data: dict[str, Any] = json.loads(_restore_store(ctx).read_bytes(restore_id + ".json"))
