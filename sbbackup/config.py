@@ -137,6 +137,15 @@ KEYS: tuple[Key, ...] = (
         _str,
         None,
     ),
+    Key("api_host", ("api", "host"), "SBBACKUP_API_HOST", _str, "127.0.0.1"),
+    Key("api_port", ("api", "port"), "SBBACKUP_API_PORT", _int(0, 65535), 8080),
+    Key(
+        "api_public_health",
+        ("api", "publicHealth"),
+        "SBBACKUP_API_PUBLIC_HEALTH",
+        parse_bool,
+        False,
+    ),
 )
 SECTIONS = {k.path[0] for k in KEYS} | {"schedules"}
 
@@ -160,6 +169,9 @@ class Settings:
     recipients_file: str | None = None
     identity_file: str | None = None
     passphrase_file: str | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    api_public_health: bool = False
     schedules: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
