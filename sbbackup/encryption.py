@@ -7,7 +7,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from .config import Settings
 from .errors import ConfigError, WrongKeyError
@@ -108,8 +108,8 @@ def decryptor(settings: Settings, record_id: str) -> ReaderFactory:
     from .crypto import age
 
     def factory(src: BinaryIO) -> BinaryIO:
-        reader: BinaryIO = age.AgeReader(src, ids)
-        return reader
+        # An io.RawIOBase: reads like a binary file, raises on any defect.
+        return cast(BinaryIO, age.AgeReader(src, ids))
 
     return factory
 
