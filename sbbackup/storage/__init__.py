@@ -42,6 +42,9 @@ class Storage(Protocol):
 
     def list_names(self) -> list[str]: ...
 
+    def list_sizes(self) -> dict[str, int]:
+        """Every object's name and size, from one listing."""
+
     def sweep_partials(self) -> list[str]:
         """Remove partial objects left by dead writers; return their names."""
 

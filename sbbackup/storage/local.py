@@ -179,6 +179,15 @@ class LocalStorage:
         except OSError as exc:
             raise storage_error(exc, f"cannot list {self.root}") from None
 
+    def list_sizes(self) -> dict[str, int]:
+        try:
+            with os.scandir(self.root) as entries:
+                return {e.name: e.stat().st_size for e in entries if e.is_file()}
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise storage_error(exc, f"cannot list {self.root}") from None
+
     def sweep_partials(self) -> list[str]:
         """Delete ``*.partial`` files whose writer is gone (its flock is free)."""
         removed = []
