@@ -138,3 +138,32 @@ def test_help_lists_exit_codes(sb: SB) -> None:
         out = sb.ok(*args).out
         assert "13   integrity failure" in out and "130  interrupted" in out
     assert sb.ok("--version").out.startswith("sbbackup, version ")
+
+
+def test_listing_reads_manifests_never_data_files(tmp_path: Path) -> None:
+    """Listing stats data files (missing/corrupt detection) but never opens one."""
+    from sbbackup.catalog import BackupRecord, Catalog, iso, new_backup_id
+    from sbbackup.storage.local import LocalStorage
+
+    class NoDataReads(LocalStorage):
+        def open_read(self, name: str):  # type: ignore[no-untyped-def]
+            assert name.endswith(".json"), f"list opened data file {name}"
+            return super().open_read(name)
+
+    from datetime import UTC, datetime, timedelta
+
+    store = NoDataReads(tmp_path / "b")
+    catalog = Catalog(store)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(50):
+        when = start + timedelta(minutes=i)
+        bid = new_backup_id(when)
+        store.write_bytes_atomic(f"{bid}.sql.zst", b"x" * (10 if i % 5 else 11))
+        catalog.save(
+            BackupRecord(bid, f"{bid}.sql.zst", 10, iso(when) or "", "0" * 64, "completed", 1)
+        )
+    records = catalog.list()
+    assert [r.createdAt for r in records] == sorted((r.createdAt for r in records), reverse=True)
+    assert sum(r.status == "corrupt" for r in records) == 10
+    assert sum(r.status == "completed" for r in records) == 40
+    assert len(catalog.list(limit=7)) == 7
