@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +16,11 @@ LOCK_DIR = "locks"
 
 
 @contextlib.contextmanager
-def hold(state_dir: Path, name: str, what: str) -> Iterator[None]:
-    """Hold ``locks/NAME.lock`` or raise LockedError (exit 11) naming the holder's PID."""
+def hold(state_dir: Path, name: str, what: str, wait: float = 0) -> Iterator[None]:
+    """Hold ``locks/NAME.lock`` or raise LockedError (exit 11) naming the holder's PID.
+
+    With ``wait`` > 0, retry for up to that many seconds before giving up.
+    """
     directory = state_dir / LOCK_DIR
     ensure_private_dir(directory)
     path = directory / f"{name}.lock"
@@ -25,11 +29,9 @@ def hold(state_dir: Path, name: str, what: str) -> Iterator[None]:
     except OSError as exc:
         raise storage_error(exc, f"cannot open lock file {path}") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _acquire(fd, wait):
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise LockedError(f"{what} is already running (pid {holder}, lock {path})") from None
+            raise LockedError(f"{what} is already running (pid {holder}, lock {path})")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
@@ -39,3 +41,15 @@ def hold(state_dir: Path, name: str, what: str) -> Iterator[None]:
                 os.ftruncate(fd, 0)
     finally:
         os.close(fd)
+
+
+def _acquire(fd: int, wait: float) -> bool:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)

@@ -1,28 +1,38 @@
 """Use cases for cron-driven schedules: run-schedule, prune, next, statistics, health, crontab.
 
 Pure policy lives in ``schedules``, ``retention`` and ``stats``; this module feeds them the
-catalog and ``now``, takes the locks, and applies plans.
+catalog and ``now``, takes the locks, and applies plans. Like ``ops``, it never prints.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .catalog import STATUS_COMPLETED, BackupRecord
+from .catalog import STATUS_COMPLETED, BackupRecord, iso
 from .locks import hold
 from .ops import Context, CreateOptions, _check_file, create_backup
 from .retention import RetentionPlan, RetentionPolicy, plan_all
-from .schedule_store import ScheduleSet, load_schedules
-from .schedules import Schedule, crontab_lines, next_runs
-from .stats import health, prometheus_text, statistics
+from .schedule_store import ScheduleSet, change_schedule, load_schedules
+from .schedules import Schedule, crontab_lines, next_runs, validate_schedule_id
+from .stats import HealthReport, health, prometheus_text, statistics
 
 DEFAULT_GRACE = timedelta(hours=1)
+DEFAULT_MIN_FREE = 1 << 30
 TEST_SCHEDULE = "test"
+PRUNE_LOCK = "prune"
+# run-schedule has already taken a good backup when it reaches retention: wait a while for a
+# concurrent `prune` rather than fail at once.
+PRUNE_WAIT_SECONDS = 60.0
+
+
+def _now(now: datetime | None) -> datetime:
+    return now or datetime.now(UTC)
 
 
 def schedules(ctx: Context) -> ScheduleSet:
@@ -30,12 +40,17 @@ def schedules(ctx: Context) -> ScheduleSet:
 
 
 def policies(ctx: Context, sset: ScheduleSet) -> dict[str | None, RetentionPolicy]:
+    """Retention per schedule ID; ``None`` is manual backups (DB_BACKUP_RETENTION_DAYS)."""
     manual = RetentionPolicy(ctx.settings.retention_days, 1)
     pol: dict[str | None, RetentionPolicy] = {
-        sid: RetentionPolicy(s.retentionDays, s.minKeep) for sid, s in sset.schedules.items()}
+        sid: RetentionPolicy(s.retentionDays, s.minKeep) for sid, s in sset.schedules.items()
+    }
     pol[None] = manual
     pol.setdefault(TEST_SCHEDULE, manual)  # restore-drill backups age like manual ones
     return pol
+
+
+# --- run-schedule ------------------------------------------------------------------------
 
 
 @dataclass
@@ -48,53 +63,83 @@ class RunResult:
     removed: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"scheduleId": self.scheduleId, "status": self.status, "reason": self.reason,
-                "backup": self.backup.to_json() if self.backup else None,
-                "retention": self.retention.to_json() if self.retention else None,
-                "removed": self.removed}
+        return {
+            "scheduleId": self.scheduleId,
+            "status": self.status,
+            "reason": self.reason,
+            "backup": self.backup.to_json() if self.backup else None,
+            "retention": self.retention.to_json() if self.retention else None,
+            "removed": self.removed,
+        }
 
 
 def run_schedule(ctx: Context, schedule_id: str, now: datetime | None = None) -> RunResult:
-    """The cron entry point: lock, back up, re-verify, then (only then) apply retention."""
-    sset = schedules(ctx)
-    schedule = sset.get(schedule_id)
+    """The cron entry point: lock, back up, re-verify, then (only then) apply retention.
+
+    A second run of the same schedule raises LockedError (exit 11) at once. Any failure of
+    the backup or its re-verification raises before retention is even planned.
+    """
+    schedule = schedules(ctx).get(schedule_id)
     if not ctx.settings.enabled:
         return RunResult(schedule_id, "skipped", "scheduled backups are off (DB_BACKUP_ENABLED)")
     if not schedule.enabled:
         return RunResult(schedule_id, "skipped", f"schedule {schedule_id} is disabled")
     with hold(ctx.state_dir, f"schedule-{schedule_id}", f"schedule {schedule_id}"):
-        opts = CreateOptions(format=schedule.format, compress=schedule.compression,
-                             encrypt=schedule.encryption, schedule_id=schedule_id)
+        opts = CreateOptions(
+            format=schedule.format,
+            compress=schedule.compression,
+            encrypt=schedule.encryption,
+            schedule_id=schedule_id,
+        )
         record = create_backup(ctx, opts, now=now)
         _check_file(ctx, record)  # the checksum must re-verify before anything is pruned
-        plan, removed = _prune_locked(ctx, sset, schedule_id, now or datetime.now(UTC), False)
+        # Re-read the schedules: a change made while the dump ran must not be ignored.
+        plan, removed = _apply_retention(
+            ctx, schedules(ctx), schedule_id, _now(now), False, PRUNE_WAIT_SECONDS
+        )
     return RunResult(schedule_id, "completed", None, record, plan, removed)
+
+
+# --- prune -------------------------------------------------------------------------------
 
 
 @dataclass
 class PruneResult:
     dryRun: bool
+    scheduleId: str | None
     plan: RetentionPlan
     removed: list[str]
 
     def to_json(self) -> dict[str, Any]:
-        return {"dryRun": self.dryRun, "plan": self.plan.to_json(), "removed": self.removed}
+        return {
+            "dryRun": self.dryRun,
+            "scheduleId": self.scheduleId,
+            **self.plan.to_json(),
+            "removed": self.removed,
+        }
 
 
-def prune(ctx: Context, schedule_id: str | None, dry_run: bool,
-          now: datetime | None = None) -> PruneResult:
+def prune(
+    ctx: Context, schedule_id: str | None, dry_run: bool, now: datetime | None = None
+) -> PruneResult:
+    """Plan retention (for one schedule or all) and apply it unless ``dry_run``."""
     sset = schedules(ctx)
-    if schedule_id is not None and schedule_id not in (None, TEST_SCHEDULE):
+    if schedule_id is not None and schedule_id != TEST_SCHEDULE:
         sset.get(schedule_id)
-    now = now or datetime.now(UTC)
-    plan, removed = _prune_locked(ctx, sset, schedule_id, now, dry_run)
-    return PruneResult(dry_run, plan, removed)
+    plan, removed = _apply_retention(ctx, sset, schedule_id, _now(now), dry_run, 0)
+    return PruneResult(dry_run, schedule_id, plan, removed)
 
 
-def _prune_locked(ctx: Context, sset: ScheduleSet, schedule_id: str | None, now: datetime,
-                  dry_run: bool) -> tuple[RetentionPlan, list[str]]:
-    name = f"prune-{schedule_id or 'all'}"
-    with hold(ctx.state_dir, name, f"prune of {schedule_id or 'all schedules'}"):
+def _apply_retention(
+    ctx: Context,
+    sset: ScheduleSet,
+    schedule_id: str | None,
+    now: datetime,
+    dry_run: bool,
+    wait: float,
+) -> tuple[RetentionPlan, list[str]]:
+    """One prune lock for every schedule: two prunes never race over the same manifests."""
+    with hold(ctx.state_dir, PRUNE_LOCK, "a prune", wait=wait):
         records = ctx.catalog.list()
         plan = plan_all(records, policies(ctx, sset), now, only_schedule=schedule_id)
         if dry_run:
@@ -108,23 +153,118 @@ def _prune_locked(ctx: Context, sset: ScheduleSet, schedule_id: str | None, now:
         return plan, removed
 
 
-# --- next / statistics / health / crontab ------------------------------------------------
+# --- results that render knows how to show --------------------------------------------
 
-def next_fires(ctx: Context, count: int, now: datetime | None = None) -> list[dict[str, Any]]:
-    now = now or datetime.now(UTC)
+
+@dataclass
+class ScheduleList:
+    rows: list[dict[str, Any]]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return self.rows
+
+
+@dataclass
+class NextFires:
+    rows: list[dict[str, Any]]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return self.rows
+
+
+class Statistics(dict[str, Any]):
+    """The statistics mapping; its own type only so that render can show it as a report."""
+
+
+@dataclass
+class Crontab:
+    lines: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lines": self.lines}
+
+
+@dataclass
+class Metrics:
+    text: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text}
+
+
+# --- schedules list / show / change ------------------------------------------------------
+
+
+def schedule_view(ctx: Context, s: Schedule, source: str, now: datetime) -> dict[str, Any]:
+    """A schedule's settings with its last run, last success, next run, count and size."""
+    mine = [r for r in ctx.catalog.list() if r.scheduleId == s.id]
+    done = [r for r in mine if r.status == STATUS_COMPLETED]
+    nxt = next_runs(s, now, 1) if s.enabled and ctx.settings.enabled else []
+    return {
+        **s.to_json(),
+        "source": source,
+        "lastRun": mine[0].createdAt if mine else None,
+        "lastRunStatus": mine[0].status if mine else None,
+        "lastSuccess": done[0].createdAt if done else None,
+        "nextRun": nxt[0].isoformat() if nxt else None,
+        "backupCount": len(done),
+        "totalSize": sum(r.size for r in done),
+    }
+
+
+def list_schedules(ctx: Context, now: datetime | None = None) -> ScheduleList:
+    sset = schedules(ctx)
+    return ScheduleList(
+        [schedule_view(ctx, s, sset.sources[sid], _now(now)) for sid, s in sset.schedules.items()]
+    )
+
+
+def show_schedule(ctx: Context, schedule_id: str, now: datetime | None = None) -> dict[str, Any]:
+    sset = schedules(ctx)
+    return schedule_view(ctx, sset.get(schedule_id), sset.sources[schedule_id], _now(now))
+
+
+def edit_schedule(
+    ctx: Context,
+    schedule_id: str,
+    action: str,
+    fields: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """add / update / remove / enable / disable, persisted in the state file."""
+    validate_schedule_id(schedule_id)
+    result = change_schedule(ctx.settings, ctx.state_dir, schedule_id, action, fields)
+    ctx.audit("schedules", None, action, scheduleId=schedule_id)
+    if result is None:
+        return {"scheduleId": schedule_id, "removed": True}
+    return show_schedule(ctx, schedule_id, now)
+
+
+# --- next / statistics / health / crontab / metrics --------------------------------------
+
+
+def next_fires(ctx: Context, count: int, now: datetime | None = None) -> NextFires:
+    """The next ``count`` fire times per enabled schedule, soonest first; disabled ones last."""
+    now = _now(now)
     rows: list[dict[str, Any]] = []
     for s in schedules(ctx).schedules.values():
+        base = {"scheduleId": s.id, "cron": s.cron, "timezone": s.timezone}
         if not s.enabled or not ctx.settings.enabled:
-            rows.append({"scheduleId": s.id, "enabled": False, "cron": s.cron, "next": None,
-                         "nextUtc": None, "timezone": s.timezone,
-                         "reason": "disabled" if not s.enabled else "DB_BACKUP_ENABLED=false"})
+            why = "disabled" if not s.enabled else "backups off (DB_BACKUP_ENABLED=false)"
+            rows.append({**base, "enabled": False, "next": None, "nextUtc": None, "reason": why})
             continue
         for when in next_runs(s, now, count):
-            rows.append({"scheduleId": s.id, "enabled": True, "cron": s.cron,
-                         "next": when.isoformat(), "nextUtc": when.astimezone(UTC).isoformat(),
-                         "timezone": s.timezone, "reason": None})
+            rows.append(
+                {
+                    **base,
+                    "enabled": True,
+                    "next": when.isoformat(),
+                    "nextUtc": iso(when),
+                    "reason": None,
+                }
+            )
     rows.sort(key=lambda r: (r["nextUtc"] is None, r["nextUtc"] or "", r["scheduleId"]))
-    return rows
+    return NextFires(rows)
 
 
 def _last_test(ctx: Context) -> dict[str, Any] | None:
@@ -133,45 +273,55 @@ def _last_test(ctx: Context) -> dict[str, Any] | None:
     return last_restore_test(ctx)
 
 
-def get_statistics(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
-    now = now or datetime.now(UTC)
+def get_statistics(ctx: Context, now: datetime | None = None) -> Statistics:
     used, free = ctx.storage.usage()
     sched = list(schedules(ctx).schedules.values())
-    return statistics(ctx.catalog.list(), sched, now, DEFAULT_GRACE, used, free, _last_test(ctx))
+    if not ctx.settings.enabled:
+        sched = [replace(s, enabled=False) for s in sched]
+    return Statistics(
+        statistics(ctx.catalog.list(), sched, _now(now), DEFAULT_GRACE, used, free, _last_test(ctx))
+    )
 
 
-def get_health(ctx: Context, now: datetime | None = None, min_free: int = 1 << 30,
-               restore_test_days: int | None = None) -> Any:
-    now = now or datetime.now(UTC)
+def get_health(
+    ctx: Context,
+    now: datetime | None = None,
+    min_free: int = DEFAULT_MIN_FREE,
+    restore_test_days: int | None = None,
+) -> HealthReport:
+    """Problems (overdue, last run failed, low disk) fail; a stale restore drill only warns."""
+    now = _now(now)
     stats = get_statistics(ctx, now)
+    sched = list(schedules(ctx).schedules.values()) if ctx.settings.enabled else []
+    records = ctx.catalog.list()
+    return health(stats, sched, records, now, DEFAULT_GRACE, min_free, restore_test_days)
+
+
+def get_metrics(ctx: Context, now: datetime | None = None) -> Metrics:
     sched = list(schedules(ctx).schedules.values())
     if not ctx.settings.enabled:
-        sched = []
-    return health(stats, sched, ctx.catalog.list(), now, DEFAULT_GRACE, min_free,
-                  restore_test_days)
+        sched = [replace(s, enabled=False) for s in sched]
+    return Metrics(prometheus_text(ctx.catalog.list(), sched, _now(now), DEFAULT_GRACE))
 
 
-def get_metrics(ctx: Context, now: datetime | None = None) -> str:
-    now = now or datetime.now(UTC)
-    sched = list(schedules(ctx).schedules.values())
-    return prometheus_text(ctx.catalog.list(), sched, now, DEFAULT_GRACE)
-
-
-def get_crontab(ctx: Context) -> list[str]:
-    exe = shutil.which("sbbackup") or str(Path(sys.argv[0]).absolute())
-    config = str(ctx.settings.config_file) if ctx.settings.config_file else None
+def get_crontab(
+    ctx: Context,
+    executable: str | None = None,
+    config_path: str | None = None,
+    log: str | None = None,
+) -> Crontab:
+    """Crontab lines for the enabled schedules, with absolute paths."""
+    command = [executable] if executable else _own_command()
+    if config_path is None and ctx.settings.config_file:
+        config_path = str(ctx.settings.config_file)
     enabled = [s for s in schedules(ctx).schedules.values() if s.enabled]
-    return crontab_lines(enabled, exe, config, None)
+    return Crontab(crontab_lines(enabled, command, config_path, log, not ctx.settings.enabled))
 
 
-def schedule_view(ctx: Context, s: Schedule, source: str, now: datetime) -> dict[str, Any]:
-    """A schedule's settings with its last run, last success, next run, count and size."""
-    mine = [r for r in ctx.catalog.list() if r.scheduleId == s.id]
-    done = [r for r in mine if r.status == STATUS_COMPLETED]
-    nxt = next_runs(s, now, 1) if s.enabled else []
-    return {**s.to_json(), "source": source,
-            "lastRun": mine[0].createdAt if mine else None,
-            "lastRunStatus": mine[0].status if mine else None,
-            "lastSuccess": done[0].createdAt if done else None,
-            "nextRun": nxt[0].isoformat() if nxt else None,
-            "backupCount": len(done), "totalSize": sum(r.size for r in done)}
+def _own_command() -> list[str]:
+    """How cron should call this very sbbackup, by absolute path."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "sbbackup":
+        return [str(argv0.absolute())]
+    found = shutil.which("sbbackup")
+    return [found] if found else [sys.executable, "-m", "sbbackup"]

@@ -1,0 +1,139 @@
+"""Retention: a pure function from (backups, policy, now) to keep/remove, with a reason each.
+
+Like restic's ``forget``: nothing here touches storage. The rules, per schedule:
+
+1. the newest ``minKeep`` completed backups (completed and file present: not missing, not
+   corrupt) are kept whatever their age, so a run of failures never deletes the last good copy;
+2. anything younger than ``retentionDays`` is kept;
+3. everything else (old completed backups, failed attempts, missing or corrupt ones) is removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+
+from .catalog import STATUS_COMPLETED, STATUS_FAILED, BackupRecord
+
+KEEP = "keep"
+REMOVE = "remove"
+MANUAL = "manual"
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    retentionDays: int
+    minKeep: int = 1
+
+
+@dataclass(frozen=True)
+class Decision:
+    id: str
+    scheduleId: str | None
+    createdAt: str
+    status: str
+    size: int
+    action: str  # keep | remove
+    reason: str
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class RetentionPlan:
+    decisions: list[Decision] = field(default_factory=list)
+
+    @property
+    def keep(self) -> list[Decision]:
+        return [d for d in self.decisions if d.action == KEEP]
+
+    @property
+    def remove(self) -> list[Decision]:
+        return [d for d in self.decisions if d.action == REMOVE]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "keep": len(self.keep),
+            "remove": len(self.remove),
+            "freedBytes": sum(d.size for d in self.remove),
+            "decisions": [d.to_json() for d in self.decisions],
+        }
+
+
+def plan(
+    backups: Iterable[BackupRecord],
+    policy: RetentionPolicy,
+    now: datetime,
+    label: str | None = None,
+) -> RetentionPlan:
+    """Decide every backup of ONE schedule (or the manual group). Newest first in the result."""
+    records = sorted(backups, key=lambda r: (r.createdAt, r.id), reverse=True)
+    cutoff = now - timedelta(days=policy.retentionDays)
+    days = f"{policy.retentionDays}-day retention" + (f" ({label})" if label else "")
+    good = [r.id for r in records if r.status == STATUS_COMPLETED][: policy.minKeep]
+    decisions = []
+    for r in records:
+        if r.id in good:
+            rank = good.index(r.id)
+            action, reason = (
+                KEEP,
+                (
+                    f"newest completed backup (minKeep {policy.minKeep})"
+                    if rank == 0
+                    else f"one of the newest {policy.minKeep} completed backups (minKeep)"
+                ),
+            )
+            if r.created > cutoff:
+                reason = f"within {days}; " + reason
+        elif r.created > cutoff:
+            action, reason = KEEP, f"within {days}"
+        else:
+            action, reason = REMOVE, f"{_what(r)} older than {days}"
+        decisions.append(
+            Decision(r.id, r.scheduleId, r.createdAt, r.status, r.size, action, reason)
+        )
+    return RetentionPlan(decisions)
+
+
+def _what(r: BackupRecord) -> str:
+    if r.status == STATUS_COMPLETED:
+        return "completed backup"
+    if r.status == STATUS_FAILED:
+        return "failed attempt"
+    return f"{r.status} backup"
+
+
+def plan_all(
+    backups: Sequence[BackupRecord],
+    policies: Mapping[str | None, RetentionPolicy],
+    now: datetime,
+    only_schedule: str | None = None,
+) -> RetentionPlan:
+    """Group by ``scheduleId`` and plan each group with its policy.
+
+    ``policies[None]`` is the manual policy (``DB_BACKUP_RETENTION_DAYS``). Backups of a
+    schedule that no longer exists follow it too, keeping their own newest copy.
+    """
+    groups: dict[str | None, list[BackupRecord]] = {}
+    for r in backups:
+        if only_schedule is None or r.scheduleId == only_schedule:
+            groups.setdefault(r.scheduleId, []).append(r)
+    manual = policies[None]
+    decisions: list[Decision] = []
+    for sid, records in groups.items():
+        if sid is None:
+            part = plan(records, manual, now, MANUAL)
+        elif sid in policies:
+            part = plan(records, policies[sid], now, f"schedule {sid}")
+        else:
+            part = plan(
+                records,
+                RetentionPolicy(manual.retentionDays, max(manual.minKeep, 1)),
+                now,
+                f"schedule {sid} no longer exists: manual policy",
+            )
+        decisions.extend(part.decisions)
+    decisions.sort(key=lambda d: (d.createdAt, d.id), reverse=True)
+    return RetentionPlan(decisions)

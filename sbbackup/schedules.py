@@ -1,0 +1,286 @@
+"""Schedules: what runs when, evaluated by croniter (never a hand-written cron parser).
+
+Pure: ``now`` is always a parameter. ``next_runs``, ``previous_run`` and ``due_after`` are the
+one implementation that ``next``, ``run-schedule``'s listings and overdue detection share.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from .config import parse_bool
+from .errors import ConfigError, UsageError
+
+SCHEDULE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# ``manual`` labels backups without a schedule in statistics and metrics; ``test`` is the
+# self-test's restore drill. Neither can be a schedule of its own.
+RESERVED_IDS = frozenset({"manual", "test"})
+FORMATS = ("plain", "custom")
+LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One schedule. ``None`` for compression/encryption/format means the ``backup:`` setting."""
+
+    id: str
+    cron: str
+    retentionDays: int
+    timezone: str = LOCAL
+    enabled: bool = True
+    minKeep: int = 1
+    compression: bool | None = None
+    encryption: bool | None = None
+    format: str | None = None
+    description: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def zone(self) -> tzinfo:
+        return zone_for(self.timezone)
+
+
+DEFAULT_SCHEDULES: tuple[Schedule, ...] = (
+    Schedule(
+        "daily", "0 2 * * *", 7, compression=True, encryption=False, description="02:00 every day"
+    ),
+    Schedule(
+        "weekly",
+        "0 3 * * 0",
+        30,
+        compression=True,
+        encryption=True,
+        description="03:00 every Sunday",
+    ),
+    Schedule(
+        "monthly",
+        "0 4 1 * *",
+        365,
+        compression=True,
+        encryption=True,
+        description="04:00 on the 1st of the month",
+    ),
+)
+
+
+def validate_schedule_id(schedule_id: str) -> str:
+    """Refuse anything that is not a schedule ID before it reaches a lock file name (exit 2)."""
+    if not isinstance(schedule_id, str) or not SCHEDULE_ID_RE.fullmatch(schedule_id):
+        raise UsageError(
+            f"invalid schedule ID {str(schedule_id)[:80]!r}: use 1-63 characters a-z, 0-9, "
+            "'-' and '_', starting with a letter or digit"
+        )
+    if schedule_id in RESERVED_IDS:
+        raise UsageError(f"schedule ID {schedule_id!r} is reserved: choose another")
+    return schedule_id
+
+
+def validate_cron(expr: str, where: str = "cron") -> str:
+    """Exactly five fields, and croniter must accept them (exit 2 otherwise)."""
+    text = " ".join(str(expr).split())
+    if len(text.split(" ")) != 5 or not croniter.is_valid(text):
+        raise ConfigError(
+            f"{where}: invalid cron expression {str(expr)[:80]!r}: expected five fields "
+            "'minute hour day-of-month month day-of-week', e.g. '0 2 * * *'"
+        )
+    return text
+
+
+def local_zone() -> tzinfo:
+    """The machine's zone with its DST rules: $TZ, else /etc/localtime, else a fixed offset."""
+    for name in (os.environ.get("TZ", "").lstrip(":"), _etc_localtime_name()):
+        if name:
+            try:
+                return ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    fixed = datetime.now().astimezone().tzinfo
+    assert fixed is not None
+    return fixed
+
+
+def _etc_localtime_name() -> str:
+    try:
+        target = str(Path("/etc/localtime").resolve())
+    except OSError:
+        return ""
+    marker = "zoneinfo/"
+    return target.split(marker, 1)[1] if marker in target else ""
+
+
+def zone_for(name: str) -> tzinfo:
+    if name == LOCAL:
+        return local_zone()
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin, or 'local')"
+        ) from None
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+
+def _int_at_least(lo: int) -> Any:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"an integer >= {lo}")
+        try:
+            n = int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"an integer >= {lo}") from None
+        if n < lo:
+            raise ValueError(f"an integer >= {lo}")
+        return n
+
+    return parse
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value).strip() == "":
+        raise ValueError("a non-empty string")
+    return str(value).strip()
+
+
+def _format(value: Any) -> str:
+    if value not in FORMATS:
+        raise ValueError("one of " + ", ".join(FORMATS))
+    return str(value)
+
+
+def _zone_name(value: Any) -> str:
+    name = _text(value)
+    zone_for(name)
+    return name
+
+
+FIELDS: dict[str, Any] = {
+    "cron": _text,
+    "timezone": _zone_name,
+    "enabled": parse_bool,
+    "retentionDays": _int_at_least(1),
+    "minKeep": _int_at_least(1),
+    "compression": parse_bool,
+    "encryption": parse_bool,
+    "format": _format,
+    "description": _text,
+}
+
+
+def schedule_from_mapping(
+    schedule_id: str, body: Mapping[str, Any], where: str, base: Schedule | None = None
+) -> Schedule:
+    """Build a schedule from YAML, TOML or environment values laid over ``base``.
+
+    Unknown keys and bad values fail naming ``where`` and the key (exit 2).
+    """
+    values: dict[str, Any] = {}
+    for key, raw in body.items():
+        if key == "id":
+            if str(raw) != schedule_id:
+                raise ConfigError(f"{where}: id {raw!r} does not match the key {schedule_id!r}")
+            continue
+        parse = FIELDS.get(str(key))
+        if parse is None:
+            raise ConfigError(f"{where}: unknown key {key!r} (expected one of {', '.join(FIELDS)})")
+        if raw is None:
+            continue
+        try:
+            values[str(key)] = parse(raw)
+        except (ValueError, ConfigError) as exc:
+            detail = exc.message if isinstance(exc, ConfigError) else f"expected {exc}"
+            raise ConfigError(f"{where}: key {key!r}: got {str(raw)[:60]!r}, {detail}") from None
+    if "cron" in values:
+        values["cron"] = validate_cron(values["cron"], f"{where}: key 'cron'")
+    if base is not None:
+        return replace(base, **values)
+    missing = [k for k in ("cron", "retentionDays") if k not in values]
+    if missing:
+        raise ConfigError(f"{where}: a new schedule needs {' and '.join(missing)}")
+    return Schedule(id=schedule_id, **values)
+
+
+# --- time --------------------------------------------------------------------------------
+
+
+def next_runs(schedule: Schedule, now: datetime, count: int = 1) -> list[datetime]:
+    """The next ``count`` fire times strictly after ``now``, in the schedule's zone.
+
+    A wall-clock time that happens twice when clocks go back fires once, as cron does.
+    """
+    it = croniter(schedule.cron, now.astimezone(schedule.zone))
+    out: list[datetime] = []
+    while len(out) < count:
+        when: datetime = it.get_next(datetime)
+        if out and when.replace(tzinfo=None) == out[-1].replace(tzinfo=None):
+            continue
+        out.append(when)
+    return out
+
+
+def previous_run(schedule: Schedule, now: datetime) -> datetime:
+    """The latest fire time at or before ``now``."""
+    it = croniter(schedule.cron, now.astimezone(schedule.zone) + timedelta(microseconds=1))
+    when: datetime = it.get_prev(datetime)
+    return when
+
+
+def due_after(schedule: Schedule, since: datetime) -> datetime:
+    """When the first run after ``since`` was (or is) due: overdue detection's deadline."""
+    return next_runs(schedule, since, 1)[0]
+
+
+# --- crontab -----------------------------------------------------------------------------
+
+
+def crontab_lines(
+    schedules: Iterable[Schedule],
+    command: Sequence[str],
+    config: str | None,
+    log: str | None,
+    disabled_globally: bool = False,
+) -> list[str]:
+    """Ready-to-install crontab lines: absolute paths, the config file, output handling.
+
+    ``run-schedule`` is silent on success, so by default cron mails only failures. With
+    ``log`` both streams are appended to that file instead. Schedules with an explicit time
+    zone get a ``CRON_TZ=`` line (honoured by cronie and systemd-cron).
+    """
+    base = [shlex.quote(c) for c in command]
+    if config:
+        base += ["--config", shlex.quote(config)]
+    redirect = f" >> {shlex.quote(log)} 2>&1" if log else ""
+    lines = [
+        "# sbbackup schedules: generated by `sbbackup crontab`; install with",
+        "#   sbbackup --config CONFIG crontab | crontab -   (replaces the user's crontab)",
+        "# run-schedule prints nothing on success, so cron mails only failures (set MAILTO).",
+        "# Put DATABASE_URL and secrets in the config file or ~/.pgpass: cron's environment"
+        " is bare.",
+    ]
+    if disabled_globally:
+        lines.append("# NOTE: backup.enabled is false: these runs will exit 0 without a backup.")
+    zone = LOCAL
+    # Local-zone schedules first, so CRON_TZ never needs resetting.
+    for s in sorted(schedules, key=lambda s: (s.timezone != LOCAL, s.timezone)):
+        if s.timezone != zone:
+            lines.append(f"CRON_TZ={s.timezone}")
+            zone = s.timezone
+        if s.description:
+            lines.append(f"# {s.id}: {' '.join(s.description.split())}")
+        argv = " ".join([*base, "run-schedule", shlex.quote(s.id)])
+        # cron turns an unescaped % into a newline.
+        lines.append(f"{s.cron} {argv}{redirect}".replace("%", "\\%"))
+    return lines

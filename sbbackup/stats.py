@@ -1,0 +1,310 @@
+"""Statistics, health and Prometheus metrics over the catalog. Pure: ``now`` is a parameter.
+
+A success is a record whose status is ``completed`` (a completed backup whose file later went
+missing or corrupt no longer counts). Rates are over finished attempts; ``in_progress`` records
+are not counted. The catalog is what retention left, so "all time" means "still recorded".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from .catalog import STATUS_COMPLETED, STATUS_FAILED, STATUS_IN_PROGRESS, BackupRecord, iso
+from .schedules import Schedule, due_after
+
+WINDOWS = {"allTime": None, "last7d": timedelta(days=7), "last30d": timedelta(days=30)}
+MANUAL = "manual"
+
+
+def _rate(records: Iterable[BackupRecord], now: datetime, window: timedelta | None) -> float | None:
+    done = [
+        r
+        for r in records
+        if r.status != STATUS_IN_PROGRESS and (window is None or r.created > now - window)
+    ]
+    if not done:
+        return None
+    return round(sum(r.status == STATUS_COMPLETED for r in done) / len(done), 4)
+
+
+def _rates(records: Sequence[BackupRecord], now: datetime) -> dict[str, float | None]:
+    return {name: _rate(records, now, w) for name, w in WINDOWS.items()}
+
+
+def p95(values: Sequence[float]) -> float | None:
+    """Nearest-rank 95th percentile."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(math.ceil(0.95 * len(ordered)) - 1, 0)]
+
+
+def _newest(records: Iterable[BackupRecord], status: str | None = None) -> BackupRecord | None:
+    pool = [r for r in records if status is None or r.status == status]
+    return max(pool, key=lambda r: (r.createdAt, r.id), default=None)
+
+
+def overdue_info(
+    schedule: Schedule,
+    records: Sequence[BackupRecord],
+    now: datetime,
+    grace: timedelta,
+    since: datetime | None,
+) -> dict[str, Any] | None:
+    """Overdue when the first run due after the last success (plus ``grace``) has passed.
+
+    That is "last success older than the schedule's interval plus grace", measured with the
+    real cron calendar (months differ in length). A schedule that never succeeded is measured
+    from ``since``, the oldest record in the catalog; with an empty catalog nothing is overdue.
+    """
+    last = _newest([r for r in records if r.scheduleId == schedule.id], STATUS_COMPLETED)
+    start = last.created if last else since
+    if not schedule.enabled or start is None:
+        return None
+    deadline = due_after(schedule, start)
+    if now <= deadline + grace:
+        return None
+    return {
+        "scheduleId": schedule.id,
+        "lastSuccess": last.createdAt if last else None,
+        "dueAt": iso(deadline),
+        "overdueSeconds": int((now - deadline).total_seconds()),
+    }
+
+
+def _schedule_stats(
+    s: Schedule | None, sid: str, records: Sequence[BackupRecord], now: datetime
+) -> dict[str, Any]:
+    mine = [r for r in records if (r.scheduleId or MANUAL) == sid]
+    last_run = _newest(mine)
+    last_ok = _newest(mine, STATUS_COMPLETED)
+    return {
+        "scheduleId": sid,
+        "enabled": s.enabled if s else None,
+        "total": len(mine),
+        "completed": sum(r.status == STATUS_COMPLETED for r in mine),
+        "failed": sum(r.status == STATUS_FAILED for r in mine),
+        "successRate": _rates(mine, now),
+        "lastRun": last_run.createdAt if last_run else None,
+        "lastRunStatus": last_run.status if last_run else None,
+        "lastSuccess": last_ok.createdAt if last_ok else None,
+        "lastDurationSeconds": last_ok.duration / 1000 if last_ok else None,
+        "lastSizeBytes": last_ok.size if last_ok else None,
+    }
+
+
+def statistics(
+    records: Sequence[BackupRecord],
+    schedules: Sequence[Schedule],
+    now: datetime,
+    grace: timedelta,
+    disk_used: int | None = None,
+    disk_free: int | None = None,
+    last_restore_test: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything `sbbackup statistics` shows, as one JSON-ready mapping."""
+    done = [r for r in records if r.status == STATUS_COMPLETED]
+    durations = [r.duration / 1000 for r in done]
+    compressed = [r for r in done if r.compression and r.uncompressedSize and r.size]
+    by_status: dict[str, int] = {}
+    for r in records:
+        by_status[r.status] = by_status.get(r.status, 0) + 1
+    ids = [s.id for s in schedules]
+    extra = sorted({r.scheduleId or MANUAL for r in records} - set(ids))
+    known = {s.id: s for s in schedules}
+    since = min((r.created for r in records), default=None)
+    overdue = [o for s in schedules if (o := overdue_info(s, records, now, grace, since))]
+    per = [_schedule_stats(known.get(sid), sid, records, now) for sid in ids + extra]
+    return {
+        "generatedAt": iso(now),
+        "total": len(records),
+        "completed": len(done),
+        "failed": by_status.get(STATUS_FAILED, 0),
+        "byStatus": dict(sorted(by_status.items())),
+        "successRate": _rates(records, now),
+        "duration": {
+            "averageSeconds": round(sum(durations) / len(durations), 3) if durations else None,
+            "p95Seconds": p95(durations),
+        },
+        "size": {
+            "totalBytes": sum(r.size for r in done),
+            "averageBytes": sum(r.size for r in done) // len(done) if done else None,
+            "compressionRatio": round(
+                sum(r.uncompressedSize for r in compressed) / sum(r.size for r in compressed), 2
+            )
+            if compressed
+            else None,
+        },
+        "lastSuccess": {p["scheduleId"]: p["lastSuccess"] for p in per},
+        "schedules": per,
+        "graceSeconds": int(grace.total_seconds()),
+        "overdueSchedules": overdue,
+        "disk": {"usedBytes": disk_used, "freeBytes": disk_free},
+        "lastRestoreTest": (last_restore_test or {}).get("lastSuccess"),
+        "lastRestoreDrill": (last_restore_test or {}).get("lastRun"),
+    }
+
+
+# --- health ------------------------------------------------------------------------------
+
+
+@dataclass
+class HealthReport:
+    checkedAt: str
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checkedAt": self.checkedAt,
+            "problems": self.problems,
+            "warnings": self.warnings,
+        }
+
+
+def health(
+    stats: Mapping[str, Any],
+    schedules: Sequence[Schedule],
+    records: Sequence[BackupRecord],
+    now: datetime,
+    grace: timedelta,
+    min_free: int,
+    restore_test_days: int | None = None,
+) -> HealthReport:
+    """Unhealthy when an enabled schedule is overdue or its last run failed, or disk is low.
+
+    ``schedules`` are the ones that should be running (empty when backups are switched off).
+    A restore drill older than ``restore_test_days`` is a warning, not a problem.
+    """
+    report = HealthReport(iso(now) or "")
+    overdue = {o["scheduleId"]: o for o in stats.get("overdueSchedules", [])}
+    per = {p["scheduleId"]: p for p in stats.get("schedules", [])}
+    for s in schedules:
+        if not s.enabled:
+            continue
+        if s.id in overdue:
+            o = overdue[s.id]
+            report.problems.append(
+                {
+                    "check": "overdue",
+                    "scheduleId": s.id,
+                    "reason": (
+                        f"schedule {s.id} is overdue: last success {o['lastSuccess'] or 'never'}, "
+                        f"a run was due at {o['dueAt']}"
+                    ),
+                }
+            )
+        p = per.get(s.id, {})
+        if p.get("lastRunStatus") == STATUS_FAILED:
+            last = next(r for r in records if r.scheduleId == s.id and r.createdAt == p["lastRun"])
+            report.problems.append(
+                {
+                    "check": "last-run-failed",
+                    "scheduleId": s.id,
+                    "reason": (
+                        f"the last run of {s.id} ({last.createdAt}) failed: "
+                        f"{last.error or 'no detail'}"
+                    ),
+                }
+            )
+    free = stats.get("disk", {}).get("freeBytes")
+    if free is not None and free < min_free:
+        report.problems.append(
+            {
+                "check": "free-space",
+                "scheduleId": None,
+                "reason": (f"only {free} bytes free in the backup path (threshold {min_free})"),
+            }
+        )
+    if restore_test_days is not None:
+        _restore_warning(report, stats.get("lastRestoreTest"), now, restore_test_days)
+    return report
+
+
+def _restore_warning(
+    report: HealthReport, last: Mapping[str, Any] | None, now: datetime, days: int
+) -> None:
+    from .catalog import parse_iso
+
+    at = parse_iso(last.get("at")) if last else None
+    if at is None or now - at > timedelta(days=days):
+        report.warnings.append(
+            {
+                "check": "restore-test",
+                "scheduleId": None,
+                "reason": (
+                    f"no successful restore test in the last {days} days (last: "
+                    f"{last.get('at') if last else 'never'}): run `sbbackup test`"
+                ),
+            }
+        )
+
+
+# --- Prometheus --------------------------------------------------------------------------
+
+METRICS = (
+    (
+        "sbbackup_last_success_timestamp_seconds",
+        "Unix time of the schedule's newest completed backup (0 if none).",
+    ),
+    ("sbbackup_last_duration_seconds", "Duration of the schedule's newest completed backup."),
+    ("sbbackup_last_size_bytes", "Stored size of the schedule's newest completed backup."),
+    ("sbbackup_backups_total", "Backups in the catalog by schedule and status."),
+    (
+        "sbbackup_schedule_overdue",
+        "1 if the schedule's last success is older than its interval plus grace.",
+    ),
+)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def prometheus_text(
+    records: Sequence[BackupRecord], schedules: Sequence[Schedule], now: datetime, grace: timedelta
+) -> str:
+    """Text exposition format for node_exporter's textfile collector. All series are gauges:
+    ``sbbackup_backups_total`` falls when retention prunes, so it is not a counter."""
+    stats = statistics(records, schedules, now, grace)
+    overdue = {o["scheduleId"] for o in stats["overdueSchedules"]}
+    samples: dict[str, list[str]] = {name: [] for name, _ in METRICS}
+    for p in stats["schedules"]:
+        lab = f'schedule="{_label(p["scheduleId"])}"'
+        last = next(
+            (
+                r
+                for r in records
+                if (r.scheduleId or MANUAL) == p["scheduleId"] and r.createdAt == p["lastSuccess"]
+            ),
+            None,
+        )
+        ts = last.created.timestamp() if last else 0
+        samples["sbbackup_last_success_timestamp_seconds"].append(f"{{{lab}}} {ts:.3f}")
+        samples["sbbackup_last_duration_seconds"].append(
+            f"{{{lab}}} {p['lastDurationSeconds'] or 0:.3f}"
+        )
+        samples["sbbackup_last_size_bytes"].append(f"{{{lab}}} {p['lastSizeBytes'] or 0}")
+        for status in ("completed", "failed", "missing", "corrupt"):
+            n = sum(
+                r.status == status for r in records if (r.scheduleId or MANUAL) == p["scheduleId"]
+            )
+            samples["sbbackup_backups_total"].append(f'{{{lab},status="{status}"}} {n}')
+        if p["enabled"] is not None:
+            samples["sbbackup_schedule_overdue"].append(
+                f"{{{lab}}} {int(p['scheduleId'] in overdue)}"
+            )
+    out = []
+    for name, help_text in METRICS:
+        out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        out += [name + s for s in samples[name]]
+    return "\n".join(out) + "\n"
