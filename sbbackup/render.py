@@ -11,9 +11,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from . import scheduling as sch
 from .catalog import BackupRecord
 from .ops import VerifyReport
 from .selftest import TestReport
+from .stats import HealthReport
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -57,6 +59,8 @@ def render(result: Any, as_json: bool, console: Console | None = None) -> None:
         _verify(console, result)
     elif isinstance(result, TestReport):
         _test_report(console, result)
+    elif _render_schedules(console, result):
+        pass
     elif isinstance(result, Mapping):
         _mapping(console, result)
     else:
@@ -138,3 +142,187 @@ def render_error(message: str, payload: dict[str, Any] | None, console: Console)
     console.print(Text(f"sbbackup: error: {message}"), soft_wrap=True)
     if payload is not None:
         console.file.write(json.dumps(payload) + "\n")
+
+
+# --- schedules ---------------------------------------------------------------------------
+
+
+def _render_schedules(console: Console, result: Any) -> bool:
+    """Show a schedule result; False when ``result`` is not one."""
+    if isinstance(result, sch.RunResult):
+        _run_result(console, result)
+    elif isinstance(result, sch.PruneResult):
+        _prune(console, result)
+    elif isinstance(result, sch.ScheduleList):
+        _schedule_list(console, result.rows)
+    elif isinstance(result, sch.NextFires):
+        _next_fires(console, result.rows)
+    elif isinstance(result, sch.Statistics):
+        _statistics(console, result)
+    elif isinstance(result, HealthReport):
+        _health(console, result)
+    elif isinstance(result, sch.Crontab):
+        console.file.write("\n".join(result.lines) + "\n")
+    elif isinstance(result, sch.Metrics):
+        console.file.write(result.text)
+    else:
+        return False
+    return True
+
+
+def _table(console: Console, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    table = Table(box=None, header_style="bold")
+    for col in header:
+        table.add_column(col, no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text("-" if v is None else str(v)) for v in row))
+    console.print(table)
+
+
+def _t(value: str | None) -> str | None:
+    """An ISO time, shortened for a table: 2026-03-02T02:00:00.000Z -> 2026-03-02 02:00Z."""
+    if not value:
+        return value
+    date, _, rest = value.partition("T")
+    zone = "Z" if rest.endswith("Z") else rest[-6:] if rest[-6:-5] in "+-" else ""
+    return f"{date} {rest[:5]}{zone}"
+
+
+def _run_result(console: Console, r: sch.RunResult) -> None:
+    if r.backup is None:
+        console.print(Text(f"{r.scheduleId}: skipped ({r.reason})"))
+        return
+    b = r.backup
+    console.print(
+        Text(
+            f"{r.scheduleId}: backup {b.id} completed, {human_size(b.size)} in "
+            f"{b.duration / 1000:.1f}s, checksum re-verified"
+        )
+    )
+    if r.retention is not None:
+        console.print(Text(f"retention: kept {len(r.retention.keep)}, removed {len(r.removed)}"))
+        for d in r.retention.remove:
+            console.print(Text(f"  removed {d.id}: {d.reason}"))
+
+
+def _prune(console: Console, r: sch.PruneResult) -> None:
+    rows = [
+        (d.action.upper(), d.id, d.scheduleId or "manual", d.status, d.reason)
+        for d in r.plan.decisions
+    ]
+    if rows:
+        _table(console, ("ACTION", "ID", "SCHEDULE", "STATUS", "REASON"), rows)
+    freed = human_size(sum(d.size for d in r.plan.remove))
+    verb = "would remove" if r.dryRun else "removed"
+    count = len(r.plan.remove) if r.dryRun else len(r.removed)
+    console.print(Text(f"keep {len(r.plan.keep)}, {verb} {count} ({freed})"))
+
+
+def _schedule_list(console: Console, rows: Sequence[Mapping[str, Any]]) -> None:
+    header = (
+        "ID",
+        "ENABLED",
+        "CRON",
+        "TZ",
+        "KEEP",
+        "LAST RUN",
+        "LAST SUCCESS",
+        "NEXT RUN",
+        "BACKUPS",
+        "SIZE",
+        "SOURCE",
+    )
+    _table(
+        console,
+        header,
+        [
+            (
+                s["id"],
+                "yes" if s["enabled"] else "no",
+                s["cron"],
+                s["timezone"],
+                f"{s['retentionDays']}d/min {s['minKeep']}",
+                f"{_t(s['lastRun'])} {s['lastRunStatus']}" if s["lastRun"] else None,
+                _t(s["lastSuccess"]),
+                _t(s["nextRun"]),
+                s["backupCount"],
+                human_size(s["totalSize"]),
+                s["source"],
+            )
+            for s in rows
+        ],
+    )
+
+
+def _next_fires(console: Console, rows: Sequence[Mapping[str, Any]]) -> None:
+    _table(
+        console,
+        ("SCHEDULE", "NEXT (LOCAL)", "NEXT (UTC)", "CRON", "TZ"),
+        [
+            (
+                r["scheduleId"],
+                _t(r["next"]) or r["reason"],
+                _t(r["nextUtc"]),
+                r["cron"],
+                r["timezone"],
+            )
+            for r in rows
+        ],
+    )
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate * 100:.1f}%"
+
+
+def _statistics(console: Console, st: Mapping[str, Any]) -> None:
+    rate, dur, size, disk = st["successRate"], st["duration"], st["size"], st["disk"]
+    ratio = size["compressionRatio"]
+    lines = [
+        f"backups      {st['total']} total, {st['completed']} completed, {st['failed']} failed",
+        f"success      {_pct(rate['allTime'])} all time, {_pct(rate['last7d'])} 7d, "
+        f"{_pct(rate['last30d'])} 30d",
+        f"duration     avg {dur['averageSeconds'] or 0:.1f}s, p95 {dur['p95Seconds'] or 0:.1f}s",
+        f"size         {human_size(size['totalBytes'])} total, "
+        f"{human_size(size['averageBytes'])} average, "
+        f"compression {'-' if ratio is None else f'{ratio:.2f}x'}",
+        f"disk         {human_size(disk['usedBytes'])} used, {human_size(disk['freeBytes'])} free",
+        "restore test " + ((st.get("lastRestoreTest") or {}).get("at") or "never"),
+    ]
+    for line in lines:
+        console.print(Text(line))
+    _table(
+        console,
+        ("SCHEDULE", "TOTAL", "FAILED", "ALL", "7D", "30D", "LAST SUCCESS", "LAST RUN"),
+        [
+            (
+                p["scheduleId"],
+                p["total"],
+                p["failed"],
+                _pct(p["successRate"]["allTime"]),
+                _pct(p["successRate"]["last7d"]),
+                _pct(p["successRate"]["last30d"]),
+                _t(p["lastSuccess"]),
+                p["lastRunStatus"],
+            )
+            for p in st["schedules"]
+        ],
+    )
+    for o in st["overdueSchedules"]:
+        console.print(
+            Text(
+                f"OVERDUE {o['scheduleId']}: due {o['dueAt']}, last success "
+                f"{o['lastSuccess'] or 'never'}",
+                style="red",
+            )
+        )
+
+
+def _health(console: Console, report: HealthReport) -> None:
+    for p in report.problems:
+        console.print(Text(f"FAIL  {p['check']:15s} {p['reason']}", style="red"))
+    for w in report.warnings:
+        console.print(Text(f"WARN  {w['check']:15s} {w['reason']}", style="yellow"))
+    console.print(
+        Text("healthy" if report.ok else "UNHEALTHY", style="green" if report.ok else "bold red")
+    )

@@ -1,0 +1,233 @@
+"""Schedule commands: run-schedule, schedules, prune, next, statistics, metrics, health, crontab."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from rich.text import Text
+
+from .. import scheduling
+from ..render import render
+from .base import cli, command, get_ctx, json_option, raise_for_report, stderr_console
+
+
+def _parse_now(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 timestamp") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def now_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A hidden testing aid: pretend the clock says this ISO 8601 time (naive = UTC)."""
+    return click.option("--now", "now", hidden=True, help="Testing aid: the current time.")(fn)
+
+
+# --- run-schedule ------------------------------------------------------------------------
+
+
+@command(cli, "run-schedule")
+@click.argument("schedule_id")
+@click.option("--verbose", "-v", is_flag=True, help="Describe the backup and retention.")
+@json_option
+@now_option
+def run_schedule_cmd(schedule_id: str, verbose: bool, as_json: bool, now: str | None) -> None:
+    """Back up with a schedule's settings, re-verify, then apply its retention (for cron).
+
+    Quiet on success unless --verbose or --json. A second run of the same schedule exits 11
+    at once; a failed backup never prunes anything.
+    """
+    result = scheduling.run_schedule(get_ctx(), schedule_id, _parse_now(now))
+    if result.status == "skipped" and not as_json:
+        stderr_console().print(Text(f"sbbackup: {result.reason}; nothing to do"))
+    elif as_json or verbose:
+        render(result, as_json)
+
+
+# --- schedules ---------------------------------------------------------------------------
+
+
+@cli.group("schedules", invoke_without_command=True, context_settings={"max_content_width": 100})
+@click.pass_context
+def schedules_group(click_ctx: click.Context) -> None:
+    """List schedules, or change them at run time (saved in schedules.toml in the backup path).
+
+    Runtime changes win over the YAML file and the DB_BACKUP_{DAILY,WEEKLY,MONTHLY}_*
+    variables; the YAML file is never rewritten.
+    """
+    if click_ctx.invoked_subcommand is None:
+        render(scheduling.list_schedules(get_ctx()), False)
+
+
+@command(schedules_group, "list")
+@json_option
+@now_option
+def schedules_list_cmd(as_json: bool, now: str | None) -> None:
+    """Every schedule: settings, last run, last success, next run, backup count and size."""
+    render(scheduling.list_schedules(get_ctx(), _parse_now(now)), as_json)
+
+
+@command(schedules_group, "show")
+@click.argument("schedule_id")
+@json_option
+@now_option
+def schedules_show_cmd(schedule_id: str, as_json: bool, now: str | None) -> None:
+    """One schedule, with its last run, last success, next run, count and size."""
+    render(scheduling.show_schedule(get_ctx(), schedule_id, _parse_now(now)), as_json)
+
+
+def schedule_fields(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--cron", help="Five-field cron expression, e.g. '0 2 * * *'."),
+        click.option("--timezone", help="IANA zone (e.g. Europe/Berlin) or 'local'."),
+        click.option("--retention-days", type=click.IntRange(1), help="Keep backups this long."),
+        click.option("--min-keep", type=click.IntRange(1), help="Always keep this many (1)."),
+        click.option("--compress/--no-compress", default=None, help="zstd compression."),
+        click.option("--encrypt/--no-encrypt", default=None, help="age encryption."),
+        click.option("--format", "fmt", type=click.Choice(["plain", "custom"])),
+        click.option("--description", help="Free text shown in listings and the crontab."),
+        click.option("--enabled/--disabled", default=None, help="Run it or not."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _fields(kw: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "cron": kw["cron"],
+        "timezone": kw["timezone"],
+        "retentionDays": kw["retention_days"],
+        "minKeep": kw["min_keep"],
+        "compression": kw["compress"],
+        "encryption": kw["encrypt"],
+        "format": kw["fmt"],
+        "description": kw["description"],
+        "enabled": kw["enabled"],
+    }
+
+
+@command(schedules_group, "add")
+@click.argument("schedule_id")
+@schedule_fields
+@json_option
+def schedules_add_cmd(schedule_id: str, as_json: bool, **kw: Any) -> None:
+    """Add a schedule (needs --cron and --retention-days). Exit 2 on an invalid cron."""
+    render(scheduling.edit_schedule(get_ctx(), schedule_id, "add", _fields(kw)), as_json)
+
+
+@command(schedules_group, "update")
+@click.argument("schedule_id")
+@schedule_fields
+@json_option
+def schedules_update_cmd(schedule_id: str, as_json: bool, **kw: Any) -> None:
+    """Change some settings of a schedule. Exit 10 for an unknown ID."""
+    render(scheduling.edit_schedule(get_ctx(), schedule_id, "update", _fields(kw)), as_json)
+
+
+def _simple(action: str, doc: str) -> None:
+    def cmd(schedule_id: str, as_json: bool) -> None:
+        render(scheduling.edit_schedule(get_ctx(), schedule_id, action), as_json)
+
+    cmd.__doc__ = doc
+    command(schedules_group, action)(click.argument("schedule_id")(json_option(cmd)))
+
+
+_simple("remove", "Remove a schedule (its backups stay; prune ages them as manual ones).")
+_simple("enable", "Enable a schedule.")
+_simple("disable", "Disable a schedule: run-schedule exits 0 without a backup.")
+
+
+# --- prune / next / statistics / metrics / health / crontab ------------------------------
+
+
+@command(cli, "prune")
+@click.option("--schedule", "schedule_id", help="Only this schedule's backups.")
+@click.option("--dry-run", "-n", is_flag=True, help="Show the plan; delete nothing.")
+@json_option
+@now_option
+def prune_cmd(schedule_id: str | None, dry_run: bool, as_json: bool, now: str | None) -> None:
+    """Apply retention: keep or remove every backup, with the reason for each."""
+    render(scheduling.prune(get_ctx(), schedule_id, dry_run, _parse_now(now)), as_json)
+
+
+@command(cli, "next")
+@click.option("--count", type=click.IntRange(1, 1000), default=1, show_default=True)
+@json_option
+@now_option
+def next_cmd(count: int, as_json: bool, now: str | None) -> None:
+    """When each enabled schedule fires next, soonest first (local and UTC times)."""
+    render(scheduling.next_fires(get_ctx(), count, _parse_now(now)), as_json)
+
+
+@command(cli, "statistics")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "prometheus"]),
+    default="table",
+    help="prometheus: text exposition for node_exporter's textfile collector.",
+)
+@json_option
+@now_option
+def statistics_cmd(fmt: str, as_json: bool, now: str | None) -> None:
+    """Counts, success rates, durations, sizes, last successes, overdue schedules, disk."""
+    if fmt == "prometheus":
+        render(scheduling.get_metrics(get_ctx(), _parse_now(now)), as_json)
+    else:
+        render(scheduling.get_statistics(get_ctx(), _parse_now(now)), as_json or fmt == "json")
+
+
+@command(cli, "metrics")
+@json_option
+@now_option
+def metrics_cmd(as_json: bool, now: str | None) -> None:
+    """Prometheus text exposition (same as statistics --format prometheus).
+
+    For node_exporter: sbbackup metrics > dir/sbbackup.prom.$$ && mv dir/sbbackup.prom.$$
+    dir/sbbackup.prom
+    """
+    render(scheduling.get_metrics(get_ctx(), _parse_now(now)), as_json)
+
+
+@command(cli, "health")
+@click.option(
+    "--min-free",
+    type=click.IntRange(0),
+    default=scheduling.DEFAULT_MIN_FREE,
+    show_default=True,
+    help="Bytes that must stay free in the backup path.",
+)
+@click.option("--restore-test-days", type=click.IntRange(1), help="Warn without a recent drill.")
+@json_option
+@now_option
+def health_cmd(
+    min_free: int, restore_test_days: int | None, as_json: bool, now: str | None
+) -> None:
+    """A monitoring check: exit 0 when healthy, 13 with the reasons when any enabled schedule
+    is overdue or its last run failed, or free space is below --min-free."""
+    report = scheduling.get_health(get_ctx(), _parse_now(now), min_free, restore_test_days)
+    render(report, as_json)
+    raise_for_report(
+        report.ok,
+        13,
+        "unhealthy: " + "; ".join(p["reason"] for p in report.problems),
+    )
+
+
+@command(cli, "crontab")
+@click.option("--executable", help="sbbackup's absolute path in the lines (default: this one).")
+@click.option("--config-path", help="Config file named in the lines (default: --config's).")
+@click.option("--log", "log", help="Append output to this file instead of cron mail.")
+@json_option
+def crontab_cmd(
+    executable: str | None, config_path: str | None, log: str | None, as_json: bool
+) -> None:
+    """Crontab lines for the enabled schedules: sbbackup crontab | crontab -"""
+    render(scheduling.get_crontab(get_ctx(), executable, config_path, log), as_json)
