@@ -609,10 +609,10 @@ class AgeReader(io.RawIOBase):
             if file_key is not None:
                 break
         if file_key is None:
+            tried = f"{len(identities)} identit{'y' if len(identities) == 1 else 'ies'}"
             raise NoIdentityMatchError(
                 "no identity matches this backup: check DB_BACKUP_ENCRYPTION_IDENTITY_FILE "
-                f"or the passphrase ({len(identities)} identities tried, "
-                f"{len(stanzas)} recipient stanzas in the file)"
+                f"or the passphrase ({tried} tried against {len(stanzas)} recipient stanza(s))"
             )
         try:
             _header_mac(file_key, mac_input).verify(mac)
