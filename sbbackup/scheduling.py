@@ -289,8 +289,13 @@ def get_health(
     min_free: int = DEFAULT_MIN_FREE,
     restore_test_days: int | None = None,
 ) -> HealthReport:
-    """Problems (overdue, last run failed, low disk) fail; a stale restore drill only warns."""
+    """Problems (overdue, last run failed, low disk) fail; a stale restore drill only warns.
+
+    ``restore_test_days`` defaults to the ``health.restoreTestDays`` setting.
+    """
     now = _now(now)
+    if restore_test_days is None:
+        restore_test_days = getattr(ctx.settings, "restore_test_days", None)
     stats = get_statistics(ctx, now)
     sched = list(schedules(ctx).schedules.values()) if ctx.settings.enabled else []
     records = ctx.catalog.list()
