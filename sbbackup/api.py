@@ -1,0 +1,1031 @@
+"""`sbbackup serve`: a small JSON REST API over the same ``ops`` functions as the CLI.
+
+Built on the standard library's ``ThreadingHTTPServer``. Contracts:
+
+- every request needs ``Authorization: Bearer <token>`` (``/api/health`` and ``/metrics`` may be
+  opened with ``public_health``); tokens come from the environment, never from argv, and are
+  compared in constant time; a missing or wrong token gets the same 401, before any routing, so
+  nothing about what exists leaks;
+- IDs in paths are percent-decoded per segment and validated by their owners' validators
+  (``validate_backup_id``, ``validate_schedule_id``, ...) before any filesystem access;
+- bodies are JSON objects of at most ``MAX_BODY`` bytes with a Content-Length;
+- long operations (backup, restore, self test, schedule run) run as background jobs; the
+  server's shutdown lets them finish for ``grace`` seconds, then interrupts them, which makes
+  ``create_backup`` remove its partial file and record the attempt as interrupted;
+- every mutating request appends one audit line (remote address, token label, operation, ID,
+  HTTP status) besides the lines the operations write themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hmac
+import ipaddress
+import json
+import re
+import secrets
+import sys
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from . import __version__, ops
+from .audit import append_audit
+from .catalog import STATUS_FAILED, BackupRecord, iso, validate_backup_id
+from .config import Settings
+from .errors import (
+    ConfigError,
+    ExitCode,
+    LockedError,
+    NotFoundError,
+    SbbackupError,
+    UsageError,
+)
+from .render import to_jsonable
+
+MAX_BODY = 1 << 20  # 1 MiB
+SOCKET_TIMEOUT = 30.0  # seconds a client may stay silent mid-request
+DEFAULT_GRACE = 60.0  # seconds running jobs get to finish on shutdown
+MAX_ID = 200
+JOB_HISTORY = 500  # finished jobs remembered for their status URLs
+TOKEN_ENV = "SBBACKUP_API_TOKEN"
+TOKEN_FILE_ENV = "SBBACKUP_API_TOKEN_FILE"
+TEST_ID_RE = re.compile(r"test_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z_[0-9a-f]{6}")
+RUN_ID_RE = re.compile(r"run_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z_[0-9a-f]{6}")
+BACKUP_STATUSES = ("completed", "failed", "in_progress", "missing", "corrupt")
+# JSON types of the schedule fields (their values are checked by ``schedules.FIELDS``).
+SCHEDULE_FIELDS: dict[str, type] = {
+    "cron": str,
+    "timezone": str,
+    "enabled": bool,
+    "retentionDays": int,
+    "minKeep": int,
+    "compression": bool,
+    "encryption": bool,
+    "format": str,
+    "description": str,
+}
+
+
+# --- tokens ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Token:
+    label: str  # written to the audit log; the secret never is
+    secret: bytes = field(repr=False)
+
+
+def generate_token() -> str:
+    return "sbb_" + secrets.token_urlsafe(32)
+
+
+def load_tokens(env: Mapping[str, str]) -> list[Token]:
+    """Tokens from ``SBBACKUP_API_TOKEN_FILE`` (lines ``TOKEN`` or ``LABEL TOKEN``, ``#``
+    comments) and ``SBBACKUP_API_TOKEN`` (label ``env``). Several lines allow rotation."""
+    tokens: list[Token] = []
+    path = env.get(TOKEN_FILE_ENV, "")
+    if path:
+        try:
+            text = Path(path).expanduser().read_text()
+        except OSError as exc:
+            raise ConfigError(f"{TOKEN_FILE_ENV}: cannot read {path} ({exc.strerror})") from None
+        for n, line in enumerate(text.splitlines(), 1):
+            parts = line.split("#", 1)[0].split()
+            if not parts:
+                continue
+            if len(parts) > 2:
+                raise ConfigError(f"{path}:{n}: expected TOKEN or LABEL TOKEN")
+            label, secret = (parts[0], parts[1]) if len(parts) == 2 else (f"file:{n}", parts[0])
+            tokens.append(Token(label, _token_bytes(secret, f"{path}:{n}")))
+    if env.get(TOKEN_ENV, ""):
+        tokens.append(Token("env", _token_bytes(env[TOKEN_ENV].strip(), TOKEN_ENV)))
+    return tokens
+
+
+def _token_bytes(secret: str, where: str) -> bytes:
+    if len(secret) < 16:
+        raise ConfigError(
+            f"{where}: the API token is too short (use `sbbackup serve --generate-token`)"
+        )
+    return secret.encode()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+class HttpError(Exception):
+    """An error decided by the HTTP layer itself (auth, routing, limits, body parsing)."""
+
+    def __init__(
+        self, status: int, kind: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message = status, kind, message
+        self.headers = dict(headers or {})
+
+    @property
+    def code(self) -> int:
+        """The exit code the CLI would use for the same trouble."""
+        if self.status >= 500:
+            return int(ExitCode.UNEXPECTED)
+        return int({404: ExitCode.NOT_FOUND}.get(self.status, ExitCode.USAGE))
+
+
+STATUS_FOR: tuple[tuple[type[SbbackupError], int], ...] = (
+    (UsageError, 400),
+    (ConfigError, 400),
+    (NotFoundError, 404),
+    (LockedError, 409),
+)
+
+
+def status_for(exc: SbbackupError) -> int:
+    for cls, status in STATUS_FOR:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def error_body(code: int, kind: str, message: str) -> dict[str, Any]:
+    """Same shape as the CLI's ``--json`` errors; ``code`` is the sbbackup exit code."""
+    return {"error": {"code": code, "kind": kind, "message": message}}
+
+
+# --- requests, responses, routes ---------------------------------------------------------
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    params: dict[str, str]
+    query: dict[str, list[str]]
+    body: dict[str, Any]
+    ctx: ApiContext
+    wait: bool = False
+
+
+@dataclass
+class ApiContext(ops.Context):
+    """An ops context whose audit lines also name the API token that asked."""
+
+    token_label: str | None = None
+
+    def audit(self, operation: str, target_id: str | None, result: str, **extra: Any) -> None:
+        if self.token_label:
+            extra["token"] = self.token_label
+        super().audit(operation, target_id, result, **extra)
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    template: str  # "/api/backup/{backupId}"
+    handler: str  # name of an Api method
+    operation: str  # operationId in the OpenAPI document and the audit log
+
+    @property
+    def parts(self) -> list[str]:
+        return self.template.strip("/").split("/")
+
+    @property
+    def literals(self) -> int:
+        return sum(1 for p in self.parts if not p.startswith("{"))
+
+    def match(self, segments: list[str]) -> dict[str, str] | None:
+        parts = self.parts
+        if len(parts) != len(segments):
+            return None
+        params: dict[str, str] = {}
+        for part, seg in zip(parts, segments, strict=True):
+            if part.startswith("{"):
+                if not seg:
+                    return None
+                params[part[1:-1]] = seg
+            elif part != seg:
+                return None
+        return params
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/api/backup", "create_backup", "createBackup"),
+    Route("GET", "/api/backup", "list_backups", "listBackups"),
+    Route("POST", "/api/backup/test", "start_test", "runSelfTest"),
+    Route("GET", "/api/backup/test/{testId}", "get_test", "getSelfTest"),
+    Route("GET", "/api/backup/restore/{restoreId}", "get_restore", "getRestore"),
+    Route("GET", "/api/backup/schedules", "list_schedules", "listSchedules"),
+    Route("POST", "/api/backup/schedules", "add_schedule", "createSchedule"),
+    Route("GET", "/api/backup/schedules/next", "next_schedules", "nextScheduleRuns"),
+    Route("GET", "/api/backup/schedules/statistics", "statistics", "getStatistics"),
+    Route("GET", "/api/backup/schedules/{scheduleId}", "get_schedule", "getSchedule"),
+    Route("POST", "/api/backup/schedules/{scheduleId}", "update_schedule", "updateSchedule"),
+    Route("DELETE", "/api/backup/schedules/{scheduleId}", "remove_schedule", "deleteSchedule"),
+    Route("POST", "/api/backup/schedules/{scheduleId}/enable", "enable_schedule", "enableSchedule"),
+    Route(
+        "POST", "/api/backup/schedules/{scheduleId}/disable", "disable_schedule", "disableSchedule"
+    ),
+    Route("POST", "/api/backup/schedules/{scheduleId}/run", "run_schedule", "runSchedule"),
+    Route("GET", "/api/backup/schedules/{scheduleId}/run/{runId}", "get_run", "getScheduleRun"),
+    Route("GET", "/api/backup/{backupId}", "show_backup", "getBackup"),
+    Route("DELETE", "/api/backup/{backupId}", "delete_backup", "deleteBackup"),
+    Route("POST", "/api/backup/{backupId}/restore", "restore_backup", "restoreBackup"),
+    Route("GET", "/api/health", "health", "getHealth"),
+    Route("GET", "/metrics", "metrics", "getMetrics"),
+    Route("GET", "/api/openapi.json", "openapi", "getOpenApi"),
+)
+PUBLIC_HEALTH_PATHS = ("/api/health", "/metrics")
+
+
+def resolve(method: str, segments: list[str]) -> tuple[Route, dict[str, str]]:
+    """The matching route with the most literal segments wins: ``schedules/next`` beats
+    ``schedules/{scheduleId}``. A path that exists without this method is a 405."""
+    matches = [(r, p) for r in ROUTES if (p := r.match(segments)) is not None]
+    if not matches:
+        raise HttpError(404, "not_found", "no such endpoint")
+    best = max(r.literals for r, _ in matches)
+    matches = [(r, p) for r, p in matches if r.literals == best]
+    for route, params in matches:
+        if route.method == method:
+            return route, params
+    allowed = ", ".join(sorted({r.method for r, _ in matches}))
+    raise HttpError(405, "method_not_allowed", f"{method} is not allowed here", {"Allow": allowed})
+
+
+# --- background jobs ---------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    kind: str
+    id: str
+    startedAt: str
+    thread: threading.Thread | None = None
+    status: str = "in_progress"  # in_progress | completed | failed | interrupted
+    result: Any = None
+    error: SbbackupError | None = None
+    finishedAt: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        result = self.result.to_json() if hasattr(self.result, "to_json") else self.result
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "startedAt": self.startedAt,
+            "finishedAt": self.finishedAt,
+            "result": result,
+            "error": self.error.to_json()["error"] if self.error else None,
+            **self.extra,
+        }
+
+
+class Jobs:
+    """Background threads for long operations, remembered for their status URLs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._last_backup_time: datetime | None = None
+        self.accepting = True
+
+    def start(self, kind: str, job_id: str, fn: Callable[[], Any], **extra: Any) -> Job:
+        job = Job(kind, job_id, iso(datetime.now(UTC)) or "", extra=extra)
+        job.thread = threading.Thread(
+            target=self._run, args=(job, fn), name=f"sbbackup-{kind}-{job_id}", daemon=True
+        )
+        with self._lock:
+            if not self.accepting:
+                raise HttpError(503, "shutting_down", "the server is shutting down")
+            self._jobs[job_id] = job
+            self._forget_old()
+        job.thread.start()
+        return job
+
+    def _run(self, job: Job, fn: Callable[[], Any]) -> None:
+        try:
+            job.result = fn()
+            job.status = "completed"
+        except SbbackupError as exc:
+            job.error, job.status = exc, "failed"
+        except KeyboardInterrupt:
+            job.error, job.status = SbbackupError("interrupted by server shutdown"), "interrupted"
+            job.error.exit_code, job.error.kind = ExitCode.INTERRUPTED, "interrupted"
+        except Exception as exc:  # noqa: BLE001 - a job thread is an error boundary too
+            traceback.print_exc()
+            job.error, job.status = SbbackupError(f"unexpected error: {exc}"), "failed"
+        finally:
+            job.finishedAt = iso(datetime.now(UTC))
+            job.done.set()
+
+    def _forget_old(self) -> None:
+        finished = [k for k, j in self._jobs.items() if j.done.is_set()]
+        for key in finished[: max(0, len(self._jobs) - JOB_HISTORY)]:
+            del self._jobs[key]
+
+    def get(self, job_id: str, kind: str | None = None) -> Job | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        return job if job is not None and (kind is None or job.kind == kind) else None
+
+    def running(self, kind: str | None = None) -> list[Job]:
+        with self._lock:
+            jobs = list(self._jobs.values())
+        return [j for j in jobs if not j.done.is_set() and kind in (None, j.kind)]
+
+    def backup_time(self) -> datetime:
+        """A distinct millisecond per API backup, so predicted backup IDs never collide."""
+        now = datetime.now(UTC)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        with self._lock:
+            if self._last_backup_time is not None and now <= self._last_backup_time:
+                now = self._last_backup_time + timedelta(milliseconds=1)
+            self._last_backup_time = now
+        return now
+
+    def drain(self, grace: float) -> list[Job]:
+        """Stop accepting jobs, let running ones finish for ``grace`` seconds, then interrupt
+        them (KeyboardInterrupt, which every operation turns into cleanup and a record)."""
+        with self._lock:
+            self.accepting = False
+        deadline = time.monotonic() + grace
+        for job in self.running():
+            job.done.wait(max(0.0, deadline - time.monotonic()))
+        late = self.running()
+        for job in late:
+            if job.thread is not None and job.thread.ident is not None:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(job.thread.ident), ctypes.py_object(KeyboardInterrupt)
+                )
+        for job in late:
+            job.done.wait(30)
+        return late
+
+
+def _stamp_id(prefix: str) -> str:
+    return f"{prefix}_{datetime.now(UTC):%Y-%m-%dT%H-%M-%S}Z_{secrets.token_hex(3)}"
+
+
+# --- body and query parsing --------------------------------------------------------------
+
+
+def _field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    if (isinstance(value, bool) and kind is int) or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise UsageError(f"field {name!r} must be {_JSON_NAMES.get(names, names)}")
+    return value
+
+
+_JSON_NAMES = {"bool": "a boolean", "str": "a string", "int": "an integer"}
+
+
+def _only(body: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise UsageError(
+            f"unknown field {unknown[0][:60]!r} (expected {', '.join(allowed) or 'no fields'})"
+        )
+
+
+def _query_one(req: Request, name: str) -> str | None:
+    values = req.query.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise UsageError(f"query parameter {name!r} given more than once")
+    return values[0]
+
+
+def _query_int(req: Request, name: str, lo: int, hi: int) -> int | None:
+    raw = _query_one(req, name)
+    if raw is None:
+        return None
+    if not re.fullmatch(r"\d{1,9}", raw) or not lo <= int(raw) <= hi:
+        raise UsageError(f"query parameter {name!r} must be an integer from {lo} to {hi}")
+    return int(raw)
+
+
+def _query_bool(req: Request, name: str) -> bool:
+    raw = _query_one(req, name)
+    if raw is None:
+        return False
+    if raw.lower() not in ("true", "false", "1", "0"):
+        raise UsageError(f"query parameter {name!r} must be true or false")
+    return raw.lower() in ("true", "1")
+
+
+def _check_query(req: Request, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(req.query) - set(allowed))
+    if unknown:
+        raise UsageError(
+            f"unknown query parameter {unknown[0][:60]!r} (expected {', '.join(allowed) or 'none'})"
+        )
+
+
+def _validated(pattern: re.Pattern[str], value: str, what: str) -> str:
+    if len(value) > MAX_ID or not pattern.fullmatch(value):
+        raise UsageError(f"invalid {what} {value[:80]!r}")
+    return value
+
+
+# --- the API -----------------------------------------------------------------------------
+
+
+class Api:
+    """Routes, auth and job bookkeeping. Each handler calls one ops/scheduling function."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        tokens: list[Token],
+        public_health: bool = False,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.public_health = public_health
+        self.jobs = Jobs()
+        self._run_guard = threading.Lock()
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.state_dir = ops.Context(settings).state_dir
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def authenticate(self, header: str | None) -> str | None:
+        """The label of the matching token, or None. Every token is compared, in constant
+        time, whatever matched earlier."""
+        if not header:
+            return None
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return None
+        candidate = given.strip().encode("utf-8", "surrogateescape")
+        label = None
+        for token in self.tokens:
+            if hmac.compare_digest(candidate, token.secret) and label is None:
+                label = token.label
+        return label
+
+    def context(self, remote: str, token_label: str | None) -> ApiContext:
+        return ApiContext(self.settings, remote=remote, token_label=token_label)
+
+    def call(self, route: Route, req: Request) -> Response:
+        handler: Callable[[Request], Response] = getattr(self, route.handler)
+        return handler(req)
+
+    # --- backups -----------------------------------------------------------------------
+
+    def create_backup(self, req: Request) -> Response:
+        _check_query(req, ("wait",))
+        body = req.body
+        _only(body, ("format", "compress", "level", "encrypt"))
+        opts = ops.CreateOptions(
+            format=_field(body, "format", str),
+            compress=_field(body, "compress", bool),
+            level=_field(body, "level", int),
+            encrypt=_field(body, "encrypt", bool),
+        )
+        ctx = req.ctx
+        if opts.format is not None and opts.format not in ctx.engine.formats:
+            raise UsageError(f"the {ctx.engine.name} engine cannot write the {opts.format} format")
+        if opts.level is not None and not 1 <= opts.level <= 22:
+            raise UsageError("field 'level' must be an integer from 1 to 22")
+        now = self.jobs.backup_time()
+        backup_id = ops._unique_id(ctx.catalog, now)
+        placeholder = BackupRecord(
+            id=backup_id,
+            filename=None,
+            size=0,
+            createdAt=iso(now) or "",
+            checksum=None,
+            status="in_progress",
+            duration=0,
+            toolVersion=__version__,
+        )
+        job = self.jobs.start(
+            "backup",
+            backup_id,
+            lambda: ops.create_backup(ctx, opts, now=now),
+            record=placeholder,
+        )
+        location = {"Location": f"/api/backup/{backup_id}"}
+        if not req.wait:
+            return Response(202, placeholder.to_json(), location)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        record: BackupRecord = job.result
+        return Response(201, record.to_json(), {"Location": f"/api/backup/{record.id}"})
+
+    def list_backups(self, req: Request) -> Response:
+        _check_query(req, ("status", "scheduleId", "limit"))
+        status = _query_one(req, "status")
+        if status is not None and status not in BACKUP_STATUSES:
+            raise UsageError(
+                f"query parameter 'status' must be one of {', '.join(BACKUP_STATUSES)}"
+            )
+        schedule = _query_one(req, "scheduleId")
+        if schedule is not None and (
+            len(schedule) > 64 or not re.fullmatch(r"[a-z0-9_-]+", schedule)
+        ):
+            raise UsageError(f"invalid schedule ID {schedule[:80]!r}")
+        limit = _query_int(req, "limit", 1, 100_000)
+        records = [r.to_json() for r in ops.list_backups(req.ctx, status, schedule, None)]
+        if status in (None, "in_progress") and schedule is None:
+            known = {r["id"] for r in records}
+            running = [
+                j.extra["record"].to_json()
+                for j in self.jobs.running("backup")
+                if j.id not in known
+            ]
+            records = sorted(running + records, key=lambda r: r["createdAt"], reverse=True)
+        return Response(200, records[:limit] if limit else records)
+
+    def show_backup(self, req: Request) -> Response:
+        _check_query(req, ())
+        backup_id = validate_backup_id(req.params["backupId"])
+        job = self.jobs.get(backup_id, "backup")
+        if job is not None and not job.done.is_set():
+            return Response(200, job.extra["record"].to_json())
+        try:
+            return Response(200, ops.show_backup(req.ctx, backup_id).to_json())
+        except NotFoundError:
+            if job is None or job.status == "completed":  # never started, or since deleted
+                raise
+        # A job whose backup never got a manifest (it failed before dumping).
+        record: BackupRecord = job.extra["record"]
+        failed = {**record.to_json(), "status": STATUS_FAILED, "completedAt": job.finishedAt}
+        failed["error"] = job.error.message if job.error else None
+        return Response(200, failed)
+
+    def delete_backup(self, req: Request) -> Response:
+        _check_query(req, ())
+        backup_id = validate_backup_id(req.params["backupId"])
+        if self.jobs.get(backup_id, "backup") in self.jobs.running("backup"):
+            raise LockedError(f"backup {backup_id} is still running")
+        return Response(200, ops.delete_backup(req.ctx, backup_id).to_json())
+
+    def restore_backup(self, req: Request) -> Response:
+        _check_query(req, ())
+        backup_id = validate_backup_id(req.params["backupId"])
+        body = req.body
+        _only(body, ("targetUrl", "createTarget", "clean", "confirm", "jobs"))
+        jobs = _field(body, "jobs", int)
+        if jobs is not None and not 1 <= jobs <= 64:
+            raise UsageError("field 'jobs' must be an integer from 1 to 64")
+        opts = ops.RestoreOptions(
+            backup_id=backup_id,
+            target=_field(body, "targetUrl", str),
+            create_target=bool(_field(body, "createTarget", bool)),
+            clean=bool(_field(body, "clean", bool)),
+            confirmed=bool(_field(body, "confirm", bool)),
+            jobs=jobs,
+            restore_id=ops.new_restore_id(),
+        )
+        ctx = req.ctx
+        ops.show_backup(ctx, backup_id)  # 404 now rather than in the job
+        if ctx.engine.is_source(opts.target) and not opts.confirmed:
+            raise UsageError(
+                f"restoring {backup_id} over the source database is destructive: "
+                'send "confirm": true'
+            )
+        restore_id = opts.restore_id or ""
+        job = self.jobs.start("restore", restore_id, lambda: ops.restore_backup(ctx, opts))
+        record = self._await_record(job, lambda: ops.get_restore(ctx, restore_id))
+        return Response(202, record, {"Location": f"/api/backup/restore/{restore_id}"})
+
+    @staticmethod
+    def _await_record(job: Job, read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Wait until the operation has written its record, or has failed before it could."""
+        while True:
+            finished = job.done.wait(0.02)
+            try:
+                return read()
+            except NotFoundError:
+                if finished:
+                    raise job.error or SbbackupError("the operation left no record") from None
+
+    def get_restore(self, req: Request) -> Response:
+        _check_query(req, ())
+        restore_id = req.params["restoreId"]
+        if len(restore_id) > MAX_ID:
+            raise UsageError("invalid restore ID")
+        return Response(200, ops.get_restore(req.ctx, restore_id))
+
+    # --- self test ---------------------------------------------------------------------
+
+    def start_test(self, req: Request) -> Response:
+        from .selftest import TestOptions, run_self_test
+
+        _check_query(req, ("wait",))
+        body = req.body
+        _only(body, ("drill", "backupId", "latest", "targetUrl"))
+        backup_id = _field(body, "backupId", str)
+        if backup_id is not None:
+            validate_backup_id(backup_id)
+        drill = _field(body, "drill", bool)
+        opts = TestOptions(
+            drill=True if drill is None else drill,
+            backup_id=backup_id,
+            latest=bool(_field(body, "latest", bool)),
+            target_url=_field(body, "targetUrl", str),
+        )
+        ctx = req.ctx
+        test_id = _stamp_id("test")
+        location = f"/api/backup/test/{test_id}"
+        job = self.jobs.start("test", test_id, lambda: run_self_test(ctx, opts), statusUrl=location)
+        if req.wait:
+            job.done.wait()
+            if job.error is not None:
+                raise job.error
+            return Response(200, job.to_json(), {"Location": location})
+        return Response(202, job.to_json(), {"Location": location})
+
+    def get_test(self, req: Request) -> Response:
+        _check_query(req, ())
+        test_id = _validated(TEST_ID_RE, req.params["testId"], "test ID")
+        job = self.jobs.get(test_id, "test")
+        if job is None:
+            raise NotFoundError(f"self test {test_id} not found (tests are kept in memory)")
+        return Response(200, job.to_json())
+
+    # --- schedules ---------------------------------------------------------------------
+
+    def list_schedules(self, req: Request) -> Response:
+        from .scheduling import list_schedules
+
+        _check_query(req, ())
+        return Response(200, to_jsonable(list_schedules(req.ctx)))
+
+    def get_schedule(self, req: Request) -> Response:
+        from .scheduling import show_schedule
+
+        _check_query(req, ())
+        return Response(200, show_schedule(req.ctx, self._schedule_id(req)))
+
+    @staticmethod
+    def _schedule_id(req: Request) -> str:
+        from .schedules import validate_schedule_id
+
+        return validate_schedule_id(req.params["scheduleId"])
+
+    def _edit(self, req: Request, schedule_id: str, action: str, fields: Any = None) -> Any:
+        from .scheduling import edit_schedule
+
+        return edit_schedule(req.ctx, schedule_id, action, fields)
+
+    @staticmethod
+    def _schedule_fields(body: Mapping[str, Any], allow_id: bool) -> dict[str, Any]:
+        """The body's schedule fields, type-checked; their values are checked by the store."""
+        _only(body, (("id",) if allow_id else ()) + tuple(SCHEDULE_FIELDS))
+        return {k: _field(body, k, SCHEDULE_FIELDS[k]) for k in body if k != "id"}
+
+    def add_schedule(self, req: Request) -> Response:
+        from .schedules import validate_schedule_id
+
+        _check_query(req, ())
+        schedule_id = _field(req.body, "id", str)
+        if schedule_id is None:
+            raise UsageError("field 'id' is required")
+        validate_schedule_id(schedule_id)
+        view = self._edit(req, schedule_id, "add", self._schedule_fields(req.body, True))
+        return Response(201, view, {"Location": f"/api/backup/schedules/{schedule_id}"})
+
+    def update_schedule(self, req: Request) -> Response:
+        _check_query(req, ())
+        schedule_id = self._schedule_id(req)
+        fields = self._schedule_fields(req.body, allow_id=False)
+        return Response(200, self._edit(req, schedule_id, "update", fields))
+
+    def remove_schedule(self, req: Request) -> Response:
+        _check_query(req, ())
+        return Response(200, self._edit(req, self._schedule_id(req), "remove"))
+
+    def enable_schedule(self, req: Request) -> Response:
+        _check_query(req, ())
+        _only(req.body, ())
+        return Response(200, self._edit(req, self._schedule_id(req), "enable"))
+
+    def disable_schedule(self, req: Request) -> Response:
+        _check_query(req, ())
+        _only(req.body, ())
+        return Response(200, self._edit(req, self._schedule_id(req), "disable"))
+
+    def run_schedule(self, req: Request) -> Response:
+        """Start the same ``run_schedule`` as cron, under the same lock. Answer once the lock
+        is ours (202), or with the run's own error (409 when cron holds the lock)."""
+        from .locks import LOCK_DIR
+        from .scheduling import run_schedule
+
+        _check_query(req, ())
+        _only(req.body, ())
+        schedule_id = self._schedule_id(req)
+        ctx = req.ctx
+        run_id = _stamp_id("run")
+        location = f"/api/backup/schedules/{schedule_id}/run/{run_id}"
+        lock = ctx.state_dir / LOCK_DIR / f"schedule-{schedule_id}.lock"
+        with self._run_guard:  # our own threads share our PID: tell them apart here
+            if any(j.extra["scheduleId"] == schedule_id for j in self.jobs.running("run")):
+                raise LockedError(f"schedule {schedule_id} is already running (via the API)")
+            job = self.jobs.start(
+                "run",
+                run_id,
+                lambda: run_schedule(ctx, schedule_id),
+                scheduleId=schedule_id,
+                statusUrl=location,
+            )
+        while not job.done.wait(0.01) and not _held_by_us(lock):
+            pass
+        if job.done.is_set() and job.error is not None:
+            raise job.error
+        status = 200 if job.done.is_set() else 202
+        return Response(status, job.to_json(), {"Location": location})
+
+    def get_run(self, req: Request) -> Response:
+        _check_query(req, ())
+        schedule_id = self._schedule_id(req)
+        run_id = _validated(RUN_ID_RE, req.params["runId"], "run ID")
+        job = self.jobs.get(run_id, "run")
+        if job is None or job.extra.get("scheduleId") != schedule_id:
+            raise NotFoundError(f"run {run_id} not found (runs are kept in memory)")
+        return Response(200, job.to_json())
+
+    def next_schedules(self, req: Request) -> Response:
+        from .scheduling import next_fires
+
+        _check_query(req, ("count",))
+        count = _query_int(req, "count", 1, 100) or 1
+        return Response(200, to_jsonable(next_fires(req.ctx, count)))
+
+    def statistics(self, req: Request) -> Response:
+        from .scheduling import get_statistics
+
+        _check_query(req, ())
+        return Response(200, to_jsonable(get_statistics(req.ctx)))
+
+    # --- health, metrics, the document -------------------------------------------------
+
+    def health(self, req: Request) -> Response:
+        from .scheduling import get_health
+
+        _check_query(req, ())
+        report = get_health(req.ctx)
+        return Response(200 if report.ok else 503, report.to_json())
+
+    def metrics(self, req: Request) -> Response:
+        from .scheduling import get_metrics
+
+        _check_query(req, ())
+        text = get_metrics(req.ctx).text
+        return Response(200, text, content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    def openapi(self, req: Request) -> Response:
+        from .openapi import openapi_document
+
+        _check_query(req, ())
+        return Response(200, openapi_document())
+
+
+def _held_by_us(lock: Path) -> bool:
+    """Has a thread of this process taken ``lock`` (``locks.hold`` writes the holder's PID)?"""
+    import os
+
+    try:
+        return lock.read_text().strip() == str(os.getpid())
+    except OSError:
+        return False
+
+
+# --- HTTP --------------------------------------------------------------------------------
+
+
+class Handler(BaseHTTPRequestHandler):
+    """One request: auth, route, body, handler, JSON out, audit line."""
+
+    server: ApiServer
+    protocol_version = "HTTP/1.1"
+    server_version = "sbbackup"
+    sys_version = ""
+    timeout = SOCKET_TIMEOUT
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
+        self.dispatch()
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.dispatch()
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self.dispatch()
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self.dispatch()
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self.dispatch()
+
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self.dispatch()
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        api = self.server.api
+        remote = self.client_address[0]
+        label: str | None = None
+        route: Route | None = None
+        params: dict[str, str] = {}
+        response: Response
+        try:
+            url = urlsplit(self.path)
+            label = api.authenticate(self.headers.get("Authorization"))
+            public = api.public_health and url.path in PUBLIC_HEALTH_PATHS
+            if label is None and not public:
+                raise HttpError(
+                    401, "unauthorized", "authentication required", {"WWW-Authenticate": "Bearer"}
+                )
+            segments = [unquote(s, errors="strict") for s in url.path.strip("/").split("/")]
+            route, params = resolve(self.command, segments)
+            body = self.read_body()
+            query = parse_qs(url.query, keep_blank_values=True, errors="strict")
+            req = Request(self.command, url.path, params, query, body, api.context(remote, label))
+            req.wait = "wait" in query and _query_bool(req, "wait")
+            response = api.call(route, req)
+        except HttpError as exc:
+            response = Response(
+                exc.status, error_body(exc.code, exc.kind, exc.message), exc.headers
+            )
+        except SbbackupError as exc:
+            response = Response(status_for(exc), exc.to_json())
+        except UnicodeDecodeError:
+            response = Response(400, error_body(2, "usage", "the URL is not valid UTF-8"))
+        except Exception as exc:  # noqa: BLE001 - the request's error boundary
+            traceback.print_exc()
+            message = f"unexpected error ({type(exc).__name__}): please report it"
+            response = Response(500, error_body(1, "unexpected", message))
+        if self.body_unread():
+            self.close_connection = True  # what is left of it would be read as the next request
+        self.respond(response)
+        if self.command not in ("GET", "HEAD"):
+            self.audit(route, params, label, response.status)
+
+    body_consumed = False
+
+    def body_unread(self) -> bool:
+        if self.body_consumed:
+            return False
+        length = self.headers.get("Content-Length", "0").strip()
+        return bool(self.headers.get("Transfer-Encoding")) or length not in ("", "0")
+
+    def read_body(self) -> dict[str, Any]:
+        if self.command != "POST":
+            return {}
+        if self.headers.get("Transfer-Encoding"):
+            raise HttpError(411, "length_required", "send a Content-Length, not chunked bodies")
+        raw_length = self.headers.get("Content-Length")
+        if raw_length is None:
+            raise HttpError(411, "length_required", "POST needs a Content-Length header")
+        if not re.fullmatch(r"\d{1,12}", raw_length.strip()):
+            raise HttpError(400, "usage", "invalid Content-Length")
+        length = int(raw_length)
+        if length > MAX_BODY:
+            raise HttpError(413, "too_large", f"the body is over {MAX_BODY} bytes")
+        if length == 0:
+            return {}
+        ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise HttpError(415, "unsupported_media_type", "send Content-Type: application/json")
+        raw = self.rfile.read(length)
+        self.body_consumed = True
+        if len(raw) != length:
+            raise HttpError(400, "usage", "the body ended early")
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise HttpError(400, "usage", "the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise HttpError(400, "usage", "the body must be a JSON object")
+        return body
+
+    def respond(self, response: Response) -> None:
+        if isinstance(response.body, str):
+            payload = response.body.encode()
+        else:
+            payload = (json.dumps(response.body, indent=2) + "\n").encode()
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            with contextlib.suppress(OSError):
+                self.wfile.write(payload)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib's own errors (bad request line, header limits) in our JSON shape."""
+        self.close_connection = True
+        status = HTTPStatus(code)
+        body = error_body(2 if code < 500 else 1, "http", message or status.phrase)
+        with contextlib.suppress(OSError):
+            self.respond(Response(code, body))
+
+    def audit(
+        self, route: Route | None, params: dict[str, str], label: str | None, status: int
+    ) -> None:
+        api = self.server.api
+        target = next(iter(params.values()), None) if params else None
+        try:
+            append_audit(
+                api.state_dir,
+                f"api:{route.operation if route else self.command}",
+                target[:MAX_ID] if target else None,
+                str(status),
+                remote=self.client_address[0],
+                token=label,
+                method=self.command,
+                path=self.path[:MAX_ID],
+            )
+        except SbbackupError as exc:
+            api.log(f"sbbackup serve: audit log: {exc.message}")
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        self.server.api.log(f"{self.client_address[0]} - {format % args}")
+
+
+class ApiServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], api: Api) -> None:
+        self.api = api
+        super().__init__(address, Handler)
+
+
+def make_server(
+    settings: Settings,
+    host: str,
+    port: int,
+    tokens: list[Token],
+    public_health: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> ApiServer:
+    """Refuse to start without a token: on a non-loopback address that would expose backups,
+    and on loopback every request would get 401 anyway."""
+    if not tokens:
+        where = "" if is_loopback(host) else f" on {host}"
+        raise ConfigError(
+            f"refusing to serve{where} without an API token: set {TOKEN_FILE_ENV} "
+            f"(or {TOKEN_ENV}); `sbbackup serve --generate-token` makes one"
+        )
+    api = Api(settings, tokens, public_health=public_health, log=log)
+    try:
+        return ApiServer((host, port), api)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+
+
+def serve(server: ApiServer, grace: float = DEFAULT_GRACE) -> list[Job]:
+    """Serve until ``server.shutdown()`` (the CLI calls it on SIGTERM), then drain the jobs.
+    Returns the jobs that had to be interrupted."""
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+    return server.api.jobs.drain(grace)
