@@ -137,6 +137,13 @@ KEYS: tuple[Key, ...] = (
         _str,
         None,
     ),
+    Key(
+        "restore_test_days",
+        ("health", "restoreTestDays"),
+        "SBBACKUP_HEALTH_RESTORE_TEST_DAYS",
+        _int(1),
+        None,
+    ),
     Key("api_host", ("api", "host"), "SBBACKUP_API_HOST", _str, "127.0.0.1"),
     Key("api_port", ("api", "port"), "SBBACKUP_API_PORT", _int(0, 65535), 8080),
     Key(
@@ -169,6 +176,7 @@ class Settings:
     recipients_file: str | None = None
     identity_file: str | None = None
     passphrase_file: str | None = None
+    restore_test_days: int | None = None  # `health` warns without a restore drill this recent
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     api_public_health: bool = False

@@ -220,6 +220,7 @@ class VerifyResult:
     checksum: str | None = None
     error: str | None = None
     exitCode: int = 0
+    restore: dict[str, Any] | None = None  # the drill, with `verify --deep --restore`
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

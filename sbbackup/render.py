@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from rich.console import Console
@@ -91,10 +92,14 @@ def _backups(console: Console, records: Sequence[BackupRecord]) -> None:
 def _verify(console: Console, report: VerifyReport) -> None:
     for r in report.results:
         kind = "deep" if r.deep else "checksum"
+        if r.restore is not None:
+            kind = "deep, restore drill"
         if r.ok:
             console.print(Text(f"ok    {r.filename} ({kind})", style="green"))
         else:
             console.print(Text(f"FAIL  {r.filename or r.id}: {r.error}", style="red"))
+        if r.restore is not None and r.restore["status"] != "skipped":
+            _drill_details(console, r.restore)
     if not report.results:
         console.print(Text("nothing to verify"))
 
@@ -103,21 +108,40 @@ def _test_report(console: Console, report: TestReport) -> None:
     style = {"pass": "green", "warn": "yellow", "fail": "red"}
     for c in report.checks:
         console.print(Text(f"{c.status:5s} {c.name:12s} {c.reason}", style=style[c.status]))
-    d = report.drill
-    if d.status == "skipped":
-        console.print(Text("drill skipped" + (f": {d.error}" if d.error else "")))
+    d = asdict(report.drill)
+    if d["status"] == "skipped":
+        console.print(Text("drill skipped" + (f": {d['error']}" if d["error"] else "")))
     else:
-        timings = ", ".join(f"{k} {v / 1000:.2f}s" for k, v in d.timings.items())
-        line = f"drill {d.status}: backup {d.backupId} -> {d.target} ({timings})"
-        console.print(Text(line, style="green" if d.status == "passed" else "red"))
-        if d.status == "passed":
-            console.print(Text(f"      {d.tables} tables match the backup's row counts exactly"))
-        for diff in d.differences:
-            console.print(Text(f"      {diff}", style="red"))
-        if d.error and not d.differences:
-            console.print(Text(f"      {d.error}", style="red"))
-    console.print(Text("PASSED" if report.ok else f"FAILED (exit {report.exit_code})",
-                       style="bold green" if report.ok else "bold red"))
+        line = f"drill {d['status']}: backup {d['backupId']}"
+        console.print(Text(line, style="green" if d["status"] == "passed" else "red"))
+        _drill_details(console, d)
+    console.print(
+        Text(
+            "PASSED" if report.ok else f"FAILED (exit {report.exit_code})",
+            style="bold green" if report.ok else "bold red",
+        )
+    )
+
+
+def _drill_details(console: Console, d: Mapping[str, Any]) -> None:
+    """A restore drill (``selftest.Drill`` as a mapping): where, how long, what matched."""
+    ok = d["status"] == "passed"
+    if d["target"]:
+        gone = "dropped" if d["scratchDropped"] else "NOT dropped"
+        console.print(Text(f"      scratch  {d['target']} ({gone})"))
+    if d["timings"]:
+        steps = "  ".join(f"{k} {v / 1000:.2f}s" for k, v in d["timings"].items())
+        console.print(Text(f"      timings  {steps}"))
+    if ok:
+        console.print(
+            Text(f"      compare  {d['tables']} tables: exact row and object counts match")
+        )
+    for diff in d["differences"]:
+        console.print(Text(f"      differs  {diff}", style="red"))
+    if d["error"] and not d["differences"]:
+        console.print(Text(f"      error    {d['error']}", style="red"))
+    for name in d["leftoversDropped"]:
+        console.print(Text(f"      cleanup  dropped leftover {name}"))
 
 
 def _mapping(console: Console, data: Mapping[str, Any]) -> None:

@@ -2,24 +2,34 @@
 
 The drill restores a backup into ``sbbackup_test_<id>``, compares it exactly with the counts the
 backup recorded in pg_dump's own snapshot, and always drops the scratch database, even when
-interrupted. A later run drops any leftovers (it holds the drill lock, so none can be live).
+interrupted. A later run drops leftovers that nobody is connected to.
+
+Like ``ops``, this module never prints and never exits: it returns a ``TestReport``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from .catalog import STATUS_COMPLETED, BackupRecord, iso
+from .engines import compare_contents
 from .errors import (
+    ConfigError,
+    DatabaseError,
     ExitCode,
     IntegrityError,
+    NotFoundError,
     SbbackupError,
     StorageError,
     WrongKeyError,
@@ -28,11 +38,13 @@ from .locks import hold
 from .ops import (
     Context,
     CreateOptions,
+    VerifyReport,
     _check_file,
     _check_key,
     create_backup,
     plaintext,
     show_backup,
+    verify_backups,
 )
 from .pipeline import HashingReader, check_digest
 from .storage.local import LocalStorage
@@ -40,6 +52,7 @@ from .storage.local import LocalStorage
 SCRATCH_PREFIX = "sbbackup_test_"
 TEST_SCHEDULE = "test"
 LAST_TEST_FILE = "last_test.json"
+DRILL_LOCK = "drill"
 
 
 @dataclass
@@ -47,7 +60,7 @@ class Check:
     name: str
     status: str  # pass | fail | warn
     reason: str
-    code: int = 0
+    code: int = 0  # the exit code of a failure
 
 
 @dataclass
@@ -55,15 +68,19 @@ class Drill:
     backupId: str | None = None
     target: str | None = None
     status: str = "skipped"  # passed | failed | skipped
-    timings: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, int] = field(default_factory=dict)  # milliseconds per step
     tables: int = 0
     differences: list[str] = field(default_factory=list)
+    scratchDropped: bool = False
+    leftoversDropped: list[str] = field(default_factory=list)
     error: str | None = None
     code: int = 0
 
 
 @dataclass
 class TestReport:
+    __test__ = False  # not a pytest class
+
     checks: list[Check]
     drill: Drill
     startedAt: str
@@ -71,24 +88,38 @@ class TestReport:
 
     @property
     def ok(self) -> bool:
-        return all(c.status != "fail" for c in self.checks) and self.drill.status in (
-            "passed", "skipped") and not (self.drill.status == "skipped" and self.drill.error)
+        """Every check passed or warned, and the drill passed (or was not asked for)."""
+        if any(c.status == "fail" for c in self.checks):
+            return False
+        return self.drill.status == "passed" or (
+            self.drill.status == "skipped" and self.drill.error is None
+        )
 
     @property
     def exit_code(self) -> int:
+        """0, or the exit code of the first failure (preflight order, then the drill)."""
         for c in self.checks:
             if c.status == "fail":
                 return c.code or int(ExitCode.UNEXPECTED)
-        return self.drill.code if self.drill.status == "failed" else 0
+        if self.drill.status == "failed":
+            return self.drill.code or int(ExitCode.UNEXPECTED)
+        return 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "exitCode": self.exit_code, "startedAt": self.startedAt,
-                "finishedAt": self.finishedAt, "checks": [asdict(c) for c in self.checks],
-                "drill": asdict(self.drill)}
+        return {
+            "ok": self.ok,
+            "exitCode": self.exit_code,
+            "startedAt": self.startedAt,
+            "finishedAt": self.finishedAt,
+            "checks": [asdict(c) for c in self.checks],
+            "drill": asdict(self.drill),
+        }
 
 
 @dataclass(frozen=True)
 class TestOptions:
+    __test__ = False
+
     drill: bool = True
     backup_id: str | None = None
     latest: bool = False
@@ -97,7 +128,10 @@ class TestOptions:
 
 # --- preflight ---------------------------------------------------------------------------
 
-def _run_check(name: str, fn: Callable[[], tuple[str, str]]) -> Check:
+Outcome = tuple[str, str]  # (status, reason)
+
+
+def _run_check(name: str, fn: Callable[[], Outcome]) -> Check:
     try:
         status, reason = fn()
         return Check(name, status, reason)
@@ -108,43 +142,75 @@ def _run_check(name: str, fn: Callable[[], tuple[str, str]]) -> Check:
 
 
 def preflight(ctx: Context, now: datetime) -> list[Check]:
-    checks = [Check("config", "pass", f"configuration is valid "
-                    f"({ctx.settings.config_file or 'environment and defaults'})")]
-    checks.append(_run_check("tools", lambda: _check_tools(ctx)))
-    checks.append(_run_check("database", lambda: _check_database(ctx)))
-    checks.append(_run_check("backup-path", lambda: _check_path(ctx)))
-    checks.append(_run_check("free-space", lambda: _check_space(ctx)))
-    checks.append(_run_check("encryption", lambda: _check_recipients(ctx)))
-    checks.append(_run_check("identity", lambda: _check_identity(ctx)))
-    checks.append(_run_check("schedules", lambda: _check_schedules(ctx, now)))
-    checks.append(_run_check("locks", lambda: _check_locks(ctx)))
+    """The named checks, in order. A bad configuration stops here: nothing else is meaningful."""
+    checks = [_run_check("config", lambda: _check_config(ctx))]
+    if checks[0].status == "fail":
+        return checks
+    steps: list[tuple[str, Callable[[], Outcome]]] = [
+        ("tools", lambda: _check_tools(ctx)),
+        ("database", lambda: _check_database(ctx)),
+        ("backup-path", lambda: _check_path(ctx)),
+        ("free-space", lambda: _check_space(ctx)),
+        ("encryption", lambda: _check_recipients(ctx)),
+        ("identity", lambda: _check_identity(ctx)),
+        ("schedules", lambda: _check_schedules(ctx, now)),
+        ("locks", lambda: _check_locks(ctx)),
+    ]
+    checks += [_run_check(name, fn) for name, fn in steps]
     return checks
 
 
-def _check_tools(ctx: Context) -> tuple[str, str]:
+def config_failure(exc: ConfigError) -> TestReport:
+    """The report when the settings themselves do not load."""
+    now = iso(datetime.now(UTC)) or ""
+    check = Check("config", "fail", exc.message, int(exc.exit_code))
+    return TestReport([check], Drill(error="not run: the configuration is invalid"), now, now)
+
+
+def _check_config(ctx: Context) -> Outcome:
+    ctx.engine  # noqa: B018 - building them validates the database URL and backup path
+    ctx.storage  # noqa: B018
+    source = ctx.settings.config_file or "environment and defaults"
+    return "pass", f"configuration is valid ({source})"
+
+
+def _check_tools(ctx: Context) -> Outcome:
+    from .engines.postgresql import TOOLS, PostgreSQLEngine
+
     engine = ctx.engine
-    if engine.name != "postgresql":
-        return "pass", f"{engine.name} needs no client tools"
-    tools = [(n, engine.client_version(n)) for n in ("pg_dump", "psql", "pg_restore")]  # type: ignore[attr-defined]
-    return "pass", ", ".join(f"{n} {v[1]}" for n, v in tools)
+    if not isinstance(engine, PostgreSQLEngine):
+        return "pass", f"the {engine.name} engine needs no client tools"
+    versions = {name: engine.client_version(name) for name in TOOLS}  # DatabaseError if missing
+    found = ", ".join(f"{name} {full}" for name, (_, full) in versions.items())
+    try:
+        server = int(engine.run_psql(engine.conn, "SHOW server_version_num")) // 10000
+    except DatabaseError:
+        return "warn", f"{found} (server unreachable: versions not compared)"
+    older = [f"{name} {full}" for name, (major, full) in versions.items() if major < server]
+    if older:
+        raise DatabaseError(
+            f"{', '.join(older)} older than the server ({server}): install "
+            f"postgresql-client-{server} or newer and put it first on PATH"
+        )
+    return "pass", f"{found}, server {server}"
 
 
-def _check_database(ctx: Context) -> tuple[str, str]:
+def _check_database(ctx: Context) -> Outcome:
     info = ctx.engine.check()
     return "pass", f"{ctx.engine.redact(None)} reachable, server {info['serverVersion']}"
 
 
-def _check_path(ctx: Context) -> tuple[str, str]:
+def _check_path(ctx: Context) -> Outcome:
     storage = ctx.storage
     if not isinstance(storage, LocalStorage):
         names = storage.list_names()
-        return "pass", f"{storage.url} reachable ({len(names)} objects)"
+        return "pass", f"{getattr(storage, 'url', 'storage')} reachable ({len(names)} objects)"
     root = storage.root
     if not root.exists():
         parent = next((p for p in root.parents if p.exists()), root)
         if not os.access(parent, os.W_OK):
             raise StorageError(f"{root} does not exist and {parent} is not writable")
-        return "warn", f"{root} does not exist yet; the first backup creates it (0700)"
+        return "warn", f"{root} does not exist yet; the first backup creates it (mode 700)"
     probe = root / f".sbbackup-probe-{os.getpid()}"
     try:
         probe.write_bytes(b"")
@@ -153,110 +219,175 @@ def _check_path(ctx: Context) -> tuple[str, str]:
         raise StorageError(f"{root} is not writable ({exc.strerror})") from None
     mode = root.stat().st_mode & 0o777
     if mode != 0o700:
-        return "warn", f"{root} is writable but has mode {mode:o}, expected 700"
-    return "pass", f"{root} exists, writable, mode 700"
+        return "warn", f"{root} is writable but has mode {mode:o}: chmod 700 it"
+    return "pass", f"{root} exists, is writable, mode 700"
 
 
-def _estimate(ctx: Context) -> int:
-    completed = ctx.catalog.list(status=STATUS_COMPLETED, limit=1)
-    if completed:
-        return completed[0].size
-    return ctx.engine.size_estimate()  # no ratio known yet: assume no compression
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
 
 
-def _check_space(ctx: Context) -> tuple[str, str]:
-    from .render import human_size
+def _estimate(ctx: Context) -> tuple[int, str]:
+    """The next backup's size: the last one's, or the database's times the last ratio."""
+    last = ctx.catalog.list(status=STATUS_COMPLETED, limit=1)
+    if last and last[0].size > 0:
+        return last[0].size, "the last backup's size"
+    return ctx.engine.size_estimate(), "the database's size, uncompressed"
 
-    _, free = ctx.storage.usage()
-    need = _estimate(ctx)
+
+def _free_space(ctx: Context) -> int | None:
+    storage = ctx.storage
+    if isinstance(storage, LocalStorage):  # measure where the path will be if it is not yet
+        existing = next((p for p in (storage.root, *storage.root.parents) if p.exists()), None)
+        return shutil.disk_usage(existing).free if existing else None
+    return storage.usage()[1]
+
+
+def _check_space(ctx: Context) -> Outcome:
+    free = _free_space(ctx)
     if free is None:
-        return "warn", "free space unknown for this storage"
+        return "warn", "free space is unknown for this storage"
+    try:
+        need, basis = _estimate(ctx)
+    except DatabaseError:
+        return "warn", f"{_size(free)} free; next backup's size unknown (database unreachable)"
     if free < need:
-        raise StorageError(f"{human_size(free)} free, the next backup needs about "
-                           f"{human_size(need)}")
-    return "pass", f"{human_size(free)} free, next backup about {human_size(need)}"
+        raise StorageError(
+            f"{_size(free)} free, the next backup needs about {_size(need)} ({basis})"
+        )
+    return "pass", f"{_size(free)} free, next backup about {_size(need)} ({basis})"
 
 
-def _encryption_wanted(ctx: Context) -> bool:
-    if ctx.settings.encryption:
-        return True
+def _encrypted_schedules(ctx: Context) -> list[str]:
+    """Enabled schedules that encrypt (the default weekly and monthly ones do)."""
+    if not ctx.settings.enabled:
+        return []
     try:
         from .schedule_store import load_schedules
 
-        sched = load_schedules(ctx.settings, ctx.state_dir).schedules.values()
-    except SbbackupError:
-        return False
-    return any(s.enabled and s.encryption for s in sched) and ctx.settings.enabled
+        scheds = load_schedules(ctx.settings, ctx.state_dir).schedules.values()
+    except (SbbackupError, ImportError):
+        return []  # the schedules check reports why
+    return [s.id for s in scheds if s.enabled and s.encryption]
 
 
-def _check_recipients(ctx: Context) -> tuple[str, str]:
-    if not _encryption_wanted(ctx):
+def _encryption_wanted(ctx: Context) -> bool:
+    return ctx.settings.encryption or bool(_encrypted_schedules(ctx))
+
+
+def _plan(ctx: Context) -> Any:
+    try:
+        from .encryption import plan_encryption
+
+        return plan_encryption(ctx.settings)
+    except ImportError:
+        raise ConfigError("encryption is configured but the age module is not installed") from None
+
+
+def _check_recipients(ctx: Context) -> Outcome:
+    """backup.encryption on: the recipients must parse (fail). Only some schedules encrypt:
+    a warning, since manual backups and this drill still work."""
+    scheds = _encrypted_schedules(ctx)
+    if not ctx.settings.encryption and not scheds:
         return "pass", "encryption is off"
-    from .encryption import plan_encryption
+    try:
+        manifest = _plan(ctx).manifest
+    except ConfigError as exc:
+        if ctx.settings.encryption:
+            raise
+        s = ctx.settings
+        why = exc.message
+        if not (s.recipients or s.recipients_file or s.passphrase_file):
+            why = "no recipient is configured (DB_BACKUP_ENCRYPTION_RECIPIENTS, `sbbackup keygen`)"
+        return "warn", f"schedules {', '.join(scheds)} encrypt but will fail: {why}"
+    if manifest["recipientType"] == "scrypt":
+        return "pass", "passphrase file readable (age scrypt)"
+    return "pass", f"{len(manifest['recipients'])} X25519 recipient(s) parse"
 
-    plan = plan_encryption(ctx.settings)
-    kind = plan.manifest["recipientType"]
-    n = len(plan.manifest["recipients"]) or 1
-    return "pass", f"{n} {kind} recipient(s) parse"
 
-
-def _check_identity(ctx: Context) -> tuple[str, str]:
+def _check_identity(ctx: Context) -> Outcome:
     s = ctx.settings
     if not s.identity_file:
         if _encryption_wanted(ctx) and not s.passphrase_file:
             return "warn", "no identity configured: encrypted backups cannot be drilled here"
         return "pass", "no identity configured"
-    from .encryption import identities, plan_encryption
+    try:
+        from .encryption import identities
 
-    ids = identities(s)
-    if not _encryption_wanted(ctx) and not s.recipients and not s.recipients_file:
-        return "pass", f"{len(ids)} identities parse"
-    wanted = set(plan_encryption(s).manifest["recipients"])
+        ids = identities(s)
+    except ImportError:
+        raise ConfigError("an identity is configured but the age module is not installed") from None
+    if not (s.recipients or s.recipients_file):
+        return "pass", f"{len(ids)} identities parse (no recipients configured to match)"
+    wanted = set(_plan(ctx).manifest["recipients"])
     mine = {i.recipient().public_key_str for i in ids if hasattr(i, "recipient")}
-    if wanted and not wanted & mine:
-        raise WrongKeyError("no configured identity matches the configured recipients")
-    return "pass", f"identity matches {len(wanted & mine)} recipient(s)"
+    if not wanted & mine:
+        raise WrongKeyError(
+            f"no identity in {s.identity_file} matches the configured recipients: "
+            "backups made now could not be restored with it"
+        )
+    return "pass", f"identity matches {len(wanted & mine)} of {len(wanted)} recipient(s)"
 
 
-def _check_schedules(ctx: Context, now: datetime) -> tuple[str, str]:
-    from .schedule_store import load_schedules
-    from .stats import statistics
-
-    sset = load_schedules(ctx.settings, ctx.state_dir)
-    records = ctx.catalog.list()
-    stats = statistics(records, list(sset.schedules.values()), now,
-                       grace=_grace(ctx), disk_used=None, disk_free=None, last_restore_test=None)
-    overdue = stats.get("overdueSchedules", [])
+def _check_schedules(ctx: Context, now: datetime) -> Outcome:
+    try:
+        from .scheduling import get_statistics, schedules
+    except ImportError as exc:
+        return "warn", f"schedules module unavailable ({exc.name})"
+    sset = schedules(ctx)  # ConfigError (exit 2) when a schedule does not parse
+    overdue: list[Any] = get_statistics(ctx, now)["overdueSchedules"] or []
     if overdue and ctx.settings.enabled:
         names = ", ".join(o["scheduleId"] if isinstance(o, dict) else str(o) for o in overdue)
-        return "warn", f"overdue: {names}"
+        return "warn", f"{len(sset.schedules)} schedules parse; overdue: {names}"
     return "pass", f"{len(sset.schedules)} schedules parse, none overdue"
 
 
-def _grace(ctx: Context) -> Any:
-    from datetime import timedelta
-
-    return timedelta(minutes=60)
-
-
-def _check_locks(ctx: Context) -> tuple[str, str]:
+def _check_locks(ctx: Context) -> Outcome:
     with hold(ctx.state_dir, "preflight-probe", "preflight"):
         pass
-    return "pass", f"{ctx.state_dir / 'locks'} usable"
+    return "pass", f"{ctx.state_dir / 'locks'} is usable"
 
 
 # --- drill -------------------------------------------------------------------------------
 
+
 def run_self_test(ctx: Context, opts: TestOptions, now: datetime | None = None) -> TestReport:
     now = now or datetime.now(UTC)
     report = TestReport(checks=preflight(ctx, now), drill=Drill(), startedAt=iso(now) or "")
-    if opts.drill and all(c.status != "fail" for c in report.checks):
-        with hold(ctx.state_dir, "drill", "a restore drill"):
-            _drill(ctx, opts, report.drill)
-        _record(ctx, report)
+    if not opts.drill:
+        pass
+    elif any(c.status == "fail" for c in report.checks):
+        report.drill.error = "not run: a preflight check failed"
+    else:
+        run_drill(ctx, lambda d: _pick_backup(ctx, opts, d), opts.target_url, report.drill)
     report.finishedAt = iso(datetime.now(UTC))
     ctx.audit("test", report.drill.backupId, "passed" if report.ok else "failed")
     return report
+
+
+def drill_backup(ctx: Context, record: BackupRecord, server: str | None) -> Drill:
+    """`verify --deep --restore`: the drill of one existing backup."""
+    drill = Drill()
+    run_drill(ctx, lambda _: record, server, drill)
+    return drill
+
+
+def run_drill(
+    ctx: Context, pick: Callable[[Drill], BackupRecord], server: str | None, drill: Drill
+) -> None:
+    """Hold the drill lock, drill, and record the outcome for `statistics` and `health`."""
+    started = iso(datetime.now(UTC)) or ""
+    try:
+        with hold(ctx.state_dir, DRILL_LOCK, "a restore drill"):
+            _drill(ctx, pick, server, drill)
+            _record(ctx, drill, started)
+    except SbbackupError as exc:  # the lock is held, or the record could not be written
+        drill.status, drill.error, drill.code = "failed", exc.message, int(exc.exit_code)
 
 
 def _timed(drill: Drill, step: str, fn: Callable[[], Any]) -> Any:
@@ -273,81 +404,160 @@ def _pick_backup(ctx: Context, opts: TestOptions, drill: Drill) -> BackupRecord:
     if opts.latest:
         found = ctx.catalog.list(status=STATUS_COMPLETED, limit=1)
         if not found:
-            from .errors import NotFoundError
-
-            raise NotFoundError("no completed backup to drill")
+            raise NotFoundError("no completed backup to drill: run `sbbackup create` first")
         return found[0]
-    return _timed(drill, "backup", lambda: create_backup(
-        ctx, CreateOptions(schedule_id=TEST_SCHEDULE)))
+    record: BackupRecord = _timed(
+        drill, "backup", lambda: create_backup(ctx, CreateOptions(schedule_id=TEST_SCHEDULE))
+    )
+    return record
 
 
-def _drill(ctx: Context, opts: TestOptions, drill: Drill) -> None:
+def _drill(
+    ctx: Context, pick: Callable[[Drill], BackupRecord], server: str | None, drill: Drill
+) -> None:
     engine = ctx.engine
-    for leftover in engine.leftover_targets(SCRATCH_PREFIX, opts.target_url):
-        engine.drop_target(leftover)  # we hold the drill lock: nobody else is using it
     scratch: str | None = None
     try:
-        record = _pick_backup(ctx, opts, drill)
+        _drop_leftovers(ctx, server, drill)
+        record = pick(drill)
         drill.backupId = record.id
-        if record.status != STATUS_COMPLETED:
-            raise IntegrityError(f"backup {record.id} is {record.status}: {record.error}")
+        if record.status != STATUS_COMPLETED or not record.filename:
+            raise IntegrityError(f"backup {record.id} is {record.status}: {record.error or ''}")
         _timed(drill, "verify", lambda: _check_file(ctx, record))
-        scratch = engine.scratch_target(SCRATCH_PREFIX + secrets.token_hex(4), opts.target_url)
+        scratch = engine.scratch_target(SCRATCH_PREFIX + secrets.token_hex(4), server)
         drill.target = engine.redact(scratch)
-        _timed(drill, "restore", lambda: _restore(ctx, record, scratch or ""))
-        _timed(drill, "compare", lambda: _compare(ctx, record, scratch or "", drill))
+        target = scratch
+        _timed(drill, "restore", lambda: _restore(ctx, record, target))
+        _timed(drill, "compare", lambda: _compare(ctx, record, target, drill))
         drill.status = "passed"
     except SbbackupError as exc:
         drill.status, drill.error, drill.code = "failed", exc.message, int(exc.exit_code)
     finally:
         if scratch is not None:
-            try:
-                engine.drop_target(scratch)
-            except SbbackupError as exc:
-                drill.error = (drill.error or "") + f" (could not drop {drill.target}: {exc})"
+            with _signals_deferred():
+                try:
+                    engine.drop_target(scratch)
+                    drill.scratchDropped = True
+                except SbbackupError as exc:
+                    drill.status, drill.code = "failed", drill.code or int(exc.exit_code)
+                    drill.error = f"{drill.error + '; ' if drill.error else ''}{exc.message}"
+
+
+def _drop_leftovers(ctx: Context, server: str | None, drill: Drill) -> None:
+    """Drop scratch targets of earlier runs that died. One still in use is left alone."""
+    engine = ctx.engine
+    for leftover in engine.leftover_targets(SCRATCH_PREFIX, server):
+        try:
+            engine.drop_target(leftover, force=False)
+        except DatabaseError:
+            continue  # a concurrent drill (another configuration) is using it
+        drill.leftoversDropped.append(engine.redact(leftover))
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while the scratch database is dropped, then act on them.
+
+    A second Ctrl-C must not leave a scratch database behind. Signal handlers can only be
+    set in the main thread; elsewhere (the API server) there is nothing to defer.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def note(signum: int, frame: Any) -> None:
+        pending.append(signum)
+
+    old = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if pending:
+            raise KeyboardInterrupt
 
 
 def _restore(ctx: Context, record: BackupRecord, scratch: str) -> None:
+    """Decrypt, decompress and load the backup into the scratch target, hashing as it reads."""
     if record.encryption:
-        _check_key(ctx, record)
+        _check_key(ctx, record)  # a wrong key fails here (exit 12), before anything is created
     assert record.filename
     with ctx.storage.open_read(record.filename) as fh:
         raw = HashingReader(fh)
-        ctx.engine.restore(record.format, plaintext(ctx, record, raw), scratch,
-                           create_target=True, clean=False, jobs=1)
+        ctx.engine.restore(
+            record.format,
+            plaintext(ctx, record, raw),
+            scratch,
+            create_target=True,
+            clean=False,
+            jobs=1,
+        )
         check_digest(raw.hash.hexdigest(), record.checksum, record.filename)
 
 
 def _compare(ctx: Context, record: BackupRecord, scratch: str, drill: Drill) -> None:
-    from .engines import compare_contents
-
     if not record.contents:
-        raise IntegrityError(f"backup {record.id} recorded no contents to compare with")
+        raise IntegrityError(
+            f"backup {record.id} recorded no row counts to compare with "
+            "(backup.rowCounts is off): nothing proves the restore is complete"
+        )
     actual = ctx.engine.inventory(scratch)
     drill.tables = len(actual.get("tables", {}))
     drill.differences = compare_contents(record.contents, actual)
     if drill.differences:
-        raise IntegrityError(f"restored {record.id} differs: " + "; ".join(drill.differences[:5]))
+        more = f" (and {len(drill.differences) - 5} more)" if len(drill.differences) > 5 else ""
+        raise IntegrityError(
+            f"the restored copy of {record.id} differs from the backup: "
+            + "; ".join(drill.differences[:5])
+            + more
+        )
 
 
-def _record(ctx: Context, report: TestReport) -> None:
-    """Keep the last drill and the last successful one, for statistics and health."""
+# --- the record of the last drill --------------------------------------------------------
+
+
+def _record(ctx: Context, drill: Drill, started: str) -> None:
+    """Keep the last drill and the last successful one, for `statistics` and `health`."""
+    previous = last_restore_test(ctx) or {}
+    entry = {
+        "at": started,
+        "status": drill.status,
+        "backupId": drill.backupId,
+        "error": drill.error,
+        "timings": drill.timings,
+    }
+    data = {
+        "lastRun": entry,
+        "lastSuccess": entry if drill.status == "passed" else previous.get("lastSuccess"),
+    }
     store = LocalStorage(ctx.state_dir)
-    try:
-        previous = json.loads(store.read_bytes(LAST_TEST_FILE))
-    except (FileNotFoundError, ValueError):
-        previous = {}
-    entry = {"at": report.startedAt, "status": report.drill.status,
-             "backupId": report.drill.backupId, "error": report.drill.error,
-             "timings": report.drill.timings}
-    data = {"lastRun": entry, "lastSuccess": entry if report.drill.status == "passed"
-            else previous.get("lastSuccess")}
     store.write_bytes_atomic(LAST_TEST_FILE, json.dumps(data, indent=2).encode() + b"\n")
 
 
 def last_restore_test(ctx: Context) -> dict[str, Any] | None:
+    """``{"lastRun": {...}, "lastSuccess": {...} | None}``, or None if no drill ever ran."""
     try:
-        data: dict[str, Any] = json.loads(LocalStorage(ctx.state_dir).read_bytes(LAST_TEST_FILE))
-        return data
-    except (FileNotFoundError, ValueError):
+        data = json.loads(LocalStorage(ctx.state_dir).read_bytes(LAST_TEST_FILE))
+    except (FileNotFoundError, ValueError, SbbackupError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+# --- verify --deep --restore -------------------------------------------------------------
+
+
+def verify_with_restore(
+    ctx: Context, backup_id: str | None, all_: bool, server: str | None
+) -> VerifyReport:
+    """`verify --deep --restore`: the deep check, then a drill of every backup that passed it."""
+    report = verify_backups(ctx, backup_id, all_, deep=True)
+    for result in report.results:
+        if not result.ok:
+            continue
+        drill = drill_backup(ctx, ctx.catalog.get(result.id), server)
+        result.restore = asdict(drill)
+        if drill.status != "passed":
+            result.ok, result.error, result.exitCode = False, drill.error, drill.code
+    return report

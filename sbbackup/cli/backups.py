@@ -60,10 +60,31 @@ def show_cmd(backup_id: str, as_json: bool) -> None:
 @click.argument("backup_id", required=False)
 @click.option("--all", "all_", is_flag=True, help="Verify every backup.")
 @click.option("--deep", is_flag=True, help="Also decrypt, decompress and check the dump.")
+@click.option(
+    "--restore",
+    is_flag=True,
+    help="With --deep: also restore into a scratch database and compare exact row counts.",
+)
+@click.option("--target-url", help="With --restore: server for the scratch database.")
 @json_option
-def verify_cmd(backup_id: str | None, all_: bool, deep: bool, as_json: bool) -> None:
-    """Recompute checksums (and with --deep, read the whole dump). Exit 13 on any mismatch."""
-    report = ops.verify_backups(get_ctx(), backup_id, all_, deep)
+def verify_cmd(
+    backup_id: str | None,
+    all_: bool,
+    deep: bool,
+    restore: bool,
+    target_url: str | None,
+    as_json: bool,
+) -> None:
+    """Recompute checksums (and with --deep, read the whole dump; with --deep --restore, restore
+    it into a scratch database and compare it exactly). Exit 13 on any mismatch."""
+    if (restore and not deep) or (target_url and not restore):
+        raise UsageError("--restore needs --deep, and --target-url needs --restore")
+    if restore:
+        from ..selftest import verify_with_restore
+
+        report = verify_with_restore(get_ctx(), backup_id, all_, target_url)
+    else:
+        report = ops.verify_backups(get_ctx(), backup_id, all_, deep)
     render(report, as_json)
     if report.failed:
         first = report.failed[0]

@@ -64,10 +64,11 @@ class Engine(Protocol):
     def scratch_target(self, name: str, server: str | None) -> str:
         """A throwaway target called ``name`` beside ``server`` (default: the source)."""
 
-    def drop_target(self, target: str) -> None: ...
+    def drop_target(self, target: str, force: bool = True) -> None:
+        """Remove a scratch target. ``force=False`` leaves one that is in use (raises)."""
 
     def leftover_targets(self, prefix: str, server: str | None) -> list[str]:
-        """Scratch targets whose name starts with ``prefix``."""
+        """Scratch targets named ``prefix`` plus 8 hex digits (what a drill creates)."""
 
     def size_estimate(self) -> int:
         """The database's size in bytes, for free-space estimates."""

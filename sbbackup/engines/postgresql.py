@@ -289,17 +289,27 @@ class PostgreSQLEngine:
         user, at, tail = rest.partition("@")
         return f"{scheme}://{user}:{quote(conn.password, safe='')}@{tail}" if at else conn.url
 
-    def drop_target(self, target: str) -> None:
+    def drop_target(self, target: str, force: bool = True) -> None:
+        """Drop a scratch database. Without ``force`` one that has sessions is left alone
+        (DatabaseError), so a cleanup never kills another live drill."""
         conn = self.target(target)
         admin = conn.with_db("postgres" if conn.dbname != "postgres" else "template1")
         ident = '"' + conn.dbname.replace('"', '""') + '"'
-        self.run_psql(admin, f"DROP DATABASE IF EXISTS {ident} WITH (FORCE)")
+        force_opt = " WITH (FORCE)" if force else ""
+        self.run_psql(admin, f"DROP DATABASE IF EXISTS {ident}{force_opt}")
 
     def leftover_targets(self, prefix: str, server: str | None) -> list[str]:
+        """Unused databases named ``prefix`` plus 8 hex digits (what ``scratch_target`` makes)."""
         conn = self.target(server)
         admin = conn.with_db("postgres" if conn.dbname != "postgres" else "template1")
-        out = self.run_psql(admin, f"SELECT datname FROM pg_database WHERE datname LIKE "
-                                   f"'{prefix}%' ORDER BY 1")
+        regex = "^" + re.escape(prefix).replace("'", "''") + "[0-9a-f]{8}$"
+        # One with sessions belongs to a live drill: skip it here rather than have DROP wait
+        # five seconds for its sessions and then fail.
+        out = self.run_psql(
+            admin,
+            f"SELECT datname FROM pg_database d WHERE datname ~ '{regex}' AND NOT EXISTS "
+            "(SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname) ORDER BY 1",
+        )
         return [self.scratch_target(name, server) for name in out.splitlines() if name]
 
     def size_estimate(self) -> int:
@@ -333,6 +343,7 @@ class PostgreSQLEngine:
             env=self.child_env(conn),
             capture_output=True,
             text=True,
+            start_new_session=True,  # a terminal's Ctrl-C must not cancel a cleanup's DROP
         )
         if res.returncode != 0:
             raise DatabaseError(f"cannot connect to {conn.redacted()}: {first_error(res.stderr)}")

@@ -162,13 +162,19 @@ class SQLiteEngine:
         base = self._target(server).parent if server else Path(tempfile.gettempdir())
         return f"sqlite:///{base / (name + '.db')}"
 
-    def drop_target(self, target: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._target(target).unlink()
+    def drop_target(self, target: str, force: bool = True) -> None:
+        path = self._target(target)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise DatabaseError(f"cannot remove scratch database {path}: {exc.strerror}") from None
 
     def leftover_targets(self, prefix: str, server: str | None) -> list[str]:
         base = self._target(server).parent if server else Path(tempfile.gettempdir())
-        return [f"sqlite:///{p}" for p in sorted(base.glob(prefix + "*.db"))]
+        pattern = prefix + "[0-9a-f]" * 8 + ".db"  # only what scratch_target made
+        return [f"sqlite:///{p}" for p in sorted(base.glob(pattern))]
 
     def size_estimate(self) -> int:
         return self.path.stat().st_size
