@@ -861,6 +861,12 @@ class Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:  # noqa: N802
         self.dispatch()
 
+    def __getattr__(self, name: str) -> Any:
+        """Any other method (TRACE, CONNECT, ...) is routed too: 401, 404 or 405, not 501."""
+        if name.startswith("do_"):
+            return self.dispatch
+        raise AttributeError(name)
+
     def dispatch(self) -> None:
         api = self.server.api
         remote = self.client_address[0]
