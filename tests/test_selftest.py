@@ -318,3 +318,29 @@ def test_encrypted_drill_needs_the_identity(
     drill = json.loads(res.out)["drill"]
     assert drill["status"] == "failed" and drill["code"] == 12
     assert scratch_dbs(pg) == []
+
+
+def test_statistics_and_health_see_the_last_drill(sb: SB, tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    con = sqlite3.connect(db)
+    con.executescript("CREATE TABLE a (x); INSERT INTO a VALUES (1);")
+    con.close()
+    env = {"DATABASE_URL": f"sqlite:///{db}", "DB_BACKUP_ENABLED": "false"}
+
+    def restore_warnings(now: str, **extra: str) -> list[dict]:
+        res = sb("health", "--json", "--now", now, env={**env, **extra})
+        assert res.code == 0, res.err  # a stale drill warns; it is not a problem
+        return [w for w in json.loads(res.out)["warnings"] if w["check"] == "restore-test"]
+
+    assert restore_warnings("2030-01-01T00:00:00Z") == []  # off unless configured
+    days = {"SBBACKUP_HEALTH_RESTORE_TEST_DAYS": "3"}
+    assert "never" in restore_warnings("2030-01-01T00:00:00Z", **days)[0]["reason"]
+
+    report = sb.ok("test", "--json", env=env).json()
+    stats = sb.ok("statistics", "--json", env=env).json()
+    assert stats["lastRestoreTest"]["status"] == "passed"
+    assert stats["lastRestoreTest"]["backupId"] == report["drill"]["backupId"]
+    assert "restore test" in sb.ok("statistics", env=env).out
+    at = stats["lastRestoreTest"]["at"]
+    assert restore_warnings(at, **days) == []
+    assert restore_warnings("2099-01-01T00:00:00Z", **days)  # 3 days is long past by then
