@@ -254,6 +254,10 @@ def test_sqlite_drill(sb: SB, tmp_path: Path) -> None:
     leftover = scratch_dir / "sbbackup_test_deadbeef.db"
     leftover.write_bytes(b"")
     env = {"DATABASE_URL": f"sqlite:///{db}"}
+    preflight = sb.ok("test", "--no-drill", "--json", env=env).json()
+    assert preflight["ok"] is True and preflight["drill"]["status"] == "skipped"
+    assert sb.ok("list", "--json", env=env).json() == []  # --no-drill makes no backup
+    assert sb("test", "--latest", "--backup", "x", env=env).code == 2
     target = f"sqlite:///{scratch_dir}/here.db"
     res = sb("test", "--json", "--target-url", target, env=env)
     assert res.code == 0, res.out + res.err
