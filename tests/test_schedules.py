@@ -280,3 +280,21 @@ def test_crontab_defaults_are_absolute(
     argv = shlex.split(job.split(None, 5)[5])
     assert Path(argv[0]).is_absolute() and argv[argv.index("--config") + 1] == str(cfg)
     assert run(capsys, "crontab", "--json").json()["lines"][0].startswith("#")
+
+
+def test_weekly_is_encrypted_by_default(
+    env: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ident = tmp_path / "id.txt"
+    key = run(capsys, "keygen", "--output", str(ident), "--json")
+    assert key.code == 0, key.err
+    # Without recipients the encrypted schedule fails closed, before anything is dumped.
+    res = run(capsys, "run-schedule", "weekly")
+    assert res.code == 2 and run(capsys, "list", "--json").json() == []
+    monkeypatch.setenv("DB_BACKUP_ENCRYPTION_RECIPIENTS", key.json()["publicKey"])
+    monkeypatch.setenv("DB_BACKUP_ENCRYPTION_IDENTITY_FILE", str(ident))
+    weekly = run(capsys, "run-schedule", "weekly", "--json").json()["backup"]
+    daily = run(capsys, "run-schedule", "daily", "--json").json()["backup"]
+    assert weekly["filename"].endswith(".age") and weekly["encryption"]
+    assert not daily["filename"].endswith(".age") and daily["encryption"] is None
+    assert run(capsys, "verify", weekly["id"], "--deep").code == 0
