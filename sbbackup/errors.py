@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     LOCKED = 11
     WRONG_KEY = 12
     INTEGRITY = 13
+    UNHEALTHY = 14
     INTERRUPTED = 130
 
 
@@ -31,6 +32,7 @@ EXIT_CODE_HELP = """Exit codes:
   11   lock held by another run
   12   wrong key or no identity
   13   integrity failure
+  14   unhealthy (health found a problem)
   130  interrupted"""
 
 

@@ -214,7 +214,7 @@ def test_a_simulated_day_of_cron_runs(
     # A day later with no runs: hourly and daily are overdue, and health says so.
     later = (end + timedelta(days=1)).isoformat()
     res = run(capsys, *c, "health", "--min-free", "0", "--json", "--now", later)
-    assert res.code == 13
+    assert res.code == 14
     assert {p["scheduleId"] for p in res.json()["problems"]} == {"hourly", "daily"}
     metrics = run(capsys, *c, "metrics", "--now", later).out
     overdue = {

@@ -10,6 +10,7 @@ import click
 from rich.text import Text
 
 from .. import scheduling
+from ..errors import ExitCode
 from ..render import render
 from .base import cli, command, get_ctx, json_option, raise_for_report, stderr_console
 
@@ -210,13 +211,13 @@ def metrics_cmd(as_json: bool, now: str | None) -> None:
 def health_cmd(
     min_free: int, restore_test_days: int | None, as_json: bool, now: str | None
 ) -> None:
-    """A monitoring check: exit 0 when healthy, 13 with the reasons when any enabled schedule
+    """A monitoring check: exit 0 when healthy, 14 with the reasons when any enabled schedule
     is overdue or its last run failed, or free space is below --min-free."""
     report = scheduling.get_health(get_ctx(), _parse_now(now), min_free, restore_test_days)
     render(report, as_json)
     raise_for_report(
         report.ok,
-        13,
+        int(ExitCode.UNHEALTHY),
         "unhealthy: " + "; ".join(p["reason"] for p in report.problems),
     )
 
