@@ -593,7 +593,8 @@ class Api:
     def delete_backup(self, req: Request) -> Response:
         _check_query(req, ())
         backup_id = validate_backup_id(req.params["backupId"])
-        if self.jobs.get(backup_id, "backup") in self.jobs.running("backup"):
+        job = self.jobs.get(backup_id, "backup")
+        if job is not None and not job.done.is_set():
             raise LockedError(f"backup {backup_id} is still running")
         return Response(200, ops.delete_backup(req.ctx, backup_id).to_json())
 

@@ -562,6 +562,7 @@ def test_api_run_races_cron_run_schedule(
     )
     reply = c.call("POST", "/api/backup/schedules/daily/run")
     out, err = proc.communicate(timeout=120)
+    print(f"\nrace: API {reply.status}, cron run-schedule exit {proc.returncode}")
     assert (reply.status == 202) != (proc.returncode == 0), (reply, proc.returncode, err)
     if reply.status == 202:
         assert proc.returncode == 11 and "already running" in err
@@ -596,6 +597,8 @@ def test_50_concurrent_lists_while_a_backup_runs(
     c = serve(pg.url(big_db))
     started = c.call("POST", "/api/backup")
     assert started.status == 202
+    busy = c.call("DELETE", started.headers["Location"])
+    assert busy.status == 409 and busy.error["code"] == 11
 
     def one(_: int) -> tuple[int, float, bool]:
         t = time.monotonic()
@@ -722,3 +725,24 @@ def test_sigterm_finishes_or_interrupts_running_backup(
             for p in backups.iterdir()
             if p.name.startswith(started.body["id"]) and p.suffix != ".json"
         ]
+
+
+def test_layers_api_sits_above_ops_and_below_cli() -> None:
+    """Only the CLI may import the API; the API never imports click or the CLI."""
+    import ast
+
+    root = Path(api.__file__).parent
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).as_posix()
+        tree = ast.parse(path.read_text())
+        names = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        names |= {  # from . import api
+            a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names
+        }
+        names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        if rel in ("api.py", "openapi.py"):
+            assert not names & {"click", "cli", ".cli"}, rel
+            assert not any(n.startswith(("click", "sbbackup.cli")) for n in names), rel
+        elif not rel.startswith("cli/"):
+            assert not names & {"api", "openapi"}, rel
+            assert not any(n.startswith(("sbbackup.api", "sbbackup.openapi")) for n in names), rel
