@@ -46,7 +46,9 @@ def render(result: Any, as_json: bool, console: Console | None = None) -> None:
         soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 160
     )
     if as_json:
-        console.file.write(json.dumps(to_jsonable(result), indent=2, sort_keys=False) + "\n")
+        # Indented for a person at a terminal; compact (and C-encoded, 4x faster) for pipes.
+        indent = 2 if console.is_terminal else None
+        console.file.write(json.dumps(to_jsonable(result), indent=indent) + "\n")
         return
     if isinstance(result, BackupRecord):
         _mapping(console, result.to_json())
@@ -68,25 +70,27 @@ def render(result: Any, as_json: bool, console: Console | None = None) -> None:
         console.print(Text(str(result)))
 
 
+STATUS_COLOUR = {"completed": "green", "failed": "red", "missing": "red", "corrupt": "red"}
+
+
 def _backups(console: Console, records: Sequence[BackupRecord]) -> None:
     if not records:
         console.print(Text("no backups"))
         return
-    table = Table(box=None, header_style="bold")
-    for col in ("ID", "STATUS", "SCHEDULE", "FORMAT", "SIZE", "CREATED", "DURATION"):
-        table.add_column(col, no_wrap=col in ("ID", "CREATED"))
-    colour = {"completed": "green", "failed": "red", "missing": "red", "corrupt": "red"}
-    for r in records:
-        table.add_row(
-            Text(r.id),
-            Text(r.status, style=colour.get(r.status, "yellow")),
-            Text(r.scheduleId or "manual"),
-            Text(r.format),
-            Text(human_size(r.size)),
-            Text(r.createdAt),
-            Text(f"{r.duration / 1000:.1f}s"),
+    header = ("ID", "STATUS", "SCHEDULE", "FORMAT", "SIZE", "CREATED", "DURATION")
+    rows = [
+        (
+            r.id,
+            r.status,
+            r.scheduleId or "manual",
+            r.format,
+            human_size(r.size),
+            r.createdAt,
+            f"{r.duration / 1000:.1f}s",
         )
-    console.print(table)
+        for r in records
+    ]
+    _table(console, header, rows, status_col=1)
 
 
 def _verify(console: Console, report: VerifyReport) -> None:
@@ -194,13 +198,31 @@ def _render_schedules(console: Console, result: Any) -> bool:
     return True
 
 
-def _table(console: Console, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    table = Table(box=None, header_style="bold")
-    for col in header:
-        table.add_column(col, no_wrap=True)
-    for row in rows:
-        table.add_row(*(Text("-" if v is None else str(v)) for v in row))
-    console.print(table)
+def _table(
+    console: Console,
+    header: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    status_col: int | None = None,
+) -> None:
+    """Aligned columns, written line by line (a rich Table takes seconds for 10,000 rows).
+    On a terminal the header is bold and ``status_col`` is coloured by status."""
+    cells = [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(header)]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+
+    if not console.is_terminal:
+        console.file.write("\n".join([line(header), *map(line, cells)]) + "\n")
+        return
+    console.print(Text(line(header), style="bold"))
+    for row in cells:
+        text = Text(line(row))
+        if status_col is not None:
+            start = sum(w + 2 for w in widths[:status_col])
+            style = STATUS_COLOUR.get(row[status_col], "yellow")
+            text.stylize(style, start, start + len(row[status_col]))
+        console.print(text)
 
 
 def _t(value: str | None) -> str | None:
@@ -311,7 +333,7 @@ def _statistics(console: Console, st: Mapping[str, Any]) -> None:
         f"{human_size(size['averageBytes'])} average, "
         f"compression {'-' if ratio is None else f'{ratio:.2f}x'}",
         f"disk         {human_size(disk['usedBytes'])} used, {human_size(disk['freeBytes'])} free",
-        "restore test " + ((st.get("lastRestoreTest") or {}).get("at") or "never"),
+        "last successful restore test " + ((st.get("lastRestoreTest") or {}).get("at") or "never"),
     ]
     for line in lines:
         console.print(Text(line))
