@@ -523,7 +523,7 @@ class Api:
         if opts.level is not None and not 1 <= opts.level <= 22:
             raise UsageError("field 'level' must be an integer from 1 to 22")
         now = self.jobs.backup_time()
-        backup_id = ops._unique_id(ctx.catalog, now)
+        backup_id = ops.unique_backup_id(ctx.catalog, now)
         placeholder = BackupRecord(
             id=backup_id,
             filename=None,
@@ -996,13 +996,47 @@ class Handler(BaseHTTPRequestHandler):
         self.server.api.log(f"{self.client_address[0]} - {format % args}")
 
 
+MAX_CONNECTIONS = 64
+_BUSY_BODY = (
+    json.dumps({"error": {"code": 1, "kind": "busy", "message": "too many connections"}}) + "\n"
+).encode()
+BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\n"
+    + f"Content-Length: {len(_BUSY_BODY)}\r\n\r\n".encode()
+    + _BUSY_BODY
+)
+
+
 class ApiServer(ThreadingHTTPServer):
+    """One thread per connection, at most ``MAX_CONNECTIONS`` at once: past that a client gets
+    503 at once, so slow or idle clients cannot make the server start threads without bound."""
+
     daemon_threads = True
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], api: Api) -> None:
         self.api = api
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(BUSY_RESPONSE)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 def make_server(

@@ -114,7 +114,7 @@ def create_backup(
     storage = ctx.storage
     storage.sweep_partials()
     now = now or datetime.now(UTC)
-    backup_id = _unique_id(ctx.catalog, now)
+    backup_id = unique_backup_id(ctx.catalog, now)
     filename = (
         backup_id
         + engine.file_extension[fmt]
@@ -159,7 +159,7 @@ def create_backup(
     return record
 
 
-def _unique_id(catalog: Catalog, now: datetime) -> str:
+def unique_backup_id(catalog: Catalog, now: datetime) -> str:
     base = new_backup_id(now)
     names = set(catalog.storage.list_names())
     candidate = base
