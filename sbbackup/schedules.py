@@ -90,11 +90,18 @@ def validate_schedule_id(schedule_id: str) -> str:
 def validate_cron(expr: str, where: str = "cron") -> str:
     """Exactly five fields, and croniter must accept them (exit 2 otherwise)."""
     text = " ".join(str(expr).split())
-    if len(text.split(" ")) != 5 or not croniter.is_valid(text):
+    shape = "'minute hour day-of-month month day-of-week', e.g. '0 2 * * *'"
+    if len(text.split(" ")) != 5:
         raise ConfigError(
-            f"{where}: invalid cron expression {str(expr)[:80]!r}: expected five fields "
-            "'minute hour day-of-month month day-of-week', e.g. '0 2 * * *'"
+            f"{where}: invalid cron expression {str(expr)[:80]!r}: expected five fields {shape}"
         )
+    try:
+        # A date that never comes (e.g. 30 February) is refused here, not at the first run.
+        croniter(text, datetime(2000, 1, 1)).get_next(datetime)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(
+            f"{where}: invalid cron expression {text!r} ({exc}): expected {shape}"
+        ) from None
     return text
 
 

@@ -170,9 +170,12 @@ def test_yaml_errors_name_file_and_key(tmp_path: Path) -> None:
 
 def test_validators() -> None:
     assert validate_cron(" 0  2 * * * ") == "0 2 * * *"
-    for bad in ("", "* * * *", "61 * * * *", "0 2 * * 8", "0 2 * * * 2026"):
-        with pytest.raises(ConfigError):
+    assert validate_cron("0 2 29 2 *") == "0 2 29 2 *"  # leap days come
+    for bad in ("", "* * * *", "61 * * * *", "0 2 * * 8", "0 2 * * * 2026", "*/0 * * * *"):
+        with pytest.raises(ConfigError, match="invalid cron expression"):
             validate_cron(bad)
+    with pytest.raises(ConfigError, match="failed to find next date"):
+        validate_cron("0 2 30 2 *")  # 30 February never comes
     for bad in ("", "A", "-x", "a/b", "x" * 64, "test"):
         with pytest.raises(UsageError):
             validate_schedule_id(bad)
