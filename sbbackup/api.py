@@ -54,6 +54,7 @@ from .errors import (
 from .render import to_jsonable
 
 MAX_BODY = 1 << 20  # 1 MiB
+DRAIN_LIMIT = 8 * MAX_BODY  # a refused body up to this size is read and dropped, not reset
 SOCKET_TIMEOUT = 30.0  # seconds a client may stay silent mid-request
 DEFAULT_GRACE = 60.0  # seconds running jobs get to finish on shutdown
 MAX_ID = 200
@@ -903,6 +904,7 @@ class Handler(BaseHTTPRequestHandler):
             message = f"unexpected error ({type(exc).__name__}): please report it"
             response = Response(500, error_body(1, "unexpected", message))
         if self.body_unread():
+            self.discard_body()
             self.close_connection = True  # what is left of it would be read as the next request
         self.respond(response)
         if self.command not in ("GET", "HEAD"):
@@ -915,6 +917,23 @@ class Handler(BaseHTTPRequestHandler):
             return False
         length = self.headers.get("Content-Length", "0").strip()
         return bool(self.headers.get("Transfer-Encoding")) or length not in ("", "0")
+
+    def discard_body(self) -> None:
+        """Read a refused body (up to ``DRAIN_LIMIT``) so that a client still sending it gets to
+        read the answer instead of a reset connection; a larger or chunked one is not read."""
+        length = self.headers.get("Content-Length", "").strip()
+        if self.headers.get("Transfer-Encoding") or not re.fullmatch(r"\d{1,12}", length):
+            return
+        left = int(length)
+        if left > DRAIN_LIMIT:
+            return
+        with contextlib.suppress(OSError):
+            while left > 0:
+                chunk = self.rfile.read(min(left, 1 << 16))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        self.body_consumed = True
 
     def read_body(self) -> dict[str, Any]:
         if self.command != "POST":

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import ConfigError
+
+DEFAULT_MIN_FREE = 1 << 30  # bytes that `health` wants free in the backup path by default
 
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off"}
@@ -189,6 +189,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    import yaml  # only when there is a file: it is the slowest import on the backup path
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

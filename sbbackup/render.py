@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from . import scheduling as sch
 from .catalog import BackupRecord
-from .ops import VerifyReport
-from .selftest import TestReport
-from .stats import HealthReport
+
+if TYPE_CHECKING:  # result types are matched by name, so rendering imports no use case
+    from . import scheduling as sch
+    from .ops import VerifyReport
+    from .selftest import TestReport
+    from .stats import HealthReport
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -50,20 +52,15 @@ def render(result: Any, as_json: bool, console: Console | None = None) -> None:
         indent = 2 if console.is_terminal else None
         console.file.write(json.dumps(to_jsonable(result), indent=indent) + "\n")
         return
-    if isinstance(result, BackupRecord):
-        _mapping(console, result.to_json())
+    show = RENDERERS.get(type(result).__name__)
+    if show is not None:
+        show(console, result)
     elif (
         isinstance(result, Sequence)
         and not isinstance(result, str)
         and (not result or isinstance(result[0], BackupRecord))
     ):
         _backups(console, result)
-    elif isinstance(result, VerifyReport):
-        _verify(console, result)
-    elif isinstance(result, TestReport):
-        _test_report(console, result)
-    elif _render_schedules(console, result):
-        pass
     elif isinstance(result, Mapping):
         _mapping(console, result)
     else:
@@ -173,29 +170,6 @@ def render_error(message: str, payload: dict[str, Any] | None, console: Console)
 
 
 # --- schedules ---------------------------------------------------------------------------
-
-
-def _render_schedules(console: Console, result: Any) -> bool:
-    """Show a schedule result; False when ``result`` is not one."""
-    if isinstance(result, sch.RunResult):
-        _run_result(console, result)
-    elif isinstance(result, sch.PruneResult):
-        _prune(console, result)
-    elif isinstance(result, sch.ScheduleList):
-        _schedule_list(console, result.rows)
-    elif isinstance(result, sch.NextFires):
-        _next_fires(console, result.rows)
-    elif isinstance(result, sch.Statistics):
-        _statistics(console, result)
-    elif isinstance(result, HealthReport):
-        _health(console, result)
-    elif isinstance(result, sch.Crontab):
-        console.file.write("\n".join(result.lines) + "\n")
-    elif isinstance(result, sch.Metrics):
-        console.file.write(result.text)
-    else:
-        return False
-    return True
 
 
 def _table(
@@ -372,3 +346,24 @@ def _health(console: Console, report: HealthReport) -> None:
     console.print(
         Text("healthy" if report.ok else "UNHEALTHY", style="green" if report.ok else "bold red")
     )
+
+
+def _write(console: Console, text: str) -> None:
+    """Verbatim, for output meant for other programs (crontab lines, Prometheus text)."""
+    console.file.write(text)
+
+
+# Result type name -> human renderer (``--json`` needs none: every result has ``to_json``).
+RENDERERS: dict[str, Callable[[Console, Any], None]] = {
+    "BackupRecord": lambda console, r: _mapping(console, r.to_json()),
+    "VerifyReport": _verify,
+    "TestReport": _test_report,
+    "RunResult": _run_result,
+    "PruneResult": _prune,
+    "ScheduleList": lambda console, r: _schedule_list(console, r.rows),
+    "NextFires": lambda console, r: _next_fires(console, r.rows),
+    "Statistics": _statistics,
+    "HealthReport": _health,
+    "Crontab": lambda console, r: _write(console, "\n".join(r.lines) + "\n"),
+    "Metrics": lambda console, r: _write(console, r.text),
+}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import STATUS_COMPLETED, BackupRecord, iso
+from .config import DEFAULT_MIN_FREE
 from .locks import hold
 from .ops import Context, CreateOptions, _check_file, create_backup
 from .retention import RetentionPlan, RetentionPolicy, plan_all
@@ -23,7 +24,6 @@ from .schedules import Schedule, crontab_lines, next_runs, validate_schedule_id
 from .stats import HealthReport, health, prometheus_text, statistics
 
 DEFAULT_GRACE = timedelta(hours=1)
-DEFAULT_MIN_FREE = 1 << 30
 TEST_SCHEDULE = "test"
 PRUNE_LOCK = "prune"
 # run-schedule has already taken a good backup when it reaches retention: wait a while for a

@@ -23,3 +23,6 @@ if [ -n "$extras" ]; then
 else
   .venv/bin/python -m pip install -q -e .
 fi
+# An editable install leaves sbbackup's own modules uncompiled, and with PYTHONDONTWRITEBYTECODE
+# set every run would compile them again: compile once, as a regular install does.
+PYTHONDONTWRITEBYTECODE= .venv/bin/python -m compileall -q sbbackup >/dev/null

@@ -9,10 +9,18 @@ from typing import Any
 import click
 from rich.text import Text
 
-from .. import scheduling
+from ..config import DEFAULT_MIN_FREE
 from ..errors import ExitCode
 from ..render import render
 from .base import cli, command, get_ctx, json_option, raise_for_report, stderr_console
+
+
+def _sch() -> Any:
+    """The scheduling use cases, imported on first use: croniter costs every other command
+    (``create`` among them) startup time for nothing."""
+    from .. import scheduling
+
+    return scheduling
 
 
 def _parse_now(value: str | None) -> datetime | None:
@@ -44,7 +52,7 @@ def run_schedule_cmd(schedule_id: str, verbose: bool, as_json: bool, now: str | 
     Quiet on success unless --verbose or --json. A second run of the same schedule exits 11
     at once; a failed backup never prunes anything.
     """
-    result = scheduling.run_schedule(get_ctx(), schedule_id, _parse_now(now))
+    result = _sch().run_schedule(get_ctx(), schedule_id, _parse_now(now))
     if result.status == "skipped" and not as_json:
         stderr_console().print(Text(f"sbbackup: {result.reason}; nothing to do"))
     elif as_json or verbose:
@@ -63,7 +71,7 @@ def schedules_group(click_ctx: click.Context) -> None:
     variables; the YAML file is never rewritten.
     """
     if click_ctx.invoked_subcommand is None:
-        render(scheduling.list_schedules(get_ctx()), False)
+        render(_sch().list_schedules(get_ctx()), False)
 
 
 @command(schedules_group, "list")
@@ -71,7 +79,7 @@ def schedules_group(click_ctx: click.Context) -> None:
 @now_option
 def schedules_list_cmd(as_json: bool, now: str | None) -> None:
     """Every schedule: settings, last run, last success, next run, backup count and size."""
-    render(scheduling.list_schedules(get_ctx(), _parse_now(now)), as_json)
+    render(_sch().list_schedules(get_ctx(), _parse_now(now)), as_json)
 
 
 @command(schedules_group, "show")
@@ -80,7 +88,7 @@ def schedules_list_cmd(as_json: bool, now: str | None) -> None:
 @now_option
 def schedules_show_cmd(schedule_id: str, as_json: bool, now: str | None) -> None:
     """One schedule, with its last run, last success, next run, count and size."""
-    render(scheduling.show_schedule(get_ctx(), schedule_id, _parse_now(now)), as_json)
+    render(_sch().show_schedule(get_ctx(), schedule_id, _parse_now(now)), as_json)
 
 
 def schedule_fields(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -120,7 +128,7 @@ def _fields(kw: dict[str, Any]) -> dict[str, Any]:
 @json_option
 def schedules_add_cmd(schedule_id: str, as_json: bool, **kw: Any) -> None:
     """Add a schedule (needs --cron and --retention-days). Exit 2 on an invalid cron."""
-    render(scheduling.edit_schedule(get_ctx(), schedule_id, "add", _fields(kw)), as_json)
+    render(_sch().edit_schedule(get_ctx(), schedule_id, "add", _fields(kw)), as_json)
 
 
 @command(schedules_group, "update")
@@ -129,12 +137,12 @@ def schedules_add_cmd(schedule_id: str, as_json: bool, **kw: Any) -> None:
 @json_option
 def schedules_update_cmd(schedule_id: str, as_json: bool, **kw: Any) -> None:
     """Change some settings of a schedule. Exit 10 for an unknown ID."""
-    render(scheduling.edit_schedule(get_ctx(), schedule_id, "update", _fields(kw)), as_json)
+    render(_sch().edit_schedule(get_ctx(), schedule_id, "update", _fields(kw)), as_json)
 
 
 def _simple(action: str, doc: str) -> None:
     def cmd(schedule_id: str, as_json: bool) -> None:
-        render(scheduling.edit_schedule(get_ctx(), schedule_id, action), as_json)
+        render(_sch().edit_schedule(get_ctx(), schedule_id, action), as_json)
 
     cmd.__doc__ = doc
     command(schedules_group, action)(click.argument("schedule_id")(json_option(cmd)))
@@ -155,7 +163,7 @@ _simple("disable", "Disable a schedule: run-schedule exits 0 without a backup.")
 @now_option
 def prune_cmd(schedule_id: str | None, dry_run: bool, as_json: bool, now: str | None) -> None:
     """Apply retention: keep or remove every backup, with the reason for each."""
-    render(scheduling.prune(get_ctx(), schedule_id, dry_run, _parse_now(now)), as_json)
+    render(_sch().prune(get_ctx(), schedule_id, dry_run, _parse_now(now)), as_json)
 
 
 @command(cli, "next")
@@ -164,7 +172,7 @@ def prune_cmd(schedule_id: str | None, dry_run: bool, as_json: bool, now: str | 
 @now_option
 def next_cmd(count: int, as_json: bool, now: str | None) -> None:
     """When each enabled schedule fires next, soonest first (local and UTC times)."""
-    render(scheduling.next_fires(get_ctx(), count, _parse_now(now)), as_json)
+    render(_sch().next_fires(get_ctx(), count, _parse_now(now)), as_json)
 
 
 @command(cli, "statistics")
@@ -180,9 +188,9 @@ def next_cmd(count: int, as_json: bool, now: str | None) -> None:
 def statistics_cmd(fmt: str, as_json: bool, now: str | None) -> None:
     """Counts, success rates, durations, sizes, last successes, overdue schedules, disk."""
     if fmt == "prometheus":
-        render(scheduling.get_metrics(get_ctx(), _parse_now(now)), as_json)
+        render(_sch().get_metrics(get_ctx(), _parse_now(now)), as_json)
     else:
-        render(scheduling.get_statistics(get_ctx(), _parse_now(now)), as_json or fmt == "json")
+        render(_sch().get_statistics(get_ctx(), _parse_now(now)), as_json or fmt == "json")
 
 
 @command(cli, "metrics")
@@ -194,14 +202,14 @@ def metrics_cmd(as_json: bool, now: str | None) -> None:
     For node_exporter: sbbackup metrics > dir/sbbackup.prom.$$ && mv dir/sbbackup.prom.$$
     dir/sbbackup.prom
     """
-    render(scheduling.get_metrics(get_ctx(), _parse_now(now)), as_json)
+    render(_sch().get_metrics(get_ctx(), _parse_now(now)), as_json)
 
 
 @command(cli, "health")
 @click.option(
     "--min-free",
     type=click.IntRange(0),
-    default=scheduling.DEFAULT_MIN_FREE,
+    default=DEFAULT_MIN_FREE,
     show_default=True,
     help="Bytes that must stay free in the backup path.",
 )
@@ -213,7 +221,7 @@ def health_cmd(
 ) -> None:
     """A monitoring check: exit 0 when healthy, 14 with the reasons when any enabled schedule
     is overdue or its last run failed, or free space is below --min-free."""
-    report = scheduling.get_health(get_ctx(), _parse_now(now), min_free, restore_test_days)
+    report = _sch().get_health(get_ctx(), _parse_now(now), min_free, restore_test_days)
     render(report, as_json)
     raise_for_report(
         report.ok,
@@ -231,4 +239,4 @@ def crontab_cmd(
     executable: str | None, config_path: str | None, log: str | None, as_json: bool
 ) -> None:
     """Crontab lines for the enabled schedules: sbbackup crontab | crontab -"""
-    render(scheduling.get_crontab(get_ctx(), executable, config_path, log), as_json)
+    render(_sch().get_crontab(get_ctx(), executable, config_path, log), as_json)
