@@ -98,8 +98,9 @@ def identities(settings: Settings) -> list[Any]:
     return found
 
 
-def decryptor(settings: Settings, record_id: str) -> ReaderFactory:
-    ids = identities(settings)
+def decryptor(settings: Settings, record_id: str, ids: list[Any] | None = None) -> ReaderFactory:
+    """Opens age streams with ``ids`` (default: the configured identities)."""
+    ids = identities(settings) if ids is None else ids
     if not ids:
         raise WrongKeyError(
             f"backup {record_id} is encrypted and no identity is configured: set "

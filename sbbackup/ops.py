@@ -74,6 +74,14 @@ class Context:
         state = self.settings.env.get("SBBACKUP_STATE_DIR", "~/.local/state/sbbackup")
         return Path(state).expanduser()
 
+    @cached_property
+    def identities(self) -> list[Any]:
+        """The configured age identities, read once: checking the key and then restoring reuse
+        them, and a passphrase identity remembers its scrypt result (about a second each)."""
+        from .encryption import identities
+
+        return identities(self.settings)
+
     def audit(self, operation: str, target_id: str | None, result: str, **extra: Any) -> None:
         if self.remote:
             extra["remote"] = self.remote
@@ -280,7 +288,7 @@ def plaintext(ctx: Context, record: BackupRecord, raw: HashingReader) -> Iterato
     if record.encryption:
         from .encryption import decryptor
 
-        decrypt = decryptor(ctx.settings, record.id)
+        decrypt = decryptor(ctx.settings, record.id, ctx.identities)
     return iter_plaintext(raw, record.compression is not None, decrypt)
 
 
@@ -450,7 +458,7 @@ def _check_key(ctx: Context, record: BackupRecord) -> None:
     from .encryption import decryptor
 
     assert record.filename
-    opener = decryptor(ctx.settings, record.id)
+    opener = decryptor(ctx.settings, record.id, ctx.identities)
     with ctx.storage.open_read(record.filename) as fh:
         opener(fh)
 

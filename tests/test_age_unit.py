@@ -105,6 +105,25 @@ def test_scrypt_round_trip_and_rules() -> None:
         age.decrypt(enc, [age.ScryptIdentity(b"pw", max_work_factor_log2=9)])
 
 
+def test_scrypt_identity_derives_once_per_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Restore opens a passphrase file twice (key check, then load): one scrypt, not two."""
+    calls: list[int] = []
+    real = age._scrypt
+
+    def counting(passphrase: bytes, salt: bytes, work_factor: int) -> bytes:
+        calls.append(work_factor)
+        return real(passphrase, salt, work_factor)
+
+    enc = age.encrypt(b"twice", [age.ScryptRecipient(b"pw", 10)])
+    other = age.encrypt(b"other", [age.ScryptRecipient(b"pw", 10)])
+    monkeypatch.setattr(age, "_scrypt", counting)
+    ident = age.ScryptIdentity(b"pw")
+    assert age.decrypt(enc, [ident]) == age.decrypt(enc, [ident]) == b"twice"
+    assert calls == [10]
+    assert age.decrypt(other, [ident]) == b"other"  # another salt is derived anew
+    assert calls == [10, 10]
+
+
 def test_huge_work_factor_is_refused_without_computing() -> None:
     import time
 

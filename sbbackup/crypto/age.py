@@ -286,6 +286,9 @@ class ScryptIdentity:
     def __init__(self, passphrase: bytes, max_work_factor_log2: int = MAX_WORK_FACTOR) -> None:
         self._passphrase = passphrase
         self.max_work_factor_log2 = max_work_factor_log2
+        # (salt, work factor) -> derived key: opening the same file twice (check the key, then
+        # restore) costs one scrypt, not two.
+        self._keys: dict[tuple[bytes, int], bytes] = {}
 
     def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None:
         for stanza in stanzas:
@@ -297,7 +300,9 @@ class ScryptIdentity:
                     f"scrypt work factor 2^{work_factor} is above the limit "
                     f"2^{self.max_work_factor_log2}"
                 )
-            key = _scrypt(self._passphrase, salt, work_factor)
+            key = self._keys.get((salt, work_factor))
+            if key is None:
+                key = self._keys[(salt, work_factor)] = _scrypt(self._passphrase, salt, work_factor)
             try:
                 return ChaCha20Poly1305(key).decrypt(ZERO_NONCE, stanza.body, None)
             except InvalidTag:
