@@ -382,7 +382,14 @@ def run_drill(
     started = iso(datetime.now(UTC)) or ""
     try:
         with hold(ctx.state_dir, DRILL_LOCK, "a restore drill"):
-            _drill(ctx, pick, server, drill)
+            try:
+                _drill(ctx, pick, server, drill)
+            except KeyboardInterrupt:  # SIGINT/SIGTERM: the scratch target is already dropped
+                drill.status, drill.error = "failed", "interrupted"
+                drill.code = int(ExitCode.INTERRUPTED)
+                with contextlib.suppress(SbbackupError, OSError):
+                    _record(ctx, drill, started)  # statistics count it as a failed drill
+                raise
             _record(ctx, drill, started)
     except SbbackupError as exc:  # the lock is held, or the record could not be written
         drill.status, drill.error, drill.code = "failed", exc.message, int(exc.exit_code)

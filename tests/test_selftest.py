@@ -163,8 +163,9 @@ def test_sigterm_mid_restore_drops_scratch(pg: Cluster, fresh_db: str, sb: SB) -
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert scratch_dbs(pg) == []
-    last = sb.backup_path / "last_test.json"
-    assert not last.exists() or json.loads(last.read_text())["lastSuccess"] is None
+    last = json.loads((sb.backup_path / "last_test.json").read_text())
+    assert last["lastSuccess"] is None  # an interrupted drill is recorded, never as a success
+    assert last["lastRun"]["status"] == "failed" and last["lastRun"]["error"] == "interrupted"
 
 
 def test_leftovers_are_dropped_unless_in_use(pg: Cluster, fresh_db: str, sb: SB) -> None:
