@@ -226,16 +226,25 @@ def schedule_from_mapping(
 def next_runs(schedule: Schedule, now: datetime, count: int = 1) -> list[datetime]:
     """The next ``count`` fire times strictly after ``now``, in the schedule's zone.
 
-    A wall-clock time that happens twice when clocks go back fires once, as cron does.
+    A wall-clock time that happens twice when clocks go back fires once, at its first
+    occurrence, as cron does: the repeat is skipped even when ``now`` falls between the two
+    (otherwise ``next`` would promise a run cron never makes, and overdue detection would
+    expect it).
     """
     it = croniter(schedule.cron, now.astimezone(schedule.zone))
     out: list[datetime] = []
     while len(out) < count:
         when: datetime = it.get_next(datetime)
-        if out and when.replace(tzinfo=None) == out[-1].replace(tzinfo=None):
+        if _repeated_wall_time(when):
             continue
         out.append(when)
     return out
+
+
+def _repeated_wall_time(when: datetime) -> bool:
+    """True for the second occurrence of a wall-clock time that happens twice (DST ends)."""
+    first = when.replace(tzinfo=None).replace(tzinfo=when.tzinfo, fold=0)
+    return first.utcoffset() != when.utcoffset()
 
 
 def previous_run(schedule: Schedule, now: datetime) -> datetime:

@@ -15,6 +15,7 @@ from sbbackup.errors import ConfigError, UsageError
 from sbbackup.schedule_store import load_schedules
 from sbbackup.schedules import (
     Schedule,
+    due_after,
     next_runs,
     previous_run,
     schedule_from_mapping,
@@ -212,6 +213,19 @@ def test_dst_changes_in_the_schedule_zone() -> None:
     assert previous_run(four, datetime(2026, 3, 29, 2, 0, tzinfo=UTC)).isoformat() == (
         "2026-03-29T04:00:00+02:00"
     )
+
+
+def test_the_repeated_hour_is_never_promised_after_its_first_run() -> None:
+    # Between the two 02:30s of 2026-10-25 in Berlin, cron has already run the job: the next
+    # run is the 26th's, not the repeat an hour later (which `next` once showed, and overdue
+    # detection then expected, reporting a healthy daily schedule overdue for a day).
+    berlin = Schedule("b", "30 2 * * *", 7, timezone="Europe/Berlin")
+    after_first = datetime(2026, 10, 25, 0, 30, 1, tzinfo=UTC)  # 02:30:01+02:00
+    assert [w.isoformat() for w in next_runs(berlin, after_first, 2)] == [
+        "2026-10-26T02:30:00+01:00",
+        "2026-10-27T02:30:00+01:00",
+    ]
+    assert due_after(berlin, after_first).isoformat() == "2026-10-26T02:30:00+01:00"
 
 
 def test_local_zone_follows_tz(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -103,6 +103,18 @@ def test_overdue_is_last_success_plus_interval_plus_grace(
     assert bool(st["overdueSchedules"]) == overdue
 
 
+def test_not_overdue_on_the_day_clocks_go_back() -> None:
+    berlin = Schedule("daily", "30 2 * * *", 7, timezone="Europe/Berlin")
+    ran = datetime(2026, 10, 25, 0, 30, 0, 120000, tzinfo=UTC)  # the first 02:30 (+02:00)
+    for hours_later in (2, 12, 24):
+        now = ran + timedelta(hours=hours_later)
+        assert statistics([rec(ran, "daily")], [berlin], now, GRACE)["overdueSchedules"] == []
+    # the 26th's 02:30 (+01:00, 01:30Z) did not happen: overdue an hour after it
+    late = datetime(2026, 10, 26, 2, 30, 1, tzinfo=UTC)
+    [overdue] = statistics([rec(ran, "daily")], [berlin], late, GRACE)["overdueSchedules"]
+    assert overdue["dueAt"] == "2026-10-26T01:30:00.000Z"
+
+
 def test_never_succeeded_is_measured_from_the_oldest_record_and_disabled_is_never_overdue() -> None:
     records = [rec(day(10), "daily"), rec(day(19), "weekly", "failed")]
     st = statistics(records, [DAILY, WEEKLY], NOW, GRACE)
