@@ -6,19 +6,25 @@ Like restic's ``forget``: nothing here touches storage. The rules, per schedule:
    corrupt) are kept whatever their age, so a run of failures never deletes the last good copy;
 2. anything younger than ``retentionDays`` is kept;
 3. everything else (old completed backups, failed attempts, missing or corrupt ones) is removed.
+
+A manifest whose ``createdAt`` is not a time (edited or damaged by hand) is kept, says so, and
+never counts as one of the ``minKeep`` good copies: its age is unknown, and letting it take
+that place could remove the real newest copy. A backup dated in the future (clock skew) is
+younger than any cutoff, so it is kept until the clock catches up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from .catalog import STATUS_COMPLETED, STATUS_FAILED, BackupRecord
+from .catalog import STATUS_COMPLETED, STATUS_FAILED, BackupRecord, parse_iso
 
 KEEP = "keep"
 REMOVE = "remove"
 MANUAL = "manual"
+_NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,21 @@ class RetentionPlan:
         }
 
 
+def record_time(record: BackupRecord) -> datetime | None:
+    """When ``record`` was made, or None when its ``createdAt`` is not a time. A time without
+    a zone is read as UTC (sbbackup always writes UTC)."""
+    value = record.createdAt
+    if not isinstance(value, str):
+        return None
+    try:
+        when = parse_iso(value)
+    except ValueError:
+        return None
+    if when is None:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 def plan(
     backups: Iterable[BackupRecord],
     policy: RetentionPolicy,
@@ -69,12 +90,13 @@ def plan(
     label: str | None = None,
 ) -> RetentionPlan:
     """Decide every backup of ONE schedule (or the manual group). Newest first in the result."""
-    records = sorted(backups, key=lambda r: (r.createdAt, r.id), reverse=True)
+    dated = [(t, r) for r in backups if (t := record_time(r)) is not None]
+    dated.sort(key=lambda tr: (tr[0], tr[1].id), reverse=True)
     cutoff = now - timedelta(days=policy.retentionDays)
     days = f"{policy.retentionDays}-day retention" + (f" ({label})" if label else "")
-    good = [r.id for r in records if r.status == STATUS_COMPLETED][: policy.minKeep]
+    good = [r.id for _, r in dated if r.status == STATUS_COMPLETED][: policy.minKeep]
     decisions = []
-    for r in records:
+    for created, r in dated:
         if r.id in good:
             rank = good.index(r.id)
             action, reason = (
@@ -85,16 +107,25 @@ def plan(
                     else f"one of the newest {policy.minKeep} completed backups (minKeep)"
                 ),
             )
-            if r.created > cutoff:
+            if created > cutoff:
                 reason = f"within {days}; " + reason
-        elif r.created > cutoff:
+        elif created > cutoff:
             action, reason = KEEP, f"within {days}"
         else:
             action, reason = REMOVE, f"{_what(r)} older than {days}"
-        decisions.append(
-            Decision(r.id, r.scheduleId, r.createdAt, r.status, r.size, action, reason)
-        )
+        decisions.append(_decision(r, action, reason))
+    for r in backups:
+        if record_time(r) is None:
+            reason = (
+                f"createdAt {str(r.createdAt)[:40]!r} is not a time, so its age is unknown: "
+                "kept (fix or delete this manifest by hand)"
+            )
+            decisions.append(_decision(r, KEEP, reason))
     return RetentionPlan(decisions)
+
+
+def _decision(r: BackupRecord, action: str, reason: str) -> Decision:
+    return Decision(r.id, r.scheduleId, str(r.createdAt), r.status, r.size, action, reason)
 
 
 def _what(r: BackupRecord) -> str:
@@ -121,6 +152,7 @@ def plan_all(
         if only_schedule is None or r.scheduleId == only_schedule:
             groups.setdefault(r.scheduleId, []).append(r)
     manual = policies[None]
+    times = {r.id: record_time(r) for r in backups}
     decisions: list[Decision] = []
     for sid, records in groups.items():
         if sid is None:
@@ -135,5 +167,6 @@ def plan_all(
                 f"schedule {sid} no longer exists: manual policy",
             )
         decisions.extend(part.decisions)
-    decisions.sort(key=lambda d: (d.createdAt, d.id), reverse=True)
+    # Newest first; manifests without a valid time last.
+    decisions.sort(key=lambda d: (times[d.id] or _NEVER, d.id), reverse=True)
     return RetentionPlan(decisions)

@@ -10,21 +10,30 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .catalog import STATUS_COMPLETED, STATUS_FAILED, STATUS_IN_PROGRESS, BackupRecord, iso
+from .retention import record_time
 from .schedules import Schedule, due_after
 
 WINDOWS = {"allTime": None, "last7d": timedelta(days=7), "last30d": timedelta(days=30)}
 MANUAL = "manual"
+_NEVER = datetime.min.replace(tzinfo=UTC)
+# How far in the future a record may be dated before it is taken for clock skew.
+_SKEW = timedelta(hours=1)
+
+
+def _time(r: BackupRecord) -> datetime:
+    """A record's time; a manifest whose createdAt is not a time sorts as the oldest."""
+    return record_time(r) or _NEVER
 
 
 def _rate(records: Iterable[BackupRecord], now: datetime, window: timedelta | None) -> float | None:
     done = [
         r
         for r in records
-        if r.status != STATUS_IN_PROGRESS and (window is None or r.created > now - window)
+        if r.status != STATUS_IN_PROGRESS and (window is None or _time(r) > now - window)
     ]
     if not done:
         return None
@@ -45,7 +54,7 @@ def p95(values: Sequence[float]) -> float | None:
 
 def _newest(records: Iterable[BackupRecord], status: str | None = None) -> BackupRecord | None:
     pool = [r for r in records if status is None or r.status == status]
-    return max(pool, key=lambda r: (r.createdAt, r.id), default=None)
+    return max(pool, key=lambda r: (_time(r), r.id), default=None)
 
 
 def overdue_info(
@@ -60,9 +69,12 @@ def overdue_info(
     That is "last success older than the schedule's interval plus grace", measured with the
     real cron calendar (months differ in length). A schedule that never succeeded is measured
     from ``since``, the oldest record in the catalog; with an empty catalog nothing is overdue.
+    A success dated more than an hour in the future (clock skew) is not believed: it would
+    hide a schedule that stopped running until the clock caught up with it.
     """
-    last = _newest([r for r in records if r.scheduleId == schedule.id], STATUS_COMPLETED)
-    start = last.created if last else since
+    mine = [r for r in records if r.scheduleId == schedule.id and _NEVER < _time(r) <= now + _SKEW]
+    last = _newest(mine, STATUS_COMPLETED)
+    start = _time(last) if last else since
     if not schedule.enabled or start is None:
         return None
     deadline = due_after(schedule, start)
@@ -80,8 +92,10 @@ def _schedule_stats(
     s: Schedule | None, sid: str, records: Sequence[BackupRecord], now: datetime
 ) -> dict[str, Any]:
     mine = [r for r in records if (r.scheduleId or MANUAL) == sid]
-    last_run = _newest(mine)
-    last_ok = _newest(mine, STATUS_COMPLETED)
+    # A record dated in the future (clock skew) is no one's last run until its time comes.
+    current = [r for r in mine if _time(r) <= now + _SKEW]
+    last_run = _newest(current)
+    last_ok = _newest(current, STATUS_COMPLETED)
     return {
         "scheduleId": sid,
         "enabled": s.enabled if s else None,
@@ -116,7 +130,7 @@ def statistics(
     ids = [s.id for s in schedules]
     extra = sorted({r.scheduleId or MANUAL for r in records} - set(ids))
     known = {s.id: s for s in schedules}
-    since = min((r.created for r in records), default=None)
+    since = min((t for r in records if (t := record_time(r)) is not None), default=None)
     overdue = [o for s in schedules if (o := overdue_info(s, records, now, grace, since))]
     per = [_schedule_stats(known.get(sid), sid, records, now) for sid in ids + extra]
     return {
@@ -225,9 +239,38 @@ def health(
                 "reason": (f"only {free} bytes free in the backup path (threshold {min_free})"),
             }
         )
+    _record_warnings(report, records, now)
     if restore_test_days is not None:
         _restore_warning(report, stats.get("lastRestoreTest"), now, restore_test_days)
     return report
+
+
+def _record_warnings(report: HealthReport, records: Sequence[BackupRecord], now: datetime) -> None:
+    """Records whose time cannot be trusted: dated in the future, or not dated at all."""
+    future = sorted(r.id for r in records if _time(r) > now + _SKEW)
+    undated = sorted(r.id for r in records if record_time(r) is None)
+    if future:
+        report.warnings.append(
+            {
+                "check": "clock-skew",
+                "scheduleId": None,
+                "reason": (
+                    f"{len(future)} backup(s) dated in the future, e.g. {future[-1]}: check the "
+                    "clock; they count for neither last run nor overdue, and retention keeps them"
+                ),
+            }
+        )
+    if undated:
+        report.warnings.append(
+            {
+                "check": "undated",
+                "scheduleId": None,
+                "reason": (
+                    f"{len(undated)} manifest(s) without a valid createdAt, e.g. {undated[0]}: "
+                    "retention keeps them; fix or delete them by hand"
+                ),
+            }
+        )
 
 
 def _restore_warning(
@@ -288,7 +331,7 @@ def prometheus_text(
             ),
             None,
         )
-        ts = last.created.timestamp() if last else 0
+        ts = _time(last).timestamp() if last and record_time(last) else 0
         samples["sbbackup_last_success_timestamp_seconds"].append(f"{{{lab}}} {ts:.3f}")
         samples["sbbackup_last_duration_seconds"].append(
             f"{{{lab}}} {p['lastDurationSeconds'] or 0:.3f}"

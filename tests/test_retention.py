@@ -167,3 +167,37 @@ def test_idempotent(backups: list[tuple[float, str]], policy: RetentionPolicy) -
     second = plan([r for r in records if r.id in kept], policy, NOW)
     assert second.remove == []
     assert {d.id for d in second.keep} == kept
+
+
+def test_an_undated_manifest_is_kept_and_never_takes_the_last_good_copys_place() -> None:
+    # A hand-edited manifest's createdAt sorted as the "newest" string; it must neither crash
+    # the plan nor count as the one copy minKeep protects.
+    garbage, naive, good, old = rec(0), rec(1, "failed"), rec(10), rec(20)
+    garbage.createdAt = "garbage"
+    naive.createdAt = naive.createdAt.rstrip("Z")  # no zone: read as UTC
+    decisions = {
+        d.id: d for d in plan([garbage, naive, good, old], RetentionPolicy(7), NOW).decisions
+    }
+    assert decisions[garbage.id].action == "keep"
+    assert "'garbage' is not a time" in decisions[garbage.id].reason
+    assert decisions[naive.id].reason == "within 7-day retention"
+    assert decisions[good.id].reason == "newest completed backup (minKeep 1)"
+    assert decisions[old.id].action == "remove"
+    # and only the undated one is kept when it is all there is besides a failure
+    fail = rec(30, "failed")
+    assert [d.action for d in plan([garbage, fail], RetentionPolicy(7), NOW).decisions] == [
+        "remove",
+        "keep",
+    ]
+
+
+def test_a_backup_dated_in_the_future_is_kept() -> None:
+    # Clock skew: the future-dated copy is a good copy and is kept (younger than any cutoff);
+    # the older ones age out as usual, so a good copy always remains.
+    future, recent, old = rec(-30), rec(3), rec(10)
+    result = plan([old, recent, future], RetentionPolicy(7), NOW)
+    assert [d.id for d in result.keep] == [future.id, recent.id]
+    assert [d.id for d in result.remove] == [old.id]
+    assert plan_all([old, recent, future], {None: RetentionPolicy(7)}, NOW).decisions[0].id == (
+        future.id
+    )

@@ -143,6 +143,51 @@ def test_health_reasons() -> None:
     assert health(ok, [DAILY, WEEKLY], good, NOW, GRACE, 100).ok
 
 
+def test_clock_skew_and_undated_manifests_neither_crash_nor_hide_a_stopped_schedule() -> None:
+    future = rec(NOW + timedelta(days=30), "daily")  # written while the clock was wrong
+    undated = rec(day(18), "daily")
+    undated.createdAt = "not a date"
+    records = [future, undated, rec(day(17), "daily")]
+    st = statistics(records, [DAILY], NOW, GRACE, 0, 10)
+    # the last believable success is the 17th's: the 18th's run was due, so daily is overdue
+    [overdue] = st["overdueSchedules"]
+    assert (overdue["lastSuccess"], overdue["dueAt"]) == (iso(day(17)), iso(day(18)))
+    assert st["schedules"][0]["lastSuccess"] == iso(day(17))
+    report = health(st, [DAILY], records, NOW, GRACE, min_free=0)
+    assert [p["check"] for p in report.problems] == ["overdue"]
+    assert [w["check"] for w in report.warnings] == ["clock-skew", "undated"]
+    assert future.id in report.warnings[0]["reason"]
+    assert undated.id in report.warnings[1]["reason"]
+    families = {
+        f.name: f
+        for f in text_string_to_metric_families(prometheus_text(records, [DAILY], NOW, GRACE))
+    }
+    [last] = families["sbbackup_last_success_timestamp_seconds"].samples
+    assert last.value == day(17).timestamp()
+
+
+def test_odd_manifests_through_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", sqlite_db(tmp_path / "app.db"))
+    monkeypatch.setenv("DB_BACKUP_PATH", str(tmp_path / "backups"))
+    for when in ("2026-03-19T02:00:00Z", "2026-03-20T02:00:00Z"):
+        assert run(capsys, "run-schedule", "daily", "--now", when).code == 0
+    [newest, older] = [b["id"] for b in run(capsys, "list", "--json").json()]
+    manifest = tmp_path / "backups" / f"{newest}.json"
+    manifest.write_text(manifest.read_text().replace("2026-03-20T02:00:00.000Z", "garbage"))
+    later = "2026-04-20T12:00:00Z"
+    res = run(capsys, "prune", "--json", "--now", later)
+    assert res.code == 0, res.err
+    # the undated copy is kept, and so is the newest dated good copy, although past retention
+    assert res.json()["removed"] == [] and res.json()["keep"] == 2
+    assert run(capsys, "statistics", "--json", "--now", later).code == 0
+    assert run(capsys, "metrics", "--now", later).code == 0
+    res = run(capsys, "health", "--json", "--min-free", "0", "--now", later)
+    assert res.code == 14
+    assert "undated" in [w["check"] for w in res.json()["warnings"]]
+
+
 def test_p95() -> None:
     assert p95([]) is None
     assert p95([5.0]) == 5.0
