@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hmac
+import io
 import ipaddress
 import json
 import re
@@ -55,7 +56,7 @@ from .render import to_jsonable
 
 MAX_BODY = 1 << 20  # 1 MiB
 DRAIN_LIMIT = 8 * MAX_BODY  # a refused body up to this size is read and dropped, not reset
-SOCKET_TIMEOUT = 30.0  # seconds a client may stay silent mid-request
+SOCKET_TIMEOUT = 30.0  # seconds a client gets to send a whole request (line, headers, body)
 DEFAULT_GRACE = 60.0  # seconds running jobs get to finish on shutdown
 MAX_ID = 200
 JOB_HISTORY = 500  # finished jobs remembered for their status URLs
@@ -64,6 +65,7 @@ TOKEN_FILE_ENV = "SBBACKUP_API_TOKEN_FILE"
 TEST_ID_RE = re.compile(r"test_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z_[0-9a-f]{6}")
 RUN_ID_RE = re.compile(r"run_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z_[0-9a-f]{6}")
 BACKUP_STATUSES = ("completed", "failed", "in_progress", "missing", "corrupt")
+QUERY_PARAMS = frozenset({"wait", "status", "scheduleId", "limit", "count"})
 # JSON types of the schedule fields (their values are checked by ``schedules.FIELDS``).
 SCHEDULE_FIELDS: dict[str, type] = {
     "cron": str,
@@ -832,6 +834,48 @@ def _held_by_us(lock: Path) -> bool:
 
 # --- HTTP --------------------------------------------------------------------------------
 
+_QUERY_PAIR = re.compile(r"([?&])([^&\s\"'#]*)")
+
+
+def scrub(text: str, tokens: list[Token]) -> str:
+    """``text`` (a request line or path) fit for the log and the audit log: the values of
+    query parameters the API does not take are masked, so a client that puts its token in
+    ``?access_token=`` does not get it written down, and so is any configured token."""
+
+    def mask(m: re.Match[str]) -> str:
+        name, eq, _ = m.group(2).partition("=")
+        return m.group(0) if name in QUERY_PARAMS else f"{m.group(1)}{name if eq else ''}{eq}***"
+
+    text = _QUERY_PAIR.sub(mask, text)
+    for token in tokens:
+        text = text.replace(token.secret.decode("utf-8", "replace"), "***")
+    return text
+
+
+class DeadlineReader(io.RawIOBase):
+    """The socket's reading side, where no single ``recv`` may wait past ``deadline``: the
+    socket timeout alone bounds each silence, so a client trickling a byte now and then could
+    otherwise hold its connection (and one of ``MAX_CONNECTIONS``) for ever."""
+
+    def __init__(self, sock: Any, timeout: float) -> None:
+        super().__init__()
+        self.sock, self.timeout = sock, timeout
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the client took too long to send its request")
+            self.sock.settimeout(min(self.timeout, left))
+        try:
+            return int(self.sock.recv_into(buffer))
+        finally:
+            self.sock.settimeout(self.timeout)  # writes keep the full timeout
+
 
 class Handler(BaseHTTPRequestHandler):
     """One request: auth, route, body, handler, JSON out, audit line."""
@@ -841,6 +885,18 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "sbbackup"
     sys_version = ""
     timeout = SOCKET_TIMEOUT
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the stdlib's reader: it holds a reference that keeps the fd open
+        self.reader = DeadlineReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self.reader)
+
+    def handle_one_request(self) -> None:
+        """A client gets ``timeout`` seconds, from the end of its previous request, to send the
+        whole of the next one (line, headers and body)."""
+        self.reader.deadline = time.monotonic() + self.timeout
+        super().handle_one_request()
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
         self.dispatch()
@@ -996,7 +1052,7 @@ class Handler(BaseHTTPRequestHandler):
         self, route: Route | None, params: dict[str, str], label: str | None, status: int
     ) -> None:
         api = self.server.api
-        target = next(iter(params.values()), None) if params else None
+        target = scrub(next(iter(params.values())), api.tokens) if params else None
         try:
             append_audit(
                 api.state_dir,
@@ -1006,13 +1062,14 @@ class Handler(BaseHTTPRequestHandler):
                 remote=self.client_address[0],
                 token=label,
                 method=self.command,
-                path=self.path[:MAX_ID],
+                path=scrub(self.path, api.tokens)[:MAX_ID],
             )
         except SbbackupError as exc:
             api.log(f"sbbackup serve: audit log: {exc.message}")
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        self.server.api.log(f"{self.client_address[0]} - {format % args}")
+        api = self.server.api
+        api.log(f"{self.client_address[0]} - {scrub(format % args, api.tokens)}")
 
 
 MAX_CONNECTIONS = 64

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -99,15 +100,18 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Client]]:
     """Start servers for a database URL; each one is shut down (and drained) afterwards."""
     running: list[tuple[api.ApiServer, threading.Thread]] = []
 
-    def start(database_url: str, public_health: bool = False, grace: float = 30) -> Client:
+    def start(
+        database_url: str,
+        public_health: bool = False,
+        grace: float = 30,
+        log: Callable[[str], None] = lambda _: None,
+    ) -> Client:
         env = {**os.environ, "DATABASE_URL": database_url}
         env["DB_BACKUP_PATH"] = str(tmp_path / "backups")
         env.pop("SBBACKUP_STATE_DIR", None)
         settings = load_settings(env=env)
         tokens = [api.Token("ci", TOKEN.encode())]
-        server = api.make_server(
-            settings, "127.0.0.1", 0, tokens, public_health, log=lambda _: None
-        )
+        server = api.make_server(settings, "127.0.0.1", 0, tokens, public_health, log=log)
         thread = threading.Thread(target=api.serve, args=(server, grace), daemon=True)
         thread.start()
         running.append((server, thread))
@@ -290,6 +294,28 @@ def test_public_health_opens_only_health_and_metrics(
     assert c.call("GET", "/api/openapi.json", token=None).status == 401
 
 
+def test_a_token_in_the_url_is_never_logged(
+    serve: Callable[..., Client], pg: Cluster, fresh_db: str
+) -> None:
+    """Clients that put the token in the query string or the path (a common mistake) get no
+    further for it, and the token appears in neither the server's log nor the audit log."""
+    lines: list[str] = []
+    c = serve(pg.url(fresh_db), log=lines.append)
+    assert c.call("GET", f"/api/backup?access_token={TOKEN}", token=None).status == 401
+    assert c.call("POST", f"/api/backup?{TOKEN}", token=None).status == 401
+    reply = c.call("GET", f"/api/backup?limit=2&token={TOKEN}")
+    assert reply.status == 400 and TOKEN not in json.dumps(reply.body)
+    assert c.call("POST", f"/api/backup?wait=true&access_token={TOKEN}").status == 400
+    assert c.call("DELETE", f"/api/backup/{TOKEN}").status == 400
+    assert c.call("POST", f"/api/backup/schedules/x/run?limit={TOKEN}").status == 400
+    log = "\n".join(lines)
+    audit = (c.backup_path / "audit.log").read_text()
+    assert TOKEN not in log and TOKEN not in audit
+    assert "GET /api/backup?limit=2&token=*** " in log  # the request is still there
+    paths = [x["path"] for x in audit_lines(c)]
+    assert "/api/backup?wait=true&access_token=***" in paths and "/api/backup?***" in paths
+
+
 def test_token_sources_and_refusals(tmp_path: Path, pg: Cluster) -> None:
     token_file = tmp_path / "tokens"
     token_file.write_text(
@@ -465,6 +491,30 @@ def test_slow_client_times_out(
         s.sendall(b"GET /api/backup HTTP/1.1\r\n")  # and then nothing
         # The server hangs up (an empty read) long before this socket's own 10 s timeout.
         assert s.recv(1024) == b""
+    assert c.call("GET", "/api/backup").status == 200
+
+
+def test_trickling_client_is_cut_off(
+    serve: Callable[..., Client], pg: Cluster, fresh_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A byte now and then resets no clock: the whole request must arrive within the timeout,
+    so a slow client cannot keep one of the MAX_CONNECTIONS slots for ever."""
+    monkeypatch.setattr(api.Handler, "timeout", 0.5)
+    c = serve(pg.url(fresh_db))
+    endless = b"GET /api/backup HTTP/1.1\r\nX-Pad: " + b"a" * 400
+    hung_up = False
+    with socket.create_connection(("127.0.0.1", c.port), timeout=10) as s:
+        for byte in endless:  # well within the per-recv timeout each time
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                hung_up = True
+                break
+            readable, _, _ = select.select([s], [], [], 0.05)
+            if readable:
+                hung_up = s.recv(1024) == b""
+                break
+    assert hung_up, "the server still waits for a request that never ends"
     assert c.call("GET", "/api/backup").status == 200
 
 
@@ -669,6 +719,14 @@ def test_health_metrics_and_openapi_match_routes(
     assert documented == served
     op_ids = {ops[m]["operationId"] for ops in doc["paths"].values() for m in ops}
     assert op_ids == {r.operation for r in api.ROUTES}
+    queries = {
+        p["name"]
+        for ops in doc["paths"].values()
+        for op in ops.values()
+        for p in op.get("parameters", [])
+        if p["in"] == "query"
+    }
+    assert queries == api.QUERY_PARAMS  # the ones logs show unmasked
     for path, ops in doc["paths"].items():
         names = set(re.findall(r"{(\w+)}", path))
         for op in ops.values():
