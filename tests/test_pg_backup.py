@@ -197,6 +197,16 @@ def test_wrong_url_missing_tool_bad_config(pg: Cluster, sb: SB, tmp_path: Path) 
     assert json.loads(res.err.strip().splitlines()[-1])["error"]["code"] == 2
 
 
+def test_password_with_a_slash_is_refused_without_echoing_it(sb: SB) -> None:
+    """libpq ends the host part at the first '/': the password's head would become a host name
+    in pg_dump's argv, the error message and the manifest. Refuse before running anything."""
+    res = sb("create", env={"DATABASE_URL": "postgresql://backup:Zq9Head/Tail7@db.invalid/app"})
+    assert res.code == 2, res.err
+    assert len(res.err.strip().splitlines()) == 1 and "%2F" in res.err
+    assert "Zq9Head" not in res.err and "Tail7" not in res.err
+    assert not sb.backup_path.exists() or not list(sb.backup_path.glob("*.json"))
+
+
 def test_read_only_backup_path(tmp_path: Path) -> None:
     """Exit 4 with one line when the backup path cannot be written (run unprivileged)."""
     import sqlite3

@@ -94,6 +94,13 @@ class Conn:
             raise ConfigError("database URL must start with postgresql:// (or sqlite:///)")
         scheme, rest = url.split("://", 1)
         netloc, _, tail = rest.partition("/")
+        if "@" not in netloc and "@" in tail.partition("?")[0]:
+            # user:pa/ss@host: libpq ends the authority at the first "/", so the password's
+            # head would pass as a host name into argv, logs and the manifest. Never echo it.
+            raise ConfigError(
+                "database URL: the part before '@' contains '/' (a password with '/' "
+                "must be percent-encoded as %2F, or kept in ~/.pgpass)"
+            )
         path, _, query = tail.partition("?")
         userinfo, at, hosts = netloc.rpartition("@")
         user, colon, password = userinfo.partition(":")
