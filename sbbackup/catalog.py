@@ -24,6 +24,7 @@ BACKUP_ID_RE = re.compile(
     r"^streambuddy_backup_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-\d{3}Z(?:-\d{1,3})?$"
 )
 MANIFEST_SUFFIX = ".json"
+PARTIAL_SUFFIX = ".partial"  # the storage backends' in-flight suffix
 
 STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"
@@ -99,18 +100,62 @@ class BackupRecord:
     def from_json(cls, data: dict[str, Any], source: str = "manifest") -> BackupRecord:
         version = data.get("schemaVersion", 0)
         if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise IntegrityError(
+            raise NewerSchemaError(
                 f"{source}: schemaVersion {version} is newer than this sbbackup understands "
                 f"({SCHEMA_VERSION}); upgrade sbbackup to read it"
             )
         try:
-            return cls(**{k: v for k, v in data.items() if k in _KNOWN})
+            record = cls(**{k: v for k, v in data.items() if k in _KNOWN})
         except TypeError as exc:
             raise IntegrityError(f"{source}: malformed manifest ({exc})") from None
+        problem = record._malformed()
+        if problem:
+            raise IntegrityError(f"{source}: malformed manifest ({problem})")
+        return record
+
+    def _malformed(self) -> str | None:
+        """Why a parsed manifest cannot be trusted, or None. Checked on every read, so an
+        edited or damaged manifest is listed as corrupt instead of crashing a command, and
+        its ``filename`` can never name another backup's file (``delete`` removes it)."""
+        for name, types in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                return f"{name} has the wrong type"
+        if not BACKUP_ID_RE.fullmatch(self.id):
+            return "invalid id"
+        if self.filename is not None and not (
+            self.filename.startswith(self.id + ".") and "/" not in self.filename
+        ):
+            return f"filename {self.filename[:80]!r} does not belong to backup {self.id}"
+        return None
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(BackupRecord))
 _KNOWN = frozenset(_FIELD_NAMES)
+_OPT_STR = (str, type(None))
+_OPT_DICT = (dict, type(None))
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "filename": _OPT_STR,
+    "size": (int,),
+    "createdAt": (str,),
+    "checksum": _OPT_STR,
+    "status": (str,),
+    "duration": (int,),
+    "error": _OPT_STR,
+    "scheduleId": _OPT_STR,
+    "completedAt": _OPT_STR,
+    "database": (dict,),
+    "format": (str,),
+    "compression": _OPT_DICT,
+    "encryption": _OPT_DICT,
+    "uncompressedSize": (int,),
+    "contents": _OPT_DICT,
+}
+
+
+class NewerSchemaError(IntegrityError):
+    """A manifest written by a newer sbbackup: readable by that version, so never removed."""
 
 
 class Catalog:
@@ -145,7 +190,10 @@ class Catalog:
             raise IntegrityError(f"{name}: manifest is not valid JSON ({exc})") from None
         if not isinstance(data, dict):
             raise IntegrityError(f"{name}: manifest is not a JSON object")
-        return BackupRecord.from_json(data, source=name)
+        record = BackupRecord.from_json(data, source=name)
+        if record.id + MANIFEST_SUFFIX != name:
+            raise IntegrityError(f"{name}: malformed manifest (it describes backup {record.id})")
+        return record
 
     def iter_records(self) -> Iterator[BackupRecord]:
         """All manifests; ``missing``/``corrupt`` status derived from the data file."""
@@ -159,16 +207,7 @@ class Catalog:
             try:
                 record = self._parse(name, self.storage.read_bytes(name))
             except (IntegrityError, StorageError, OSError) as exc:
-                yield BackupRecord(
-                    id=stem,
-                    filename=None,
-                    size=0,
-                    createdAt=_id_time(stem),
-                    checksum=None,
-                    status=STATUS_CORRUPT,
-                    duration=0,
-                    error=str(exc),
-                )
+                yield corrupt_placeholder(stem, str(exc))
                 continue
             yield self.with_file_status(record, sizes)
 
@@ -206,6 +245,31 @@ class Catalog:
         if record.filename and self.storage.exists(record.filename):
             self.storage.delete(record.filename)
         self.storage.delete(self.manifest_name(record.id))
+
+    def delete_unreadable(self, backup_id: str, reason: str) -> BackupRecord:
+        """Remove a backup whose manifest cannot be parsed (damaged, truncated, edited): every
+        data file named after its ID (never a live ``.partial``), then the manifest."""
+        manifest = self.manifest_name(backup_id)
+        for name in self.storage.list_names():
+            ours = name.startswith(backup_id + ".") and name != manifest
+            if ours and not name.endswith(PARTIAL_SUFFIX):
+                self.storage.delete(name)
+        self.storage.delete(manifest)
+        return corrupt_placeholder(backup_id, reason)
+
+
+def corrupt_placeholder(backup_id: str, error: str) -> BackupRecord:
+    """What ``list`` shows for a manifest that cannot be read."""
+    return BackupRecord(
+        id=backup_id,
+        filename=None,
+        size=0,
+        createdAt=_id_time(backup_id),
+        checksum=None,
+        status=STATUS_CORRUPT,
+        duration=0,
+        error=error,
+    )
 
 
 def _id_time(stem: str) -> str:

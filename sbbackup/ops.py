@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from .catalog import (
     STATUS_FAILED,
     BackupRecord,
     Catalog,
+    NewerSchemaError,
     iso,
     new_backup_id,
 )
@@ -146,23 +148,30 @@ def create_backup(
     )
     started = time.monotonic()
     writer = BackupWriter(storage.open_write(filename), compression, plan.stage if plan else None)
+    committed = False
     try:
         dumped = engine.dump(fmt, writer, s.row_counts, progress)
         result = writer.finish()
+        committed = True
+        record.size = result.size
+        record.checksum = result.checksum
+        record.uncompressedSize = result.uncompressed_size
+        record.database = {**record.database, **dumped.database}
+        record.pgDumpVersion = dumped.tool_version
+        record.contents = dumped.contents
+        record.status = STATUS_COMPLETED
+        record.completedAt = iso(datetime.now(UTC))
+        record.duration = int((time.monotonic() - started) * 1000)
+        ctx.catalog.save(record)  # the commit record
     except BaseException as exc:
         writer.abort()
+        if committed:
+            # The data file made it but its manifest did not (disk full, Ctrl-C): without a
+            # manifest it is no backup, so it must not sit there looking like one.
+            with contextlib.suppress(SbbackupError, OSError):
+                storage.delete(filename)
         _record_failure(ctx, record, exc, started)
         raise
-    record.size = result.size
-    record.checksum = result.checksum
-    record.uncompressedSize = result.uncompressed_size
-    record.database = {**record.database, **dumped.database}
-    record.pgDumpVersion = dumped.tool_version
-    record.contents = dumped.contents
-    record.status = STATUS_COMPLETED
-    record.completedAt = iso(datetime.now(UTC))
-    record.duration = int((time.monotonic() - started) * 1000)
-    ctx.catalog.save(record)
     ctx.audit("create", record.id, "completed", size=record.size, scheduleId=record.scheduleId)
     return record
 
@@ -187,6 +196,7 @@ def _record_failure(ctx: Context, record: BackupRecord, exc: BaseException, star
     record.status = STATUS_FAILED
     record.error = message
     record.filename = None
+    record.size, record.checksum, record.uncompressedSize = 0, None, 0
     record.completedAt = iso(datetime.now(UTC))
     record.duration = int((time.monotonic() - started) * 1000)
     try:
@@ -210,7 +220,16 @@ def show_backup(ctx: Context, backup_id: str) -> BackupRecord:
 
 
 def delete_backup(ctx: Context, backup_id: str) -> BackupRecord:
-    record = show_backup(ctx, backup_id)
+    """Data file, then manifest. A damaged manifest does not make a backup undeletable; one
+    from a newer sbbackup (NewerSchemaError) is refused: that version can still read it."""
+    try:
+        record = show_backup(ctx, backup_id)
+    except NewerSchemaError:
+        raise
+    except IntegrityError as exc:
+        record = ctx.catalog.delete_unreadable(backup_id, exc.message)
+        ctx.audit("delete", backup_id, "deleted", note="unreadable manifest")
+        return record
     ctx.catalog.delete(record)
     ctx.audit("delete", backup_id, "deleted")
     return record

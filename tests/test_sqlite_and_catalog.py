@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -167,3 +168,141 @@ def test_listing_reads_manifests_never_data_files(tmp_path: Path) -> None:
     assert sum(r.status == "corrupt" for r in records) == 10
     assert sum(r.status == "completed" for r in records) == 40
     assert len(catalog.list(limit=7)) == 7
+
+
+def _edit_manifest(sb: SB, backup_id: str, **changes: object) -> None:
+    manifest = sb.backup_path / (backup_id + ".json")
+    data = json.loads(manifest.read_text())
+    data.update(changes)
+    manifest.write_text(json.dumps(data))
+
+
+def test_a_manifest_with_wrong_types_is_corrupt_not_a_crash(sb: SB, demo_db: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{demo_db}"}
+    a = sb.ok("create", "--json", env=env).json()
+    b = sb.ok("create", "--json", env=env).json()
+    _edit_manifest(sb, a["id"], size="big", checksum=5)
+    # b's manifest claims a's data file: it must not be able to reach (or delete) it.
+    _edit_manifest(sb, b["id"], filename=a["filename"])
+    res = sb("list")
+    assert res.code == 0, res.err
+    listed = {r["id"]: r["status"] for r in sb.ok("list", "--json").json()}
+    assert listed == {a["id"]: "corrupt", b["id"]: "corrupt"}
+    for bid, needle in ((a["id"], "size has the wrong type"), (b["id"], "does not belong")):
+        res = sb("show", bid)
+        assert res.code == 13 and needle in res.err
+        assert len(res.err.strip().splitlines()) == 1
+    sb.ok("delete", b["id"], "--yes", env=env)
+    assert (sb.backup_path / a["filename"]).exists()
+    assert not (sb.backup_path / b["filename"]).exists()
+
+
+def test_delete_removes_a_backup_whose_manifest_is_damaged(sb: SB, demo_db: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{demo_db}"}
+    rec = sb.ok("create", "--json", env=env).json()
+    (sb.backup_path / (rec["id"] + ".json")).write_text('{"schemaVersion": 1, "id": ')
+    assert sb("show", rec["id"]).code == 13
+    out = sb.ok("delete", rec["id"], "--yes", "--json", env=env).json()
+    assert out["id"] == rec["id"] and out["status"] == "corrupt"
+    assert not [p for p in sb.backup_path.iterdir() if p.name.startswith(rec["id"])]
+    assert sb("show", rec["id"]).code == 10
+    audit = (sb.backup_path / "audit.log").read_text().splitlines()
+    assert json.loads(audit[-1])["operation"] == "delete"
+
+
+def test_delete_refuses_a_manifest_from_a_newer_sbbackup(sb: SB, demo_db: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{demo_db}"}
+    rec = sb.ok("create", "--json", env=env).json()
+    _edit_manifest(sb, rec["id"], schemaVersion=SCHEMA_VERSION + 1)
+    res = sb("delete", rec["id"], "--yes", env=env)
+    assert res.code == 13 and "upgrade sbbackup" in res.err
+    assert (sb.backup_path / rec["filename"]).exists()
+
+
+def test_no_data_file_survives_a_manifest_that_could_not_be_written(
+    demo_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full (or Ctrl-C) after the data file is committed but before its manifest: the data
+    file is removed (no manifest, no backup) and the attempt is recorded as failed."""
+    import errno
+
+    from sbbackup import ops
+    from sbbackup.config import load_settings
+    from sbbackup.errors import StorageError
+    from sbbackup.storage.local import LocalStorage, storage_error
+
+    real = LocalStorage.write_bytes_atomic
+
+    def full_for_completed(self: LocalStorage, name: str, data: bytes) -> None:
+        if b'"status": "completed"' in data:
+            raise storage_error(OSError(errno.ENOSPC, "full"), f"cannot write {name}")
+        real(self, name, data)
+
+    monkeypatch.setattr(LocalStorage, "write_bytes_atomic", full_for_completed)
+    backups = tmp_path / "b"
+    settings = load_settings(
+        env={"DATABASE_URL": f"sqlite:///{demo_db}", "DB_BACKUP_PATH": str(backups)}
+    )
+    with pytest.raises(StorageError, match="no space left on device"):
+        ops.create_backup(ops.Context(settings), ops.CreateOptions())
+    monkeypatch.setattr(LocalStorage, "write_bytes_atomic", real)
+    assert not [p for p in backups.iterdir() if ".sql" in p.name]
+    records = ops.list_backups(ops.Context(settings))
+    assert [(r.status, r.filename, r.checksum) for r in records] == [("failed", None, None)]
+
+
+def test_an_existing_read_only_backup_dir_is_not_made_writable(tmp_path: Path) -> None:
+    from sbbackup.storage.local import ensure_private_dir
+
+    made = tmp_path / "new"
+    ensure_private_dir(made)
+    assert made.stat().st_mode & 0o777 == 0o700
+    loose, ro = tmp_path / "loose", tmp_path / "ro"
+    loose.mkdir(mode=0o755)
+    os.chmod(loose, 0o755)
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    ensure_private_dir(loose)
+    ensure_private_dir(ro)
+    assert loose.stat().st_mode & 0o777 == 0o700  # group and others lose access
+    assert ro.stat().st_mode & 0o777 == 0o500  # the owner gains none
+
+
+def test_progress_only_on_a_terminal(sb: SB, demo_db: Path) -> None:
+    import pty
+    import subprocess
+    import sys
+    import threading
+
+    env = {**sb.env, "DATABASE_URL": f"sqlite:///{demo_db}", "TERM": "xterm"}
+    res = sb("create", "--json", env=env)  # stderr is a pipe: the record and nothing else
+    assert res.code == 0 and res.err == ""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sbbackup", "create", "--json"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    shown = bytearray()
+
+    def drain() -> None:  # read while it runs, so a full terminal buffer never blocks it
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                return
+            if not data:
+                return
+            shown.extend(data)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    out = proc.communicate(timeout=120)[0]
+    reader.join(timeout=30)
+    os.close(master)
+    assert proc.returncode == 0
+    assert json.loads(out)["status"] == "completed"  # stdout still carries only the record
+    assert b"dumping" in shown

@@ -33,11 +33,16 @@ def fsync_dir(path: Path) -> None:
 
 
 def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) with mode 0700 whatever the umask."""
+    """Create ``path`` (and parents) with mode 0700 whatever the umask. An existing directory
+    loses group and other access but never gains any: one made read-only on purpose stays so
+    (writing then fails with exit 4)."""
     try:
+        created = not path.is_dir()
         path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-        if path.stat().st_mode & 0o777 != DIR_MODE:
-            os.chmod(path, DIR_MODE)
+        mode = path.stat().st_mode & 0o777
+        wanted = DIR_MODE if created else mode & DIR_MODE
+        if mode != wanted:
+            os.chmod(path, wanted)
     except OSError as exc:
         raise storage_error(exc, f"cannot create backup directory {path}") from None
 
