@@ -962,9 +962,10 @@ class Handler(BaseHTTPRequestHandler):
         if self.body_unread():
             self.discard_body()
             self.close_connection = True  # what is left of it would be read as the next request
-        self.respond(response)
+        # Audit before answering: a client that has its answer finds the line written.
         if self.command not in ("GET", "HEAD"):
             self.audit(route, params, label, response.status)
+        self.respond(response)
 
     body_consumed = False
 

@@ -316,6 +316,57 @@ def test_a_token_in_the_url_is_never_logged(
     assert "/api/backup?wait=true&access_token=***" in paths and "/api/backup?***" in paths
 
 
+def test_every_mutating_request_is_audited(
+    serve: Callable[..., Client], pg: Cluster, fresh_db: str
+) -> None:
+    """One audit line per POST/DELETE, refused ones included: time, remote address, token
+    label, operation, ID and result."""
+    c = serve(pg.url(fresh_db))
+    mutating = [r for r in api.ROUTES if r.method not in ("GET", "HEAD")]
+    for route in mutating:  # each one refused before it does anything
+        path = re.sub(r"{\w+}", "BAD", route.template)
+        assert c.call(route.method, path, {"nope": 1}).status == 400, route
+    assert c.call("DELETE", "/api/backup/BAD", token=OTHER).status == 401
+    lines = audit_lines(c)
+    # A 401 is answered before routing: it names the method, not the operation.
+    assert [x["operation"] for x in lines] == [f"api:{r.operation}" for r in mutating] + [
+        "api:DELETE"
+    ]
+    for line, route in zip(lines, mutating, strict=False):
+        assert line["result"] == "400" and line["method"] == route.method
+        assert line["id"] == ("BAD" if "{" in route.template else None)
+        assert line["remote"] == "127.0.0.1" and line["token"] == "ci" and line["time"]
+    assert lines[-1]["result"] == "401" and lines[-1]["token"] is None
+    assert c.call("GET", "/api/backup").body == []  # none of it started a backup
+
+
+def test_serve_defaults_yaml_keys_and_flags(tmp_path: Path, pg: Cluster) -> None:
+    """127.0.0.1:8080 by default; api.host, api.port and api.publicHealth from YAML, with the
+    flag winning over the file."""
+    defaults = load_settings(env={})
+    assert (defaults.api_host, defaults.api_port, defaults.api_public_health) == (
+        "127.0.0.1",
+        8080,
+        False,
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text("api:\n  host: 127.0.0.1\n  port: 0\n  publicHealth: true\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SBBACKUP_", "DB_BACKUP_"))}
+    env.update(DATABASE_URL=pg.url(), DB_BACKUP_PATH=str(tmp_path / "b"))
+    env["SBBACKUP_CONFIG"] = str(config)
+    for flags, health_status in (((), (200, 503)), (("--no-public-health",), (401,))):
+        proc, base = start_cli_server(env, *flags, port=None)
+        try:
+            assert base.startswith("http://127.0.0.1:") and not base.endswith(":0")
+            client = Client(base, tmp_path / "b", env, None)  # type: ignore[arg-type]
+            assert client.call("GET", "/api/health", token=None).status in health_status
+            assert client.call("GET", "/api/backup", token=None).status == 401
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=60)
+        assert proc.returncode == 0
+
+
 def test_token_sources_and_refusals(tmp_path: Path, pg: Cluster) -> None:
     token_file = tmp_path / "tokens"
     token_file.write_text(
@@ -756,9 +807,12 @@ def test_failed_schedule_run_makes_health_503(serve: Callable[..., Client], pg: 
 # --- shutdown ----------------------------------------------------------------------------
 
 
-def start_cli_server(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], str]:
+def start_cli_server(
+    env: dict[str, str], *args: str, port: str | None = "0"
+) -> tuple[subprocess.Popen[str], str]:
+    port_args = ("--port", port) if port is not None else ()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sbbackup", "serve", "--port", "0", *args],
+        [sys.executable, "-m", "sbbackup", "serve", *port_args, *args],
         env={**env, "SBBACKUP_API_TOKEN": TOKEN},
         stderr=subprocess.PIPE,
         text=True,
