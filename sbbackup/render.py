@@ -98,7 +98,9 @@ def _verify(console: Console, report: VerifyReport) -> None:
         if r.ok:
             console.print(Text(f"ok    {r.filename} ({kind})", style="green"))
         else:
-            console.print(Text(f"FAIL  {r.filename or r.id}: {r.error}", style="red"))
+            name = r.filename or r.id
+            error = (r.error or "").removeprefix(name + ": ")  # most errors name the file already
+            console.print(Text(f"FAIL  {name}: {error}", style="red"))
         if r.restore is not None and r.restore["status"] != "skipped":
             _drill_details(console, r.restore)
     if not report.results:

@@ -129,6 +129,7 @@ def test_corrupted_byte_verify_and_restore_refuse(pg: Cluster, fresh_db: str, sb
     res = sb("verify", record["id"], env=env)
     assert res.code == 13 and record["filename"] in res.err
     assert len(res.err.strip().splitlines()) == 1
+    assert res.out.startswith(f"FAIL  {record['filename']}: checksum mismatch for ")
     res = sb("restore", record["id"], "--target-url", "never_made", "--create-target", env=env)
     assert res.code == 13, res.err
     assert pg.psql("SELECT count(*) FROM pg_database WHERE datname = 'never_made'") == "0"
