@@ -227,6 +227,31 @@ def test_backup_restore_delete_end_to_end(
     assert TOKEN not in (c.backup_path / "audit.log").read_text()
 
 
+def test_records_are_the_clis_json(
+    serve: Callable[..., Client], pg: Cluster, fresh_db: str
+) -> None:
+    """The API answers with the very records `list --json` and `show --json` print."""
+    small_table(pg, fresh_db, 50)
+    c = serve(pg.url(fresh_db))
+    created = c.call("POST", "/api/backup?wait=true", {"format": "custom"})
+    assert created.status == 201, created
+
+    def cli(*args: str) -> Any:
+        res = subprocess.run(
+            [sys.executable, "-m", "sbbackup", *args, "--json"],
+            env=c.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+    assert c.call("GET", f"/api/backup/{created.body['id']}").body == created.body
+    assert cli("show", created.body["id"]) == created.body
+    assert cli("list") == c.call("GET", "/api/backup").body == [created.body]
+
+
 def test_self_test_async_with_status_url(
     serve: Callable[..., Client], pg: Cluster, fresh_db: str
 ) -> None:
