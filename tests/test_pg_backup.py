@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SB
-from pgcluster import PASSWORD, Cluster
+from pgcluster import PASSWORD, Cluster, create_cluster, destroy_cluster
 
 
 def plain_dump(pg: Cluster, db: str, *extra: str) -> str:
@@ -322,3 +322,45 @@ def test_restore_over_source_needs_yes(pg: Cluster, sb: SB, fresh_db: str) -> No
     assert pg.psql("SELECT count(*) FROM t", db=fresh_db) == "1"
     restores = list((sb.backup_path / "restores").glob("*.json"))
     assert [json.loads(p.read_text())["status"] for p in restores] == ["completed"]
+
+
+def test_every_spelling_of_the_source_needs_yes(pg: Cluster, sb: SB, fresh_db: str) -> None:
+    """Other spellings of the source's server or name still need --yes; nothing is touched."""
+    from urllib.parse import quote
+
+    from sbbackup.config import load_settings
+    from sbbackup.engines.postgresql import PostgreSQLEngine
+
+    pg.psql("CREATE TABLE t AS SELECT 1 AS x", db=fresh_db)
+    env = {"DATABASE_URL": pg.url(fresh_db)}
+    record = sb.ok("create", "--json", env=env).json()
+    pg.psql("INSERT INTO t VALUES (2)", db=fresh_db)  # newer than the backup
+    cred = f"postgres:{PASSWORD}@"
+    encoded = "".join(f"%{ord(c):02x}" if i == 0 else c for i, c in enumerate(fresh_db))
+    aliases = [
+        f"postgres://{cred}127.0.0.1:{pg.port}/{fresh_db}",
+        f"postgresql://{cred}localhost:{pg.port}/{fresh_db}",
+        f"postgresql://{cred}127.0.0.1:{pg.port}/{encoded}",
+        f"postgresql://postgres@/{fresh_db}?host={quote(str(pg.sockdir))}&port={pg.port}",
+    ]
+    engine = PostgreSQLEngine(pg.url(fresh_db), load_settings(env={"PATH": os.environ["PATH"]}))
+    for alias in aliases:
+        assert engine.is_source(alias), alias
+    assert not engine.is_source(f"postgresql://{cred}localhost:{pg.port}/other_name")
+    other = create_cluster()
+    try:  # the same name on another cluster is another database
+        other.psql(f"CREATE DATABASE {fresh_db}")
+        assert not engine.is_source(other.url(fresh_db))
+    finally:
+        destroy_cluster(other)
+    # Through the command line, with the password only in the environment.
+    res = sb(
+        "restore",
+        record["id"],
+        "--clean",
+        "--target-url",
+        f"postgresql://postgres@localhost:{pg.port}/{fresh_db}",
+        env={**env, "PGPASSWORD": PASSWORD},
+    )
+    assert res.code == 2 and "--yes" in res.err
+    assert pg.psql("SELECT count(*) FROM t", db=fresh_db) == "2"

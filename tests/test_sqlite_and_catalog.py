@@ -306,3 +306,16 @@ def test_progress_only_on_a_terminal(sb: SB, demo_db: Path) -> None:
     assert proc.returncode == 0
     assert json.loads(out)["status"] == "completed"  # stdout still carries only the record
     assert b"dumping" in shown
+
+
+def test_sqlite_source_however_spelled(tmp_path: Path) -> None:
+    from sbbackup.engines.sqlite import SQLiteEngine
+
+    db = tmp_path / "a" / "src.db"
+    db.parent.mkdir()
+    sqlite3.connect(db).close()
+    (tmp_path / "link.db").symlink_to(db)
+    engine = SQLiteEngine(f"sqlite:///{db}")
+    assert engine.is_source(f"sqlite:///{tmp_path}/a/../a/src.db")
+    assert engine.is_source(f"sqlite:///{tmp_path}/link.db")
+    assert not engine.is_source(f"sqlite:///{tmp_path}/a/other.db")

@@ -29,6 +29,7 @@ TOOLS = ("pg_dump", "psql", "pg_restore")
 INSTALL_HINT = "install the PostgreSQL client tools (e.g. apt install postgresql-client)"
 SEP = "\x1f"
 END = "__sbbackup_end__"
+CLUSTER_ID_SQL = "SELECT system_identifier FROM pg_control_system()"
 DUMP_COMPLETE = b"-- PostgreSQL database dump complete"
 USER_NS = (
     "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp)'"
@@ -329,8 +330,29 @@ class PostgreSQLEngine:
         return self.target(target).redacted()
 
     def is_source(self, target: str | None) -> bool:
+        """Is ``target`` the source database, however it is spelled?
+
+        Names are unique within a cluster, so a different (decoded) name is never the source.
+        The same name behind another spelling of the server (``localhost`` for ``127.0.0.1``,
+        ``postgres://``, another port alias) is the source when both connections reach the same
+        cluster (``pg_control_system().system_identifier``). When that cannot be told, because the
+        source does not answer, the answer is yes: a needless confirmation is cheap, a restore
+        over production is not. A target that does not answer cannot be restored into anyway.
+        """
         t = self.target(target)
-        return t.url == self.conn.url and t.dbname == self.conn.dbname
+        if t.dbname != self.conn.dbname:
+            return False
+        if t.url == self.conn.url:
+            return True
+        try:
+            theirs = self.run_psql(t, CLUSTER_ID_SQL)
+        except DatabaseError:
+            return False
+        try:
+            ours = self.run_psql(self.conn, CLUSTER_ID_SQL)
+        except DatabaseError:
+            return True
+        return theirs == ours
 
     def run_psql(self, conn: Conn, sql: str) -> str:
         res = subprocess.run(

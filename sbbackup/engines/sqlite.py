@@ -49,7 +49,12 @@ class SQLiteEngine:
         return str(self._target(target))
 
     def is_source(self, target: str | None) -> bool:
-        return self._target(target) == self.path
+        """The same file however it is spelled (``..``, symlinks, hard links)."""
+        mine, theirs = self.path, self._target(target)
+        try:
+            return mine.samefile(theirs)
+        except OSError:  # one of them does not exist: compare the resolved paths
+            return mine.resolve() == theirs.resolve()
 
     def _target(self, target: str | None) -> Path:
         if target is None:
