@@ -319,3 +319,24 @@ def test_sqlite_source_however_spelled(tmp_path: Path) -> None:
     assert engine.is_source(f"sqlite:///{tmp_path}/a/../a/src.db")
     assert engine.is_source(f"sqlite:///{tmp_path}/link.db")
     assert not engine.is_source(f"sqlite:///{tmp_path}/a/other.db")
+
+
+def test_compare_contents_reports_every_difference() -> None:
+    from sbbackup.engines import compare_contents
+
+    expected = {
+        "tables": {"public.a": 3, "public.b": 1, "public.gone": 5},
+        "objects": {"views": 2, "sequences": 1, "largeObjects": 1},
+    }
+    actual = {
+        "tables": {"public.a": 3, "public.b": 2, "public.extra": 0},
+        "objects": {"views": 1, "sequences": 1},
+    }
+    assert compare_contents(expected, actual) == [
+        "table public.b: 1 rows in the backup, 2 restored",
+        "table public.extra is in the restored database but not in the backup",
+        "table public.gone is missing from the restored database",
+        "largeObjects: 1 in the backup, none counted in the restore",
+        "views: 2 in the backup, 1 restored",
+    ]
+    assert compare_contents(expected, expected) == []

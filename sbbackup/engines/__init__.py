@@ -109,7 +109,9 @@ def compare_contents(expected: dict[str, Any] | None, actual: dict[str, Any]) ->
             )
     exp_obj: dict[str, int] = expected.get("objects", {})
     act_obj: dict[str, int] = actual.get("objects", {})
-    for kind in sorted(set(exp_obj) & set(act_obj)):
-        if exp_obj[kind] != act_obj[kind]:
+    for kind in sorted(exp_obj):
+        if kind not in act_obj:
+            diffs.append(f"{kind}: {exp_obj[kind]} in the backup, none counted in the restore")
+        elif exp_obj[kind] != act_obj[kind]:
             diffs.append(f"{kind}: {exp_obj[kind]} in the backup, {act_obj[kind]} restored")
     return diffs
