@@ -49,10 +49,6 @@ def database_exists(pg: Cluster, name: str) -> bool:
     return pg.psql(f"SELECT count(*) FROM pg_database WHERE datname = '{name}'") == "1"
 
 
-def public_tables(pg: Cluster, db: str) -> str:
-    return pg.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", db=db)
-
-
 def replace_data_file(sb: SB, rec: dict[str, Any], data: bytes, **manifest: Any) -> None:
     """Store new bytes and fix the manifest's checksum, so only the age layer can object."""
     stored = sb.backup_path / rec["filename"]
@@ -167,10 +163,8 @@ def test_tampering_and_truncation_restore_nothing(
         code = res.code
         res = sb("restore", rec["id"], "--target-url", label, "--create-target", env=env)
         assert res.code == code, (label, res.err)
-        if database_exists(pg, label):
-            assert public_tables(pg, label) == "0", f"{label}: a half-restored database"
-            pg.psql(f"DROP DATABASE {label}")
-        assert code == 13 or not database_exists(pg, label)
+        # The database this restore created is dropped again: no half-restored target remains.
+        assert not database_exists(pg, label), label
     replace_data_file(sb, rec, original)
     sb.ok("verify", "--deep", rec["id"], env=env)
 

@@ -364,3 +364,14 @@ def test_every_spelling_of_the_source_needs_yes(pg: Cluster, sb: SB, fresh_db: s
     )
     assert res.code == 2 and "--yes" in res.err
     assert pg.psql("SELECT count(*) FROM t", db=fresh_db) == "2"
+
+
+def test_conninfo_target_is_refused_without_echo(pg: Cluster, sb: SB, fresh_db: str) -> None:
+    pg.psql("CREATE TABLE t AS SELECT 1 AS x", db=fresh_db)
+    env = {"DATABASE_URL": pg.url(fresh_db)}
+    record = sb.ok("create", "--json", env=env).json()
+    conninfo = "host=127.0.0.1 password=hunter2-never-echo dbname=elsewhere"
+    res = sb("restore", record["id"], "--target-url", conninfo, "--create-target", env=env)
+    assert res.code == 2 and "connection string" in res.err
+    assert "hunter2" not in res.err + res.out
+    assert "hunter2" not in (sb.backup_path / "audit.log").read_text()

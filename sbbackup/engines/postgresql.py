@@ -282,6 +282,11 @@ class PostgreSQLEngine:
             return self.conn
         if target.startswith(("postgresql://", "postgres://")):
             return Conn.parse(target, self.env)
+        if re.match(r"\s*\w+\s*=", target):  # never echoed: it may hold a password
+            raise ConfigError(
+                "a target must be a postgresql:// URL or a database name, not a libpq connection "
+                "string (keep its password in PGPASSWORD or ~/.pgpass)"
+            )
         if "://" not in target and "/" not in target and target:
             return self.conn.with_db(target)
         raise ConfigError("target must be a postgresql:// URL or a database name")
@@ -300,7 +305,9 @@ class PostgreSQLEngine:
     def drop_target(self, target: str, force: bool = True) -> None:
         """Drop a scratch database. Without ``force`` one that has sessions is left alone
         (DatabaseError), so a cleanup never kills another live drill."""
-        conn = self.target(target)
+        self._drop(self.target(target), force)
+
+    def _drop(self, conn: Conn, force: bool = True) -> None:
         admin = conn.with_db("postgres" if conn.dbname != "postgres" else "template1")
         ident = '"' + conn.dbname.replace('"', '""') + '"'
         force_opt = " WITH (FORCE)" if force else ""
@@ -481,11 +488,14 @@ class PostgreSQLEngine:
         return counter.result() if counter else None
 
     # --- restore -----------------------------------------------------------------------
-    def prepare_target(self, target: str | None, create_target: bool, clean: bool) -> Conn:
+    def prepare_target(
+        self, target: str | None, create_target: bool, clean: bool
+    ) -> tuple[Conn, bool]:
+        """The target, reachable; and whether this restore created it (so owns it)."""
         conn = self.target(target)
         if not (create_target or clean):
             self.run_psql(conn, "SELECT 1")
-            return conn
+            return conn, False
         admin = conn.with_db("postgres" if conn.dbname != "postgres" else "template1")
         ident = '"' + conn.dbname.replace('"', '""') + '"'
         lit = "'" + conn.dbname.replace("'", "''") + "'"
@@ -497,7 +507,8 @@ class PostgreSQLEngine:
             if not create_target and not clean:
                 raise DatabaseError(f"target database {conn.dbname} does not exist")
             self.run_psql(admin, f"CREATE DATABASE {ident}")
-        return conn
+            return conn, True
+        return conn, False
 
     def restore(
         self,
@@ -509,7 +520,18 @@ class PostgreSQLEngine:
         clean: bool,
         jobs: int,
     ) -> None:
-        conn = self.prepare_target(target, create_target, clean)
+        conn, created = self.prepare_target(target, create_target, clean)
+        try:
+            self._load(fmt, conn, chunks, jobs)
+        except BaseException:
+            # A database this restore created holds nothing worth keeping after a failure (a
+            # parallel pg_restore is not one transaction): drop it rather than leave a half.
+            if created:
+                with contextlib.suppress(SbbackupError):
+                    self._drop(conn)
+            raise
+
+    def _load(self, fmt: str, conn: Conn, chunks: Iterable[bytes], jobs: int) -> None:
         if fmt == "custom" and jobs > 1:
             self._restore_parallel(conn, chunks, jobs)
             return
