@@ -17,6 +17,8 @@ from .errors import ConfigError
 
 DEFAULT_MIN_FREE = 1 << 30  # bytes that `health` wants free in the backup path by default
 
+MAX_RETENTION_DAYS = 36500  # a century: larger values are typos, and overflow date math
+
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off"}
 
@@ -31,7 +33,7 @@ def parse_bool(value: Any) -> bool:
     raise ValueError("a boolean (true/false/1/0/yes/no)")
 
 
-def _int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
+def int_range(lo: int, hi: int | None = None) -> Callable[[Any], int]:
     expected = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
 
     def parse(value: Any) -> int:
@@ -88,31 +90,37 @@ KEYS: tuple[Key, ...] = (
         "lock_wait_timeout",
         ("database", "lockWaitTimeout"),
         "SBBACKUP_LOCK_WAIT_TIMEOUT",
-        _int(1),
+        int_range(1),
         300,
     ),
     Key("enabled", ("backup", "enabled"), "DB_BACKUP_ENABLED", parse_bool, True),
     Key("backup_path", ("backup", "path"), "DB_BACKUP_PATH", _str, "./backups"),
-    Key("retention_days", ("backup", "retentionDays"), "DB_BACKUP_RETENTION_DAYS", _int(1), 30),
+    Key(
+        "retention_days",
+        ("backup", "retentionDays"),
+        "DB_BACKUP_RETENTION_DAYS",
+        int_range(1, MAX_RETENTION_DAYS),
+        30,
+    ),
     Key("compression", ("backup", "compression"), "DB_BACKUP_COMPRESSION", parse_bool, True),
     Key(
         "compression_level",
         ("backup", "compressionLevel"),
         "DB_BACKUP_COMPRESSION_LEVEL",
-        _int(1, 22),
+        int_range(1, 22),
         3,
     ),
     Key(
         "compression_threads",
         ("backup", "compressionThreads"),
         "DB_BACKUP_COMPRESSION_THREADS",
-        _int(-1, 64),
+        int_range(-1, 64),
         -1,
     ),
     Key("encryption", ("backup", "encryption"), "DB_BACKUP_ENCRYPTION", parse_bool, False),
     Key("format", ("backup", "format"), "DB_BACKUP_FORMAT", _choice("plain", "custom"), "plain"),
     Key("row_counts", ("backup", "rowCounts"), "DB_BACKUP_ROW_COUNTS", parse_bool, True),
-    Key("restore_jobs", ("restore", "jobs"), "DB_BACKUP_RESTORE_JOBS", _int(1, 64), 2),
+    Key("restore_jobs", ("restore", "jobs"), "DB_BACKUP_RESTORE_JOBS", int_range(1, 64), 2),
     Key(
         "recipients", ("encryption", "recipients"), "DB_BACKUP_ENCRYPTION_RECIPIENTS", _str_list, ()
     ),
@@ -141,11 +149,11 @@ KEYS: tuple[Key, ...] = (
         "restore_test_days",
         ("health", "restoreTestDays"),
         "SBBACKUP_HEALTH_RESTORE_TEST_DAYS",
-        _int(1),
+        int_range(1),
         None,
     ),
     Key("api_host", ("api", "host"), "SBBACKUP_API_HOST", _str, "127.0.0.1"),
-    Key("api_port", ("api", "port"), "SBBACKUP_API_PORT", _int(0, 65535), 8080),
+    Key("api_port", ("api", "port"), "SBBACKUP_API_PORT", int_range(0, 65535), 8080),
     Key(
         "api_public_health",
         ("api", "publicHealth"),

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from .config import parse_bool
+from .config import MAX_RETENTION_DAYS, int_range, parse_bool
 from .errors import ConfigError, UsageError
 
 SCHEDULE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -141,21 +141,6 @@ def zone_for(name: str) -> tzinfo:
 # --- parsing -----------------------------------------------------------------------------
 
 
-def _int_at_least(lo: int) -> Any:
-    def parse(value: Any) -> int:
-        if isinstance(value, bool):
-            raise ValueError(f"an integer >= {lo}")
-        try:
-            n = int(str(value).strip())
-        except ValueError:
-            raise ValueError(f"an integer >= {lo}") from None
-        if n < lo:
-            raise ValueError(f"an integer >= {lo}")
-        return n
-
-    return parse
-
-
 def _text(value: Any) -> str:
     if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value).strip() == "":
         raise ValueError("a non-empty string")
@@ -178,8 +163,8 @@ FIELDS: dict[str, Any] = {
     "cron": _text,
     "timezone": _zone_name,
     "enabled": parse_bool,
-    "retentionDays": _int_at_least(1),
-    "minKeep": _int_at_least(1),
+    "retentionDays": int_range(1, MAX_RETENTION_DAYS),
+    "minKeep": int_range(1, 10_000),
     "compression": parse_bool,
     "encryption": parse_bool,
     "format": _format,

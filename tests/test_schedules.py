@@ -177,6 +177,9 @@ def test_validators() -> None:
             validate_cron(bad)
     with pytest.raises(ConfigError, match="failed to find next date"):
         validate_cron("0 2 30 2 *")  # 30 February never comes
+    for days in ("0", "36501", "99999999999999999999"):
+        with pytest.raises(ConfigError, match="<= 36500"):
+            schedule_from_mapping("x", {"cron": "0 2 * * *", "retentionDays": days}, "t", None)
     for bad in ("", "A", "-x", "a/b", "x" * 64, "test"):
         with pytest.raises(UsageError):
             validate_schedule_id(bad)
