@@ -297,6 +297,7 @@ class Job:
     finishedAt: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
     extra: dict[str, Any] = field(default_factory=dict)
+    cancel: Callable[[], None] | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         result = self.result.to_json() if hasattr(self.result, "to_json") else self.result
@@ -321,8 +322,16 @@ class Jobs:
         self._last_backup_time: datetime | None = None
         self.accepting = True
 
-    def start(self, kind: str, job_id: str, fn: Callable[[], Any], **extra: Any) -> Job:
-        job = Job(kind, job_id, iso(datetime.now(UTC)) or "", extra=extra)
+    def start(
+        self,
+        kind: str,
+        job_id: str,
+        fn: Callable[[], Any],
+        cancel: Callable[[], None] | None = None,
+        **extra: Any,
+    ) -> Job:
+        """Run ``fn`` in a thread; ``cancel`` stops its child processes at shutdown."""
+        job = Job(kind, job_id, iso(datetime.now(UTC)) or "", extra=extra, cancel=cancel)
         job.thread = threading.Thread(
             target=self._run, args=(job, fn), name=f"sbbackup-{kind}-{job_id}", daemon=True
         )
@@ -389,6 +398,11 @@ class Jobs:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(
                     ctypes.c_ulong(job.thread.ident), ctypes.py_object(KeyboardInterrupt)
                 )
+            # The exception lands at the thread's next bytecode; one blocked reading pg_dump
+            # (waiting on a lock, say) gets there once its children are gone.
+            if job.cancel is not None:
+                with contextlib.suppress(Exception):
+                    job.cancel()
         for job in late:
             job.done.wait(30)
         return late
@@ -541,6 +555,7 @@ class Api:
             "backup",
             backup_id,
             lambda: ops.create_backup(ctx, opts, now=now),
+            cancel=ctx.cancel,
             record=placeholder,
         )
         location = {"Location": f"/api/backup/{backup_id}"}
@@ -626,7 +641,9 @@ class Api:
                 'send "confirm": true'
             )
         restore_id = opts.restore_id or ""
-        job = self.jobs.start("restore", restore_id, lambda: ops.restore_backup(ctx, opts))
+        job = self.jobs.start(
+            "restore", restore_id, lambda: ops.restore_backup(ctx, opts), cancel=ctx.cancel
+        )
         record = self._await_record(job, lambda: ops.get_restore(ctx, restore_id))
         return Response(202, record, {"Location": f"/api/backup/restore/{restore_id}"})
 
@@ -669,7 +686,9 @@ class Api:
         ctx = req.ctx
         test_id = _stamp_id("test")
         location = f"/api/backup/test/{test_id}"
-        job = self.jobs.start("test", test_id, lambda: run_self_test(ctx, opts), statusUrl=location)
+        job = self.jobs.start(
+            "test", test_id, lambda: run_self_test(ctx, opts), ctx.cancel, statusUrl=location
+        )
         if req.wait:
             job.done.wait()
             if job.error is not None:
@@ -767,6 +786,7 @@ class Api:
                 "run",
                 run_id,
                 lambda: run_schedule(ctx, schedule_id),
+                ctx.cancel,
                 scheduleId=schedule_id,
                 statusUrl=location,
             )

@@ -84,6 +84,11 @@ class Context:
 
         return identities(self.settings)
 
+    def cancel(self) -> None:
+        """Stop the engine's children, if an engine was ever made (server shutdown)."""
+        if "engine" in self.__dict__:
+            self.engine.cancel()
+
     def audit(self, operation: str, target_id: str | None, result: str, **extra: Any) -> None:
         if self.remote:
             extra["remote"] = self.remote

@@ -855,19 +855,37 @@ def test_sigterm_finishes_or_interrupts_running_backup(
 ) -> None:
     backups = tmp_path / "backups"
     env = {**os.environ, "DATABASE_URL": pg.url(big_db), "DB_BACKUP_PATH": str(backups)}
+    locker = None
+    if grace == "0":
+        # pg_dump waits behind this lock, so the backup is certainly still running at SIGTERM
+        # (however fast or slow the machine is).
+        locker = subprocess.Popen(
+            ["psql", "-XAtq", "-d", big_db],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            env=pg.env(),
+            text=True,
+        )
+        assert locker.stdin is not None
+        locker.stdin.write("BEGIN; LOCK TABLE big IN ACCESS EXCLUSIVE MODE; SELECT 1;\n")
+        locker.stdin.flush()
     proc, base = start_cli_server(env, "--grace", grace)
     try:
         c = Client(base, backups, env, None)  # type: ignore[arg-type]
         started = c.call("POST", "/api/backup")
         assert started.status == 202
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while not list(backups.glob("*.partial")) and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert list(backups.glob("*.partial")), "the backup never started writing"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
+        if locker is not None:
+            locker.kill()
+            locker.wait()
     assert proc.returncode == 0, err
     assert "stopped" in err
     assert not list(backups.glob("*.partial")), list(backups.iterdir())

@@ -70,6 +70,9 @@ class Engine(Protocol):
     def leftover_targets(self, prefix: str, server: str | None) -> list[str]:
         """Scratch targets named ``prefix`` plus 8 hex digits (what a drill creates)."""
 
+    def cancel(self) -> None:
+        """Stop whatever this engine is running (a server shutting down); refuse new work."""
+
     def size_estimate(self) -> int:
         """The database's size in bytes, for free-space estimates."""
 

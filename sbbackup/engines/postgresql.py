@@ -15,13 +15,20 @@ import signal
 import subprocess
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import IO, Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
-from ..errors import ConfigError, DatabaseError, IntegrityError, SbbackupError
+from ..errors import (
+    ConfigError,
+    DatabaseError,
+    IntegrityError,
+    InterruptedError_,
+    SbbackupError,
+)
 from ..pipeline import Writer, pump_fd
 from . import DumpResult
 
@@ -175,7 +182,7 @@ class PsqlSession:
     """An interactive psql child, for queries that must share one transaction."""
 
     def __init__(self, engine: PostgreSQLEngine, conn: Conn) -> None:
-        self.proc = subprocess.Popen(
+        self.proc = engine.spawn(
             [
                 engine.tool("psql"),
                 "-X",
@@ -258,6 +265,28 @@ class PostgreSQLEngine:
         self.env = dict(settings.env) if settings.env else dict(os.environ)
         self.conn = Conn.parse(url, self.env)
         self._tools: dict[str, str] = {}
+        # Long-running children (pg_dump, psql, pg_restore), for cancel().
+        self._children: weakref.WeakSet[subprocess.Popen[Any]] = weakref.WeakSet()
+        self._cancelled = threading.Event()
+
+    def spawn(self, args: list[str], **kw: Any) -> subprocess.Popen[Any]:
+        """Start a child that ``cancel()`` can stop."""
+        if self._cancelled.is_set():
+            raise InterruptedError_("interrupted")
+        proc: subprocess.Popen[Any] = subprocess.Popen(args, **kw)
+        self._children.add(proc)
+        if self._cancelled.is_set():  # cancel() ran between the check and the start
+            proc.kill()
+        return proc
+
+    def cancel(self) -> None:
+        """Kill every child (a server shutting down): a thread blocked reading pg_dump's
+        output sees EOF and goes on to its cleanup. Later spawns are refused."""
+        self._cancelled.set()
+        for proc in list(self._children):
+            if proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    proc.kill()
 
     # --- helpers -----------------------------------------------------------------------
     def tool(self, name: str) -> str:
@@ -456,7 +485,7 @@ class PostgreSQLEngine:
         session: PsqlSession | None,
         progress: Callable[[int], None] | None,
     ) -> dict[str, Any] | None:
-        proc = subprocess.Popen(
+        proc = self.spawn(
             self._dump_args(fmt, snapshot),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -561,7 +590,7 @@ class PostgreSQLEngine:
 
     def _feed(self, args: list[str], conn: Conn, chunks: Iterable[bytes]) -> None:
         """Stream into a client. On a stream error kill it before EOF: no COMMIT is sent."""
-        proc = subprocess.Popen(
+        proc = self.spawn(
             args,
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
@@ -626,7 +655,7 @@ class PostgreSQLEngine:
 
     def list_custom(self, chunks: Iterable[bytes]) -> None:
         """``pg_restore --list`` over a custom-format stream: its TOC must parse."""
-        proc = subprocess.Popen(
+        proc = self.spawn(
             [self.tool("pg_restore"), "--list"],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,

@@ -48,6 +48,9 @@ class SQLiteEngine:
     def redact(self, target: str | None) -> str:
         return str(self._target(target))
 
+    def cancel(self) -> None:
+        """Nothing to stop: SQLite runs in-process, between bytecodes an interrupt lands."""
+
     def is_source(self, target: str | None) -> bool:
         """The same file however it is spelled (``..``, symlinks, hard links)."""
         mine, theirs = self.path, self._target(target)
