@@ -166,16 +166,9 @@ def main() -> None:
     cluster = None
     url = os.environ.get("DATABASE_URL")
     if not url:
-        from pgcluster import create_cluster
+        from pgcluster import pgbench_cluster
 
-        cluster = create_cluster()
-        cluster.psql("CREATE DATABASE bench")
-        subprocess.run(
-            ["pgbench", "-i", "-q", "-s", str(args.scale), "-d", "bench"],
-            env=cluster.env(),
-            check=True,
-            capture_output=True,
-        )
+        cluster = pgbench_cluster(args.scale)
         if args.noise_rows:
             # pgbench tables compress ~100x, so age would see almost nothing: add hex noise
             # that zstd only halves, so the age stage really has to work.

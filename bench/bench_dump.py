@@ -51,16 +51,9 @@ def main() -> None:
     cluster = None
     url = os.environ.get("DATABASE_URL")
     if not url:
-        from pgcluster import create_cluster
+        from pgcluster import pgbench_cluster
 
-        cluster = create_cluster()
-        cluster.psql("CREATE DATABASE bench")
-        subprocess.run(
-            ["pgbench", "-i", "-q", "-s", str(args.scale), "-d", "bench"],
-            env=cluster.env(),
-            check=True,
-            capture_output=True,
-        )
+        cluster = pgbench_cluster(args.scale)
         url = cluster.url("bench")
     try:
         run(url, args)

@@ -165,3 +165,16 @@ def create_cluster() -> Cluster:
 def destroy_cluster(cluster: Cluster) -> None:
     cluster.stop()
     shutil.rmtree(cluster.base, ignore_errors=True)
+
+
+def pgbench_cluster(scale: int, dbname: str = "bench") -> Cluster:
+    """A throwaway cluster holding a `pgbench -i -s SCALE` database (for the benchmarks)."""
+    cluster = create_cluster()
+    cluster.psql(f"CREATE DATABASE {dbname}")
+    subprocess.run(
+        ["pgbench", "-i", "-q", "-s", str(scale), "-d", dbname],
+        env=cluster.env(),
+        check=True,
+        capture_output=True,
+    )
+    return cluster
