@@ -32,7 +32,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -375,7 +375,7 @@ class Jobs:
         return [j for j in jobs if not j.done.is_set() and kind in (None, j.kind)]
 
     def backup_time(self) -> datetime:
-        """A distinct millisecond per API backup, so predicted backup IDs never collide."""
+        """A distinct millisecond per API backup, so the IDs it reserves never collide."""
         now = datetime.now(UTC)
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)
         with self._lock:
@@ -541,6 +541,7 @@ class Api:
             raise UsageError("field 'level' must be an integer from 1 to 22")
         now = self.jobs.backup_time()
         backup_id = ops.unique_backup_id(ctx.catalog, now)
+        opts = replace(opts, backup_id=backup_id)  # the ID this answer promises
         placeholder = BackupRecord(
             id=backup_id,
             filename=None,

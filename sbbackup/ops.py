@@ -22,6 +22,7 @@ from .catalog import (
     NewerSchemaError,
     iso,
     new_backup_id,
+    validate_backup_id,
 )
 from .config import Settings
 from .engines import Engine, compare_contents, engine_for
@@ -105,6 +106,8 @@ class CreateOptions:
     level: int | None = None
     encrypt: bool | None = None
     schedule_id: str | None = None
+    # An ID the caller reserved (the API answers with it before the backup starts).
+    backup_id: str | None = None
 
 
 def create_backup(
@@ -129,7 +132,9 @@ def create_backup(
     storage = ctx.storage
     storage.sweep_partials()
     now = now or datetime.now(UTC)
-    backup_id = unique_backup_id(ctx.catalog, now)
+    backup_id = (
+        validate_backup_id(opts.backup_id) if opts.backup_id else unique_backup_id(ctx.catalog, now)
+    )
     filename = (
         backup_id
         + engine.file_extension[fmt]
