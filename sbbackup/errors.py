@@ -5,6 +5,7 @@ Only ``cli.main()`` catches these; everything below raises.
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 
 
@@ -60,6 +61,18 @@ class UsageError(SbbackupError):
     kind = "usage"
 
 
+class PolicyError(UsageError):
+    """A request that the configuration does not allow (the API answers 403)."""
+
+    kind = "forbidden"
+
+
+class TargetExistsError(UsageError):
+    """A restore that must create its target found it already there (the API answers 409)."""
+
+    kind = "conflict"
+
+
 class DatabaseError(SbbackupError):
     exit_code = ExitCode.DATABASE
     kind = "database"
@@ -97,3 +110,17 @@ class IntegrityError(SbbackupError):
 class InterruptedError_(SbbackupError):
     exit_code = ExitCode.INTERRUPTED
     kind = "interrupted"
+
+
+_SECRET_RE = re.compile(
+    r"(?i)(password|passwd|pwd|token|secret)(\s*[=:]\s*)('(?:[^'\\]|\\.)*'|\"[^\"]*\"|[^\s&,;'\"]+)"
+)
+_URL_PASSWORD_RE = re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^:/?#@\s]*):[^@/?#\s]*@")
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with anything that looks like a credential masked: ``password=...`` in any
+    case (libpq conninfo, query strings), and the password of ``scheme://user:pass@host``.
+    Applied to every message that reaches a log, stderr or an API answer."""
+    text = _URL_PASSWORD_RE.sub(r"\1:***@", text)
+    return _SECRET_RE.sub(r"\1\2***", text)

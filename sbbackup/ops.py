@@ -353,6 +353,9 @@ class RestoreOptions:
     confirmed: bool = False
     jobs: int | None = None
     restore_id: str | None = None  # the API names a restore before it starts (new_restore_id)
+    # The target must not exist yet: this restore creates it (TargetExistsError otherwise).
+    # The API sets it for a bare database name or a file in api.restoreDir.
+    must_be_new: bool = False
 
 
 RESTORE_DIR = "restores"
