@@ -290,6 +290,9 @@ def test_identity_and_recipient_parsing(tmp_path: os.PathLike[str]) -> None:
     d = Path(tmp_path)
     pub = ME.recipient().public_key_str
     assert age.parse_recipient(f"  {pub}\n").public_key_str == pub
+    zero = age.bech32_encode(age.RECIPIENT_HRP, bytes(32))  # a low-order point
+    with pytest.raises(ConfigError, match="low-order"):
+        age.parse_recipient(zero)
     for bad in ("age1notakey", pub[:-1] + ("q" if pub[-1] != "q" else "p"), "", "ssh-ed25519 AAA"):
         with pytest.raises(ConfigError):
             age.parse_recipient(bad)

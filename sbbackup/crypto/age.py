@@ -382,7 +382,21 @@ def parse_recipient(text: str) -> X25519Recipient:
         raise ConfigError(
             f"unsupported age recipient {shown!r}: only X25519 recipients (age1...) are supported"
         )
+    if _low_order(data):
+        raise ConfigError(
+            f"invalid age recipient {shown!r}: a low-order X25519 point (such as all zeros), "
+            "which would give every reader the file key"
+        )
     return X25519Recipient(data)
+
+
+def _low_order(public_key: bytes) -> bool:
+    """Does an exchange with this point give the all-zero secret? (OpenSSL refuses it.)"""
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public_key))
+    except ValueError:
+        return True
+    return False
 
 
 def parse_identity(text: str) -> X25519Identity:
