@@ -1,4 +1,6 @@
-"""Append-only audit log: one JSON line per mutating operation."""
+"""Append-only audit log: one JSON line per mutating operation.
+
+``audit.log`` is a state file (``sbbackup.state``): opened ``O_NOFOLLOW``, created 0600."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import iso
-from .storage.local import FILE_MODE, ensure_private_dir, storage_error
+from .state import ensure_private_dir, open_append, storage_error
 
 AUDIT_FILE = "audit.log"
 
@@ -38,7 +40,7 @@ def append_audit(
     line = (json.dumps(entry, sort_keys=True) + "\n").encode()
     path = state_dir / AUDIT_FILE
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        fd = open_append(path)
         try:
             os.write(fd, line)
         finally:

@@ -1,4 +1,7 @@
-"""Non-blocking per-name flock locks. The kernel drops them when a holder dies (even -9)."""
+"""Non-blocking per-name flock locks. The kernel drops them when a holder dies (even -9).
+
+``locks/`` is a state directory and its lock files are state files (``sbbackup.state``): a
+symlink in place of either is refused, never followed."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import LockedError
-from .storage.local import FILE_MODE, ensure_private_dir, storage_error
+from .state import ensure_private_dir, open_lock, storage_error
 
 LOCK_DIR = "locks"
 
@@ -22,10 +25,10 @@ def hold(state_dir: Path, name: str, what: str, wait: float = 0) -> Iterator[Non
     With ``wait`` > 0, retry for up to that many seconds before giving up.
     """
     directory = state_dir / LOCK_DIR
-    ensure_private_dir(directory)
+    ensure_private_dir(directory, under=state_dir)
     path = directory / f"{name}.lock"
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        fd = open_lock(path)
     except OSError as exc:
         raise storage_error(exc, f"cannot open lock file {path}") from None
     try:

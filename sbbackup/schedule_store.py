@@ -20,6 +20,7 @@ from .config import Settings
 from .errors import ConfigError, NotFoundError, UsageError
 from .locks import hold
 from .schedules import DEFAULT_SCHEDULES, Schedule, schedule_from_mapping, validate_schedule_id
+from .state import check_private_dir, read_bytes
 from .storage.local import LocalStorage
 
 STATE_FILE = "schedules.toml"
@@ -49,12 +50,14 @@ class ScheduleSet:
 
 
 def _read_state(state_dir: Path) -> dict[str, Any]:
+    """The runtime changes; a symlink in place of the file is refused (StorageError, exit 4)."""
     path = state_dir / STATE_FILE
+    check_private_dir(state_dir)  # what sits in a directory others can write is not trusted
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read_bytes(path).decode())
     except FileNotFoundError:
         return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: unreadable schedule state ({exc})") from None
     schedules = data.get("schedules", {})
     if not isinstance(schedules, dict):
@@ -68,6 +71,7 @@ def _write_state(state_dir: Path, schedules: Mapping[str, Any]) -> None:
         b"# Runtime schedule changes made by `sbbackup schedules ...`.\n"
         b"# They override the YAML file and environment. Edit with sbbackup, not by hand.\n"
     )
+    # A random O_EXCL temp name, then a rename: a planted symlink is replaced, never followed.
     LocalStorage(state_dir).write_bytes_atomic(STATE_FILE, header + body)
 
 

@@ -1,65 +1,49 @@
-"""Local filesystem storage: 0700 directory, 0600 files, write-partial/fsync/rename/fsync-dir."""
+"""Local filesystem storage: 0700 directory, 0600 files, write-partial/fsync/rename/fsync-dir.
+
+The directory is a state directory (see ``sbbackup.state``): checked like ssh checks
+``~/.ssh`` before it is used, and no file in it is ever followed if it is a symlink.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import BinaryIO
 
+from .. import state
 from ..errors import StorageError
+from ..state import DIR_MODE, FILE_MODE, ensure_private_dir, fsync_dir, storage_error
+
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "PARTIAL_SUFFIX",
+    "LocalStorage",
+    "LocalWriter",
+    "ensure_private_dir",
+    "fsync_dir",
+    "storage_error",
+]
 
 PARTIAL_SUFFIX = ".partial"
-DIR_MODE = 0o700
-FILE_MODE = 0o600
-
-
-def storage_error(exc: OSError, what: str) -> StorageError:
-    reason = os.strerror(exc.errno) if exc.errno else str(exc)
-    if exc.errno == errno.ENOSPC:
-        reason = "no space left on device"
-    return StorageError(f"{what}: {reason}")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) with mode 0700 whatever the umask. An existing directory
-    loses group and other access but never gains any: one made read-only on purpose stays so
-    (writing then fails with exit 4)."""
-    try:
-        created = not path.is_dir()
-        path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-        mode = path.stat().st_mode & 0o777
-        wanted = DIR_MODE if created else mode & DIR_MODE
-        if mode != wanted:
-            os.chmod(path, wanted)
-    except OSError as exc:
-        raise storage_error(exc, f"cannot create backup directory {path}") from None
 
 
 class LocalWriter:
-    """Writes ``name.partial`` (O_EXCL, 0600, flocked while alive); commit renames it."""
+    """Writes ``name.partial`` (O_EXCL, O_NOFOLLOW, 0600, flocked while alive); commit
+    renames it."""
 
     def __init__(self, directory: Path, name: str) -> None:
         self.directory = directory
         self.final = directory / name
         self.partial = directory / (name + PARTIAL_SUFFIX)
         try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-            fd = os.open(self.partial, flags, FILE_MODE)
+            fd = state.create_exclusive(self.partial)
         except OSError as exc:
             raise storage_error(exc, f"cannot create {self.partial}") from None
-        os.fchmod(fd, FILE_MODE)
         # The lock tells a sweeper that a live process owns this partial file.
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._file = os.fdopen(fd, "wb", buffering=0)
@@ -82,7 +66,7 @@ class LocalWriter:
         try:
             self._file.flush()
             os.fsync(self._file.fileno())
-            if self.final.exists():
+            if os.path.lexists(self.final):
                 raise StorageError(f"refusing to overwrite existing {self.final}")
             os.replace(self.partial, self.final)
             fsync_dir(self.directory)
@@ -106,14 +90,25 @@ class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.url = str(root)
+        self._checked = False  # once checked, it stays safe: nobody else can change it
 
     @classmethod
     def from_url(cls, location: str) -> LocalStorage:
+        """The configured directory, with any symlinks in it resolved once, here: everything
+        sbbackup uses inside it (``locks/``, ``restores/``, each file) is then never a symlink.
+        A symlink someone else could have planted or repointed is refused (exit 4)."""
         path = location[len("file://") :] if location.startswith("file://") else location
-        return cls(Path(path).expanduser().absolute())
+        return cls(state.resolve_dir(Path(path).expanduser()))
 
     def ensure(self) -> None:
+        """Create the directory (0700) if need be; refuse one that others could tamper with."""
         ensure_private_dir(self.root)
+        self._checked = True
+
+    def _check(self) -> None:
+        """Before reading: an existing directory must obey the rule too (it is not created)."""
+        if not self._checked:
+            self._checked = state.check_private_dir(self.root)
 
     def _path(self, name: str) -> Path:
         if "/" in name or name.startswith(".") or "\0" in name:
@@ -127,8 +122,11 @@ class LocalStorage:
         return LocalWriter(self.root, self._path(name).name)
 
     def open_read(self, name: str) -> BinaryIO:
+        """The object opened for reading; a symlink in its place is refused, never followed."""
+        path = self._path(name)
+        self._check()
         try:
-            return open(self._path(name), "rb")  # noqa: SIM115 - caller closes
+            return state.open_read(path)
         except FileNotFoundError:
             raise
         except OSError as exc:
@@ -141,12 +139,15 @@ class LocalStorage:
     def write_bytes_atomic(self, name: str, data: bytes) -> None:
         self.ensure()
         path = self._path(name)
-        tmp = self.root / f".{path.name}.{os.getpid()}.tmp"
+        if os.path.islink(path):  # rename would not follow it, but a planted link is a warning
+            raise state.symlink_error(path)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+            fd, tmp = state.create_temp(self.root, path.name)
+        except OSError as exc:
+            raise storage_error(exc, f"cannot write {path}") from None
+        try:
             try:
-                os.fchmod(fd, FILE_MODE)
-                os.write(fd, data)
+                _write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -158,13 +159,15 @@ class LocalStorage:
             raise storage_error(exc, f"cannot write {path}") from None
 
     def exists(self, name: str) -> bool:
-        return self._path(name).exists()
+        return os.path.lexists(self._path(name))
 
     def size(self, name: str) -> int:
+        """The size of a regular file, -1 for anything else (a symlink is not followed)."""
         try:
-            return self._path(name).stat().st_size
+            st = os.lstat(self._path(name))
         except OSError:
             return -1
+        return st.st_size if stat.S_ISREG(st.st_mode) else -1
 
     def delete(self, name: str) -> None:
         try:
@@ -177,17 +180,20 @@ class LocalStorage:
             fsync_dir(self.root)
 
     def list_names(self) -> list[str]:
+        """Regular files and symlinks (listed so that reading one says why it is refused)."""
+        self._check()
         try:
-            return [e.name for e in os.scandir(self.root) if e.is_file()]
+            return [e.name for e in os.scandir(self.root) if _listed(e)]
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise storage_error(exc, f"cannot list {self.root}") from None
 
     def list_sizes(self) -> dict[str, int]:
+        self._check()
         try:
             with os.scandir(self.root) as entries:
-                return {e.name: e.stat().st_size for e in entries if e.is_file()}
+                return {e.name: _lsize(e) for e in entries if _listed(e)}
         except FileNotFoundError:
             return {}
         except OSError as exc:
@@ -201,7 +207,7 @@ class LocalStorage:
                 continue
             path = self.root / name
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError:
                 continue
             try:
@@ -227,3 +233,18 @@ class LocalStorage:
         except OSError:
             free = None
         return used, free
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _listed(entry: os.DirEntry[str]) -> bool:
+    return entry.is_symlink() or entry.is_file(follow_symlinks=False)
+
+
+def _lsize(entry: os.DirEntry[str]) -> int:
+    """A regular file's size; -1 for a symlink (whatever it points at is not ours)."""
+    return -1 if entry.is_symlink() else entry.stat(follow_symlinks=False).st_size
