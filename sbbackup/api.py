@@ -3,9 +3,19 @@
 Built on the standard library's ``ThreadingHTTPServer``. Contracts:
 
 - every request needs ``Authorization: Bearer <token>`` (``/api/health`` and ``/metrics`` may be
-  opened with ``public_health``); tokens come from the environment, never from argv, and are
-  compared in constant time; a missing or wrong token gets the same 401, before any routing, so
-  nothing about what exists leaks;
+  opened with ``public_health``, then without any detail that could name a host, a user or a
+  URL); tokens come from the environment or a private file, never from argv, and are compared
+  in constant time; a missing or wrong token gets the same 401, before any routing, so nothing
+  about what exists leaks, and the connection is closed after it;
+- a connection takes one of ``MAX_CONNECTIONS`` slots only once a request on it carried a valid
+  token; before that it holds one of ``MAX_UNAUTHENTICATED`` places, and a newcomer evicts the
+  oldest, so idle or token-less clients cannot starve authenticated ones;
+- a client never sends a URL, a path or a libpq parameter: a restore goes to a new database
+  named by a bare name on the source's server, to a target the operator declared
+  (``api.restoreTargets``), or (SQLite) to a new file named by a bare name in ``api.restoreDir``;
+- a client can make a backup stronger, never weaker than the configuration (encryption,
+  compression), unless ``api.allowWeakerBackups``, which then marks the audit lines;
+- running jobs are capped per kind (``api.maxBackupJobs``, ...): past the cap, 429;
 - IDs in paths are percent-decoded per segment and validated by their owners' validators
   (``validate_backup_id``, ``validate_schedule_id``, ...) before any filesystem access;
 - bodies are JSON objects of at most ``MAX_BODY`` bytes with a Content-Length;
@@ -13,7 +23,9 @@ Built on the standard library's ``ThreadingHTTPServer``. Contracts:
   server's shutdown lets them finish for ``grace`` seconds, then interrupts them, which makes
   ``create_backup`` remove its partial file and record the attempt as interrupted;
 - every mutating request appends one audit line (remote address, token label, operation, ID,
-  HTTP status) besides the lines the operations write themselves.
+  HTTP status) besides the lines the operations write themselves;
+- messages that reach a client or the log are passed through ``redact_secrets``, and the log
+  escapes control characters, so a request line cannot forge log lines.
 """
 
 from __future__ import annotations
@@ -24,8 +36,11 @@ import hmac
 import io
 import ipaddress
 import json
+import os
 import re
 import secrets
+import socket
+import stat
 import sys
 import threading
 import time
@@ -43,14 +58,17 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from . import __version__, ops
 from .audit import append_audit
 from .catalog import STATUS_FAILED, BackupRecord, iso, validate_backup_id
-from .config import Settings
+from .config import TARGET_NAME_RE, Settings
 from .errors import (
     ConfigError,
     ExitCode,
     LockedError,
     NotFoundError,
+    PolicyError,
     SbbackupError,
+    TargetExistsError,
     UsageError,
+    redact_secrets,
 )
 from .render import to_jsonable
 
@@ -66,6 +84,32 @@ TEST_ID_RE = re.compile(r"test_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z_[0-9a-f]{6}"
 RUN_ID_RE = re.compile(r"run_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z_[0-9a-f]{6}")
 BACKUP_STATUSES = ("completed", "failed", "in_progress", "missing", "corrupt")
 QUERY_PARAMS = frozenset({"wait", "status", "scheduleId", "limit", "count"})
+RETRY_AFTER = 5  # seconds a client is told to wait when the job cap is reached
+# A new database on the source's server: a bare name, no quoting games (PostgreSQL's limit is
+# 63 bytes; these are ASCII).
+DATABASE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$-]{0,62}")
+# A new SQLite file in api.restoreDir: a bare name, never a path, never hidden.
+FILE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
+RESERVED_DATABASES = frozenset({"postgres", "template0", "template1"})
+TARGET_FIELDS = ("targetDatabase", "target", "targetFile")
+RESTORE_FIELDS = (*TARGET_FIELDS, "createTarget", "clean", "confirm", "jobs")
+TEST_FIELDS = ("drill", "backupId", "latest", "target")
+NO_TARGET_URL = (
+    "'targetUrl' is not accepted: an API client never sends a URL. Send 'targetDatabase' (a new "
+    "database on the source's server), 'target' (a restore target declared in the "
+    "configuration's api.restoreTargets) or, for SQLite, 'targetFile' (a new file in "
+    "api.restoreDir)"
+)
+UNDECLARED = (
+    "'target' must name a restore target declared in the configuration (api.restoreTargets)"
+)
+# What a job kind counts against: (the kinds that share its cap, the setting, its config key).
+JOB_CAPS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "backup": (("backup", "run"), "api_max_backup_jobs", "api.maxBackupJobs"),
+    "run": (("backup", "run"), "api_max_backup_jobs", "api.maxBackupJobs"),
+    "restore": (("restore",), "api_max_restore_jobs", "api.maxRestoreJobs"),
+    "test": (("test",), "api_max_test_jobs", "api.maxTestJobs"),
+}
 # JSON types of the schedule fields (their values are checked by ``schedules.FIELDS``).
 SCHEDULE_FIELDS: dict[str, type] = {
     "cron": str,
@@ -99,10 +143,7 @@ def load_tokens(env: Mapping[str, str]) -> list[Token]:
     tokens: list[Token] = []
     path = env.get(TOKEN_FILE_ENV, "")
     if path:
-        try:
-            text = Path(path).expanduser().read_text()
-        except OSError as exc:
-            raise ConfigError(f"{TOKEN_FILE_ENV}: cannot read {path} ({exc.strerror})") from None
+        text = _read_token_file(Path(path).expanduser())
         for n, line in enumerate(text.splitlines(), 1):
             parts = line.split("#", 1)[0].split()
             if not parts:
@@ -114,6 +155,29 @@ def load_tokens(env: Mapping[str, str]) -> list[Token]:
     if env.get(TOKEN_ENV, ""):
         tokens.append(Token("env", _token_bytes(env[TOKEN_ENV].strip(), TOKEN_ENV)))
     return tokens
+
+
+def _read_token_file(path: Path) -> str:
+    """The token file's text, refused when group or others may read or write it (as identity
+    files are): a token there is anyone's token."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise ConfigError(f"{TOKEN_FILE_ENV}: cannot read {path} ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{TOKEN_FILE_ENV}: {path} is not a regular file")
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"{TOKEN_FILE_ENV}: {path} is readable or writable by group or others "
+                f"(mode {st.st_mode & 0o777:o}): chmod 600 it"
+            )
+        raw = fh.read(1 << 20)
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{TOKEN_FILE_ENV}: {path} is not UTF-8 text") from None
 
 
 def _token_bytes(secret: str, where: str) -> bytes:
@@ -151,10 +215,14 @@ class HttpError(Exception):
         """The exit code the CLI would use for the same trouble."""
         if self.status >= 500:
             return int(ExitCode.UNEXPECTED)
-        return int({404: ExitCode.NOT_FOUND}.get(self.status, ExitCode.USAGE))
+        codes = {404: ExitCode.NOT_FOUND, 429: ExitCode.LOCKED}
+        return int(codes.get(self.status, ExitCode.USAGE))
 
 
+# First match wins: PolicyError and TargetExistsError are UsageErrors.
 STATUS_FOR: tuple[tuple[type[SbbackupError], int], ...] = (
+    (PolicyError, 403),
+    (TargetExistsError, 409),
     (UsageError, 400),
     (ConfigError, 400),
     (NotFoundError, 404),
@@ -171,7 +239,25 @@ def status_for(exc: SbbackupError) -> int:
 
 def error_body(code: int, kind: str, message: str) -> dict[str, Any]:
     """Same shape as the CLI's ``--json`` errors; ``code`` is the sbbackup exit code."""
-    return {"error": {"code": code, "kind": kind, "message": message}}
+    return {"error": {"code": code, "kind": kind, "message": redact_secrets(message)}}
+
+
+def exc_body(exc: SbbackupError) -> dict[str, Any]:
+    return error_body(int(exc.exit_code), exc.kind, exc.message)
+
+
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` on one line: control characters (CR, LF, ESC, ...) as ``\\xNN`` escapes, so
+    nothing a client sends can end a log line early or drive a terminal."""
+
+    def esc(m: re.Match[str]) -> str:
+        n = ord(m.group())
+        return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}"
+
+    return _CONTROL_RE.sub(esc, text)
 
 
 # --- requests, responses, routes ---------------------------------------------------------
@@ -198,11 +284,14 @@ class Request:
 
 @dataclass
 class ApiContext(ops.Context):
-    """An ops context whose audit lines also name the API token that asked."""
+    """An ops context whose audit lines also name the API token that asked, and carry
+    ``audit_extra`` (``encryption: off`` for a backup the API was allowed to weaken)."""
 
     token_label: str | None = None
+    audit_extra: dict[str, Any] = field(default_factory=dict)
 
     def audit(self, operation: str, target_id: str | None, result: str, **extra: Any) -> None:
+        extra = {**self.audit_extra, **extra}
         if self.token_label:
             extra["token"] = self.token_label
         super().audit(operation, target_id, result, **extra)
@@ -308,7 +397,7 @@ class Job:
             "startedAt": self.startedAt,
             "finishedAt": self.finishedAt,
             "result": result,
-            "error": self.error.to_json()["error"] if self.error else None,
+            "error": exc_body(self.error)["error"] if self.error else None,
             **self.extra,
         }
 
@@ -316,11 +405,39 @@ class Job:
 class Jobs:
     """Background threads for long operations, remembered for their status URLs."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        caps: Mapping[str, int] | None = None,
+        on_crash: Callable[[], None] = traceback.print_exc,
+    ) -> None:
         self._lock = threading.Lock()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._last_backup_time: datetime | None = None
         self.accepting = True
+        self.caps = dict(caps or {})  # setting name (api_max_backup_jobs, ...) -> limit
+        self.on_crash = on_crash  # logs an unexpected exception (called inside ``except``)
+
+    def check_cap(self, kind: str) -> None:
+        """429 when ``kind``'s cap is reached. ``start`` checks again under its lock."""
+        with self._lock:
+            self._check_cap(kind)
+
+    def _check_cap(self, kind: str) -> None:
+        if kind not in JOB_CAPS:
+            return
+        kinds, setting, key = JOB_CAPS[kind]
+        limit = self.caps.get(setting)
+        if limit is None:
+            return
+        running = sum(1 for j in self._jobs.values() if j.kind in kinds and not j.done.is_set())
+        if running >= limit:
+            raise HttpError(
+                429,
+                "too_many_jobs",
+                f"{running} {'/'.join(kinds)} job(s) already running, the most the configuration "
+                f"allows ({key}: {limit}): retry later",
+                {"Retry-After": str(RETRY_AFTER)},
+            )
 
     def start(
         self,
@@ -330,7 +447,8 @@ class Jobs:
         cancel: Callable[[], None] | None = None,
         **extra: Any,
     ) -> Job:
-        """Run ``fn`` in a thread; ``cancel`` stops its child processes at shutdown."""
+        """Run ``fn`` in a thread; ``cancel`` stops its child processes at shutdown. Refused
+        (429) past the kind's cap, counted under the same lock that registers the job."""
         job = Job(kind, job_id, iso(datetime.now(UTC)) or "", extra=extra, cancel=cancel)
         job.thread = threading.Thread(
             target=self._run, args=(job, fn), name=f"sbbackup-{kind}-{job_id}", daemon=True
@@ -338,6 +456,7 @@ class Jobs:
         with self._lock:
             if not self.accepting:
                 raise HttpError(503, "shutting_down", "the server is shutting down")
+            self._check_cap(kind)
             self._jobs[job_id] = job
             self._forget_old()
         job.thread.start()
@@ -353,7 +472,7 @@ class Jobs:
             job.error, job.status = SbbackupError("interrupted by server shutdown"), "interrupted"
             job.error.exit_code, job.error.kind = ExitCode.INTERRUPTED, "interrupted"
         except Exception as exc:  # noqa: BLE001 - a job thread is an error boundary too
-            traceback.print_exc()
+            self.on_crash()
             job.error, job.status = SbbackupError(f"unexpected error: {exc}"), "failed"
         finally:
             job.finishedAt = iso(datetime.now(UTC))
@@ -493,12 +612,23 @@ class Api:
         self.settings = settings
         self.tokens = tokens
         self.public_health = public_health
-        self.jobs = Jobs()
+        self._sink = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        caps = {name: getattr(settings, name) for _, name, _ in JOB_CAPS.values()}
+        self.jobs = Jobs(caps, on_crash=self.log_traceback)
         self._run_guard = threading.Lock()
-        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.state_dir = ops.Context(settings).state_dir
+        self.restore_dir = check_restore_dir(settings)
 
     # --- plumbing ----------------------------------------------------------------------
+
+    def log(self, line: str) -> None:
+        """One line to the server log: secrets masked, control characters escaped."""
+        self._sink(escape_controls(redact_secrets(line)))
+
+    def log_traceback(self) -> None:
+        """The exception being handled, one escaped log line per traceback line."""
+        for line in traceback.format_exc().rstrip("\n").splitlines():
+            self.log(line)
 
     def authenticate(self, header: str | None) -> str | None:
         """The label of the matching token, or None. Every token is compared, in constant
@@ -524,6 +654,24 @@ class Api:
 
     # --- backups -----------------------------------------------------------------------
 
+    def guard_strength(
+        self, ctx: ApiContext, requested: Mapping[str, bool | None], current: Mapping[str, bool]
+    ) -> None:
+        """A client may turn encryption or compression on, never off where the configuration
+        (or the schedule) has it on: 403, unless ``api.allowWeakerBackups``, and then every
+        audit line of the request says ``"encryption": "off"`` (or compression)."""
+        weakened = [k for k in ("encryption", "compression") if requested.get(k) is False]
+        weakened = [k for k in weakened if current[k]]
+        if not weakened:
+            return
+        if not self.settings.api_allow_weaker_backups:
+            raise PolicyError(
+                f"the configuration has {' and '.join(weakened)} on: an API client cannot turn "
+                "it off (the operator may allow it with api.allowWeakerBackups)"
+            )
+        for k in weakened:
+            ctx.audit_extra[k] = "off"
+
     def create_backup(self, req: Request) -> Response:
         _check_query(req, ("wait",))
         body = req.body
@@ -535,6 +683,13 @@ class Api:
             encrypt=_field(body, "encrypt", bool),
         )
         ctx = req.ctx
+        s = self.settings
+        self.guard_strength(
+            ctx,
+            {"encryption": opts.encrypt, "compression": opts.compress},
+            {"encryption": s.encryption, "compression": s.compression},
+        )
+        self.jobs.check_cap("backup")
         if opts.format is not None and opts.format not in ctx.engine.formats:
             raise UsageError(f"the {ctx.engine.name} engine cannot write the {opts.format} format")
         if opts.level is not None and not 1 <= opts.level <= 22:
@@ -618,35 +773,141 @@ class Api:
         return Response(200, ops.delete_backup(req.ctx, backup_id).to_json())
 
     def restore_backup(self, req: Request) -> Response:
+        """Everything refused here is refused before the job starts: nothing is connected to,
+        created or dropped. The engine's own refusals (an existing target: 409, a target
+        another restore holds: 409, policy: 403) come back through ``_await_record``."""
         _check_query(req, ())
         backup_id = validate_backup_id(req.params["backupId"])
         body = req.body
-        _only(body, ("targetUrl", "createTarget", "clean", "confirm", "jobs"))
+        if "targetUrl" in body:
+            raise UsageError(NO_TARGET_URL)
+        _only(body, RESTORE_FIELDS)
         jobs = _field(body, "jobs", int)
         if jobs is not None and not 1 <= jobs <= 64:
             raise UsageError("field 'jobs' must be an integer from 1 to 64")
-        opts = ops.RestoreOptions(
-            backup_id=backup_id,
-            target=_field(body, "targetUrl", str),
-            create_target=bool(_field(body, "createTarget", bool)),
-            clean=bool(_field(body, "clean", bool)),
-            confirmed=bool(_field(body, "confirm", bool)),
-            jobs=jobs,
-            restore_id=ops.new_restore_id(),
-        )
         ctx = req.ctx
+        self.jobs.check_cap("restore")
+        restore_id = ops.new_restore_id()
+        opts = ops.RestoreOptions(
+            backup_id=backup_id, jobs=jobs, restore_id=restore_id, **self.restore_target(ctx, body)
+        )
         ops.show_backup(ctx, backup_id)  # 404 now rather than in the job
-        if ctx.engine.is_source(opts.target) and not opts.confirmed:
-            raise UsageError(
-                f"restoring {backup_id} over the source database is destructive: "
-                'send "confirm": true'
-            )
-        restore_id = opts.restore_id or ""
         job = self.jobs.start(
             "restore", restore_id, lambda: ops.restore_backup(ctx, opts), cancel=ctx.cancel
         )
         record = self._await_record(job, lambda: ops.get_restore(ctx, restore_id))
         return Response(202, record, {"Location": f"/api/backup/restore/{restore_id}"})
+
+    def restore_target(self, ctx: ApiContext, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``RestoreOptions`` fields for the one target form the body names."""
+        given = [k for k in TARGET_FIELDS if body.get(k) is not None]
+        if len(given) != 1:
+            raise UsageError(
+                "name exactly one target: 'targetDatabase' (a new database on the source's "
+                "server), 'target' (declared in api.restoreTargets) or 'targetFile' (SQLite: a "
+                "new file in api.restoreDir)"
+            )
+        kind = given[0]
+        value = _field(body, kind, str)
+        create = _field(body, "createTarget", bool)
+        clean = bool(_field(body, "clean", bool))
+        confirm = bool(_field(body, "confirm", bool))
+        if kind == "target":
+            url = self.declared_target(ctx, value)
+            ctx.audit_extra["restoreTarget"] = f"declared:{value}"
+            return {
+                "target": url,
+                "create_target": bool(create),
+                "clean": clean,
+                "confirmed": confirm,
+            }
+        if create is False:
+            raise UsageError(f"a {kind} is always created by the restore: leave out createTarget")
+        if kind == "targetDatabase":
+            return self.new_database(ctx, value, clean, confirm)
+        return self.new_file(ctx, value, clean)
+
+    def declared_target(self, ctx: ApiContext, name: str) -> str:
+        """The operator's string for a declared target; the same 403 for a malformed name
+        and an unknown one."""
+        targets = self.settings.api_restore_targets
+        if not TARGET_NAME_RE.fullmatch(name) or name not in targets:
+            raise PolicyError(UNDECLARED)
+        url = targets[name]
+        if (ctx.engine.name == "sqlite") != url.startswith("sqlite:"):
+            raise UsageError(f"restore target {name} is not a {ctx.engine.name} database")
+        return url
+
+    def new_database(
+        self, ctx: ApiContext, name: str, clean: bool, confirm: bool
+    ) -> dict[str, Any]:
+        """A bare name: a database this restore creates on the source's server. The source's
+        own name only with api.allowRestoreOverSource and ``"confirm": true``."""
+        from .selftest import SCRATCH_PREFIX
+
+        if ctx.engine.name != "postgresql":
+            raise UsageError(
+                "'targetDatabase' is for PostgreSQL: restore a SQLite backup to a 'targetFile' "
+                "(in api.restoreDir) or a declared 'target'"
+            )
+        if len(name.encode()) > 63 or not DATABASE_NAME_RE.fullmatch(name):
+            raise UsageError(
+                "invalid targetDatabase: 1 to 63 letters, digits, '_', '$' or '-', starting "
+                "with a letter or '_'"
+            )
+        ctx.audit_extra["restoreTarget"] = f"database:{name}"
+        if name == ctx.engine.describe()["name"]:
+            return self.over_source(name, clean, confirm)
+        if name.startswith(SCRATCH_PREFIX):
+            raise UsageError(f"'{SCRATCH_PREFIX}...' names belong to restore drills")
+        if name in RESERVED_DATABASES:
+            raise PolicyError(f"{name} is a system database: never a restore target")
+        if clean:
+            raise PolicyError(
+                "'clean' drops a database: through the API only a declared target may be "
+                "cleaned (a targetDatabase is always a new database)"
+            )
+        return {"target": name, "create_target": True, "clean": False, "must_be_new": True}
+
+    def over_source(self, name: str, clean: bool, confirm: bool) -> dict[str, Any]:
+        """The source database by its own name: the one existing database the operator named
+        (database.url), so ``clean`` may drop it, once the configuration and the request agree."""
+        if not self.settings.api_allow_restore_over_source:
+            raise PolicyError(
+                "targetDatabase is the source database: the configuration does not allow "
+                "restoring over it through the API (api.allowRestoreOverSource)"
+            )
+        if not confirm:
+            raise UsageError(
+                'restoring over the source database is destructive: send "confirm": true'
+            )
+        return {"target": name, "create_target": False, "clean": clean, "confirmed": True}
+
+    def new_file(self, ctx: ApiContext, name: str, clean: bool) -> dict[str, Any]:
+        """A bare file name: a new SQLite file directly inside api.restoreDir. No answer tells
+        anything about a path outside it."""
+        if ctx.engine.name != "sqlite":
+            raise UsageError(
+                "'targetFile' is for SQLite: restore a PostgreSQL backup to a 'targetDatabase' "
+                "or a declared 'target'"
+            )
+        if self.restore_dir is None:
+            raise PolicyError("restores to a file are off: the configuration has no api.restoreDir")
+        if clean:
+            raise PolicyError("'clean' replaces a file: a targetFile is always a new file")
+        if ".." in name or "\0" in name or not FILE_NAME_RE.fullmatch(name):
+            raise UsageError(
+                "invalid targetFile: a bare file name of at most 200 letters, digits, '.', '_' "
+                "or '-', not starting with '.', without '..'"
+            )
+        root = os.path.realpath(self.restore_dir)
+        path = os.path.join(root, name)
+        if os.path.lexists(path):  # a symlink counts, wherever it points
+            raise TargetExistsError(f"{name} already exists in api.restoreDir: choose a new name")
+        if os.path.dirname(os.path.realpath(path)) != root:
+            raise PolicyError(f"{name} is not inside api.restoreDir")
+        ctx.audit_extra["restoreTarget"] = f"file:{name}"
+        return {"target": path, "create_target": True, "clean": False, "must_be_new": True}
 
     @staticmethod
     def _await_record(job: Job, read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -654,7 +915,7 @@ class Api:
         while True:
             finished = job.done.wait(0.02)
             try:
-                return read()
+                return _redacted_record(read())
             except NotFoundError:
                 if finished:
                     raise job.error or SbbackupError("the operation left no record") from None
@@ -664,7 +925,7 @@ class Api:
         restore_id = req.params["restoreId"]
         if len(restore_id) > MAX_ID:
             raise UsageError("invalid restore ID")
-        return Response(200, ops.get_restore(req.ctx, restore_id))
+        return Response(200, _redacted_record(ops.get_restore(req.ctx, restore_id)))
 
     # --- self test ---------------------------------------------------------------------
 
@@ -673,18 +934,26 @@ class Api:
 
         _check_query(req, ("wait",))
         body = req.body
-        _only(body, ("drill", "backupId", "latest", "targetUrl"))
+        if "targetUrl" in body:
+            raise UsageError(
+                "'targetUrl' is not accepted: an API client never sends a URL. Send 'target', a "
+                "restore target declared in api.restoreTargets (the drill's scratch database "
+                "goes on its server), or nothing (the source's server)"
+            )
+        _only(body, TEST_FIELDS)
         backup_id = _field(body, "backupId", str)
         if backup_id is not None:
             validate_backup_id(backup_id)
         drill = _field(body, "drill", bool)
+        ctx = req.ctx
+        name = _field(body, "target", str)
         opts = TestOptions(
             drill=True if drill is None else drill,
             backup_id=backup_id,
             latest=bool(_field(body, "latest", bool)),
-            target_url=_field(body, "targetUrl", str),
+            target_url=None if name is None else self.declared_target(ctx, name),
         )
-        ctx = req.ctx
+        self.jobs.check_cap("test")
         test_id = _stamp_id("test")
         location = f"/api/backup/test/{test_id}"
         job = self.jobs.start(
@@ -736,6 +1005,21 @@ class Api:
         _only(body, (("id",) if allow_id else ()) + tuple(SCHEDULE_FIELDS))
         return {k: _field(body, k, SCHEDULE_FIELDS[k]) for k in body if k != "id"}
 
+    def _guard_schedule(self, req: Request, fields: Mapping[str, Any], current: Any) -> None:
+        """``current``: the schedule as it is (None for a new one, which is judged against the
+        configuration's defaults, what it would inherit)."""
+        s = self.settings
+        effective = {
+            "encryption": s.encryption,
+            "compression": s.compression,
+        }
+        if current is not None and current.encryption is not None:
+            effective["encryption"] = current.encryption
+        if current is not None and current.compression is not None:
+            effective["compression"] = current.compression
+        requested = {k: fields.get(k) for k in ("encryption", "compression")}
+        self.guard_strength(req.ctx, requested, effective)
+
     def add_schedule(self, req: Request) -> Response:
         from .schedules import validate_schedule_id
 
@@ -744,13 +1028,19 @@ class Api:
         if schedule_id is None:
             raise UsageError("field 'id' is required")
         validate_schedule_id(schedule_id)
-        view = self._edit(req, schedule_id, "add", self._schedule_fields(req.body, True))
+        fields = self._schedule_fields(req.body, True)
+        self._guard_schedule(req, fields, None)
+        view = self._edit(req, schedule_id, "add", fields)
         return Response(201, view, {"Location": f"/api/backup/schedules/{schedule_id}"})
 
     def update_schedule(self, req: Request) -> Response:
+        from .scheduling import schedules
+
         _check_query(req, ())
         schedule_id = self._schedule_id(req)
         fields = self._schedule_fields(req.body, allow_id=False)
+        if any(fields.get(k) is False for k in ("encryption", "compression")):
+            self._guard_schedule(req, fields, schedules(req.ctx).get(schedule_id))
         return Response(200, self._edit(req, schedule_id, "update", fields))
 
     def remove_schedule(self, req: Request) -> Response:
@@ -783,6 +1073,7 @@ class Api:
         with self._run_guard:  # our own threads share our PID: tell them apart here
             if any(j.extra["scheduleId"] == schedule_id for j in self.jobs.running("run")):
                 raise LockedError(f"schedule {schedule_id} is already running (via the API)")
+            self.jobs.check_cap("run")
             job = self.jobs.start(
                 "run",
                 run_id,
@@ -827,7 +1118,16 @@ class Api:
 
         _check_query(req, ())
         report = get_health(req.ctx)
-        return Response(200 if report.ok else 503, report.to_json())
+        body = report.to_json()
+        if req.ctx.token_label is None:  # public: no reason text (it may name a host or user)
+            for key in ("problems", "warnings"):
+                body[key] = [_public_finding(f) for f in body[key]]
+        else:
+            for key in ("problems", "warnings"):
+                body[key] = [
+                    {**f, "reason": redact_secrets(str(f.get("reason")))} for f in body[key]
+                ]
+        return Response(200 if report.ok else 503, body)
 
     def metrics(self, req: Request) -> Response:
         from .scheduling import get_metrics
@@ -841,6 +1141,41 @@ class Api:
 
         _check_query(req, ())
         return Response(200, openapi_document())
+
+
+def _public_finding(finding: Mapping[str, Any]) -> dict[str, Any]:
+    """A health finding fit for anyone: which check and which schedule, no free text."""
+    return {"check": finding.get("check"), "scheduleId": finding.get("scheduleId")}
+
+
+def _redacted_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A restore record for a client: its error text with secrets masked."""
+    if isinstance(record.get("error"), str):
+        return {**record, "error": redact_secrets(record["error"])}
+    return record
+
+
+def check_restore_dir(settings: Settings) -> Path | None:
+    """``api.restoreDir`` as an absolute path, refused (exit 2) unless it is a directory owned
+    by the running user (or root) that neither group nor others can write (ssh's rule): a
+    restore must not land where someone else can swap the name under it."""
+    if not settings.api_restore_dir:
+        return None
+    path = Path(settings.api_restore_dir).expanduser().absolute()
+    where = f"api.restoreDir {path}"
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"{where}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{where} is not a directory")
+    if st.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(f"{where} is owned by uid {st.st_uid}, not by the user running sbbackup")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"{where} is writable by group or others (mode {st.st_mode & 0o777:o}): chmod go-w it"
+        )
+    return path
 
 
 def _held_by_us(lock: Path) -> bool:
@@ -919,6 +1254,12 @@ class Handler(BaseHTTPRequestHandler):
         self.reader.deadline = time.monotonic() + self.timeout
         super().handle_one_request()
 
+    def handle_expect_100(self) -> bool:
+        """``100 Continue`` only for a valid token: a body is never invited before that."""
+        if self.server.api.authenticate(self.headers.get("Authorization")) is None:
+            return True  # no 100; dispatch answers 401 and closes
+        return super().handle_expect_100()
+
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
         self.dispatch()
 
@@ -946,21 +1287,39 @@ class Handler(BaseHTTPRequestHandler):
             return self.dispatch
         raise AttributeError(name)
 
+    def admit(self, label: str | None, path: str) -> None:
+        """Move an authenticated connection to its slot; an unauthenticated one gets this one
+        answer (public health, or 401) and is closed after it."""
+        slots = self.server.slots
+        if label is not None:
+            outcome = slots.promote(self.connection)
+            if outcome == "ok":
+                return
+            self.close_connection = True
+            if outcome == "evicted":  # its socket is shut already: nobody to answer
+                raise ConnectionAbortedError("evicted")
+            raise HttpError(
+                503, "busy", "too many connections: retry shortly", {"Retry-After": "1"}
+            )
+        slots.serving(self.connection)
+        self.close_connection = True
+        if not (self.server.api.public_health and path in PUBLIC_HEALTH_PATHS):
+            raise HttpError(
+                401, "unauthorized", "authentication required", {"WWW-Authenticate": "Bearer"}
+            )
+
     def dispatch(self) -> None:
         api = self.server.api
         remote = self.client_address[0]
         label: str | None = None
         route: Route | None = None
         params: dict[str, str] = {}
+        req: Request | None = None
         response: Response
         try:
             url = urlsplit(self.path)
             label = api.authenticate(self.headers.get("Authorization"))
-            public = api.public_health and url.path in PUBLIC_HEALTH_PATHS
-            if label is None and not public:
-                raise HttpError(
-                    401, "unauthorized", "authentication required", {"WWW-Authenticate": "Bearer"}
-                )
+            self.admit(label, url.path)
             segments = [unquote(s, errors="strict") for s in url.path.strip("/").split("/")]
             route, params = resolve(self.command, segments)
             body = self.read_body()
@@ -968,16 +1327,18 @@ class Handler(BaseHTTPRequestHandler):
             req = Request(self.command, url.path, params, query, body, api.context(remote, label))
             req.wait = "wait" in query and _query_bool(req, "wait")
             response = api.call(route, req)
+        except ConnectionAbortedError:
+            return
         except HttpError as exc:
             response = Response(
                 exc.status, error_body(exc.code, exc.kind, exc.message), exc.headers
             )
         except SbbackupError as exc:
-            response = Response(status_for(exc), exc.to_json())
+            response = Response(status_for(exc), exc_body(exc))
         except UnicodeDecodeError:
             response = Response(400, error_body(2, "usage", "the URL is not valid UTF-8"))
         except Exception as exc:  # noqa: BLE001 - the request's error boundary
-            traceback.print_exc()
+            api.log_traceback()
             message = f"unexpected error ({type(exc).__name__}): please report it"
             response = Response(500, error_body(1, "unexpected", message))
         if self.body_unread():
@@ -985,7 +1346,8 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # what is left of it would be read as the next request
         # Audit before answering: a client that has its answer finds the line written.
         if self.command not in ("GET", "HEAD"):
-            self.audit(route, params, label, response.status)
+            extra = req.ctx.audit_extra if req is not None else {}
+            self.audit(route, params, label, response.status, extra)
         self.respond(response)
 
     body_consumed = False
@@ -1071,7 +1433,12 @@ class Handler(BaseHTTPRequestHandler):
             self.respond(Response(code, body))
 
     def audit(
-        self, route: Route | None, params: dict[str, str], label: str | None, status: int
+        self,
+        route: Route | None,
+        params: dict[str, str],
+        label: str | None,
+        status: int,
+        extra: Mapping[str, Any],
     ) -> None:
         api = self.server.api
         target = scrub(next(iter(params.values())), api.tokens) if params else None
@@ -1081,6 +1448,7 @@ class Handler(BaseHTTPRequestHandler):
                 f"api:{route.operation if route else self.command}",
                 target[:MAX_ID] if target else None,
                 str(status),
+                **extra,
                 remote=self.client_address[0],
                 token=label,
                 method=self.command,
@@ -1094,47 +1462,108 @@ class Handler(BaseHTTPRequestHandler):
         api.log(f"{self.client_address[0]} - {scrub(format % args, api.tokens)}")
 
 
-MAX_CONNECTIONS = 64
-_BUSY_BODY = (
-    json.dumps({"error": {"code": 1, "kind": "busy", "message": "too many connections"}}) + "\n"
-).encode()
-BUSY_RESPONSE = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"Retry-After: 1\r\nConnection: close\r\n"
-    + f"Content-Length: {len(_BUSY_BODY)}\r\n\r\n".encode()
-    + _BUSY_BODY
-)
+MAX_CONNECTIONS = 64  # connections whose requests carried a valid token
+MAX_UNAUTHENTICATED = 16  # connections before (or without) one: the oldest is evicted
+
+
+class ConnectionSlots:
+    """Who may hold one of the server's connection threads.
+
+    A new connection is unauthenticated: it holds one of ``unauthenticated`` places, from its
+    accept until a request on it carries a valid token. A newcomer that finds them all taken
+    evicts the oldest (preferring one still waiting for its request), whose socket is shut
+    down, so idle, slow or token-less clients cannot keep anyone else out. A valid token moves
+    the connection to one of ``authenticated`` slots, which it keeps until it closes; past
+    that it gets 503.
+    """
+
+    def __init__(self, authenticated: int, unauthenticated: int) -> None:
+        self._lock = threading.Lock()
+        self._free = authenticated
+        self._places = unauthenticated
+        self._waiting: OrderedDict[Any, bool] = OrderedDict()  # socket -> answering a request
+        self._authenticated: set[Any] = set()
+
+    def admit(self, sock: Any) -> None:
+        with self._lock:
+            if len(self._waiting) >= self._places:
+                idle = [s for s, answering in self._waiting.items() if not answering]
+                victim = idle[0] if idle else next(iter(self._waiting))
+                del self._waiting[victim]
+                # Under the lock: a socket is released (here) before it is closed, so this
+                # never reaches a descriptor that has since been reused.
+                with contextlib.suppress(OSError):
+                    victim.shutdown(socket.SHUT_RDWR)  # its thread reads EOF and ends
+            self._waiting[sock] = False
+
+    def serving(self, sock: Any) -> None:
+        with self._lock:
+            if sock in self._waiting:
+                self._waiting[sock] = True
+
+    def promote(self, sock: Any) -> str:
+        """``ok``, ``busy`` (no authenticated slot free) or ``evicted`` (too late)."""
+        with self._lock:
+            if sock in self._authenticated:
+                return "ok"
+            if sock not in self._waiting:
+                return "evicted"
+            if self._free <= 0:
+                return "busy"
+            del self._waiting[sock]
+            self._free -= 1
+            self._authenticated.add(sock)
+            return "ok"
+
+    def release(self, sock: Any) -> None:
+        with self._lock:
+            if sock in self._authenticated:
+                self._authenticated.discard(sock)
+                self._free += 1
+            self._waiting.pop(sock, None)
+
+    def counts(self) -> tuple[int, int]:
+        """(authenticated, unauthenticated) connections held now."""
+        with self._lock:
+            return len(self._authenticated), len(self._waiting)
 
 
 class ApiServer(ThreadingHTTPServer):
-    """One thread per connection, at most ``MAX_CONNECTIONS`` at once: past that a client gets
-    503 at once, so slow or idle clients cannot make the server start threads without bound."""
+    """One thread per connection, bounded by ``ConnectionSlots``: at most ``MAX_CONNECTIONS``
+    authenticated and ``MAX_UNAUTHENTICATED`` other connections, so slow, idle or token-less
+    clients cannot make the server start threads without bound, nor starve real clients."""
 
     daemon_threads = True
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], api: Api) -> None:
         self.api = api
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.slots = ConnectionSlots(MAX_CONNECTIONS, MAX_UNAUTHENTICATED)
         super().__init__(address, Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            with contextlib.suppress(OSError):
-                request.sendall(BUSY_RESPONSE)
-            self.shutdown_request(request)
-            return
+        self.slots.admit(request)
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self.slots.release()
+            self.slots.release(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            self.slots.release(request)
+
+    def shutdown_request(self, request: Any) -> None:
+        self.slots.release(request)  # before the close: see ConnectionSlots.admit
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (or was evicted) mid-answer is no error worth a traceback."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        self.api.log_traceback()
 
 
 def make_server(

@@ -8,10 +8,12 @@ variable), the key, and what was expected (exit 2).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from .errors import ConfigError
 
@@ -75,6 +77,56 @@ def _str_list(value: Any) -> tuple[str, ...]:
     return tuple(v for v in items if v)
 
 
+# A declared restore target's name (api.restoreTargets): what an API client may send.
+TARGET_NAME_RE = re.compile(r"[a-z0-9_-]{1,64}")
+# libpq parameters that change the host, the database or the credentials: a declared target
+# says exactly where it goes, in its host and path.
+_TARGET_PARAMS_REFUSED = frozenset(
+    {"host", "hostaddr", "port", "dbname", "user", "password", "passfile", "service"}
+    | {"servicefile", "options", "target_session_attrs", "load_balance_hosts"}
+)
+
+
+def _restore_targets(value: Any) -> dict[str, str]:
+    """``api.restoreTargets``: target name -> ``postgresql://`` URL or ``sqlite:///`` path.
+
+    Messages never quote a URL: it may hold a password."""
+    if not isinstance(value, dict):
+        raise ValueError("a mapping of target names to postgresql:// URLs or sqlite:/// paths")
+    targets: dict[str, str] = {}
+    for name, url in value.items():
+        if not isinstance(name, str) or not TARGET_NAME_RE.fullmatch(name):
+            raise ValueError(
+                f"target names of 1 to 64 characters a-z, 0-9, '_' and '-' (got {str(name)[:64]!r})"
+            )
+        if not isinstance(url, str):
+            raise ValueError(f"a postgresql:// URL or a sqlite:/// path for target {name!r}")
+        _check_target_url(name, url)
+        targets[name] = url
+    return targets
+
+
+def _check_target_url(name: str, url: str) -> None:
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        return
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ValueError(f"a postgresql:// URL or a sqlite:/// path for target {name!r}")
+    rest = url.split("://", 1)[1]
+    netloc, _, tail = rest.partition("/")
+    path, _, query = tail.partition("?")
+    if "," in netloc.rpartition("@")[2]:
+        raise ValueError(f"one host for target {name!r} (a multi-host URL is refused)")
+    if not path:
+        raise ValueError(f"a database name in the URL path of target {name!r}")
+    params = {k for k, _ in parse_qsl(query, keep_blank_values=True)}
+    refused = sorted(params & _TARGET_PARAMS_REFUSED)
+    if refused:
+        raise ValueError(
+            f"no {refused[0]}= parameter for target {name!r} (host, database and credentials "
+            "go in the URL itself)"
+        )
+
+
 @dataclass(frozen=True)
 class Key:
     attr: str
@@ -82,6 +134,7 @@ class Key:
     env: str | None
     parse: Callable[[Any], Any]
     default: Any
+    echo: bool = True  # quote a bad value in the error (not for values that may hold secrets)
 
 
 KEYS: tuple[Key, ...] = (
@@ -161,6 +214,50 @@ KEYS: tuple[Key, ...] = (
         parse_bool,
         False,
     ),
+    Key(
+        "api_restore_targets",
+        ("api", "restoreTargets"),
+        None,
+        _restore_targets,
+        {},
+        echo=False,
+    ),
+    Key("api_restore_dir", ("api", "restoreDir"), "SBBACKUP_API_RESTORE_DIR", _str, None),
+    Key(
+        "api_allow_restore_over_source",
+        ("api", "allowRestoreOverSource"),
+        "SBBACKUP_API_ALLOW_RESTORE_OVER_SOURCE",
+        parse_bool,
+        False,
+    ),
+    Key(
+        "api_allow_weaker_backups",
+        ("api", "allowWeakerBackups"),
+        "SBBACKUP_API_ALLOW_WEAKER_BACKUPS",
+        parse_bool,
+        False,
+    ),
+    Key(
+        "api_max_backup_jobs",
+        ("api", "maxBackupJobs"),
+        "SBBACKUP_API_MAX_BACKUP_JOBS",
+        int_range(1, 64),
+        1,
+    ),
+    Key(
+        "api_max_restore_jobs",
+        ("api", "maxRestoreJobs"),
+        "SBBACKUP_API_MAX_RESTORE_JOBS",
+        int_range(1, 64),
+        1,
+    ),
+    Key(
+        "api_max_test_jobs",
+        ("api", "maxTestJobs"),
+        "SBBACKUP_API_MAX_TEST_JOBS",
+        int_range(1, 64),
+        1,
+    ),
 )
 SECTIONS = {k.path[0] for k in KEYS} | {"schedules"}
 
@@ -188,6 +285,14 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     api_public_health: bool = False
+    # name -> postgresql:// URL or sqlite:/// path; the URLs may hold passwords, so no repr
+    api_restore_targets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    api_restore_dir: str | None = None  # SQLite restores through the API land only here
+    api_allow_restore_over_source: bool = False
+    api_allow_weaker_backups: bool = False  # an API client may turn encryption/compression off
+    api_max_backup_jobs: int = 1  # running API backups and schedule runs
+    api_max_restore_jobs: int = 1
+    api_max_test_jobs: int = 1
     schedules: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -244,6 +349,8 @@ def _parse(key: Key, raw: Any, where: str) -> Any:
     try:
         return key.parse(raw)
     except ValueError as exc:
+        if not key.echo:
+            raise ConfigError(f"{where}: expected {exc}") from None
         raise ConfigError(f"{where}: got {str(raw)[:60]!r}, expected {exc}") from None
 
 

@@ -12,12 +12,15 @@ from typing import Any
 from . import __version__
 from .api import (
     BACKUP_STATUSES,
+    DATABASE_NAME_RE,
+    FILE_NAME_RE,
     MAX_BODY,
     RUN_ID_RE,
     SCHEDULE_FIELDS,
     TEST_ID_RE,
 )
 from .catalog import BACKUP_ID_RE
+from .config import TARGET_NAME_RE
 from .ops import RESTORE_ID_RE
 from .schedules import SCHEDULE_ID_RE
 
@@ -60,13 +63,18 @@ WAIT = {
 
 ERRORS = {
     "400": "Invalid input: bad ID, field, query parameter or JSON.",
-    "401": "Missing or wrong bearer token.",
+    "401": "Missing or wrong bearer token (the connection is closed after it).",
+    "403": "Refused by the configuration: an undeclared restore target, a restore over the "
+    "source, 'clean' on an undeclared database, or a weaker backup than the configuration's.",
     "404": "No such backup, restore, schedule, test or run.",
     "405": "Method not allowed on this path.",
-    "409": "Locked: the same operation is already running.",
+    "409": "Conflict: the same operation is already running, another restore holds the "
+    "target, or a restore's new target already exists.",
     "411": "A POST without Content-Length.",
     "413": f"A body over {MAX_BODY} bytes.",
     "415": "A body that is not application/json.",
+    "429": "Too many jobs of this kind running (api.maxBackupJobs, api.maxRestoreJobs, "
+    "api.maxTestJobs); see Retry-After.",
     "500": "An operation failed (database, storage, integrity).",
 }
 
@@ -139,22 +147,53 @@ def _schemas() -> dict[str, Any]:
         "CreateBackup": _object(
             {
                 "format": {"type": "string", "enum": ["plain", "custom"]},
-                "compress": {"type": "boolean"},
+                "compress": {
+                    "type": "boolean",
+                    "description": "false is refused (403) while the configuration compresses.",
+                },
                 "level": {"type": "integer", "minimum": 1, "maximum": 22},
-                "encrypt": {"type": "boolean"},
+                "encrypt": {
+                    "type": "boolean",
+                    "description": "false is refused (403) while the configuration encrypts.",
+                },
             }
         )
         | {"additionalProperties": False},
         "RestoreRequest": _object(
             {
-                "targetUrl": {"type": "string", "description": "Default: the source database."},
-                "createTarget": {"type": "boolean"},
-                "clean": {"type": "boolean"},
+                "targetDatabase": {
+                    "type": "string",
+                    "pattern": _anchored(DATABASE_NAME_RE.pattern),
+                    "maxLength": 63,
+                    "description": "A new database on the source's server, created by the "
+                    "restore (409 if it exists). The source's own name only with "
+                    "api.allowRestoreOverSource and confirm.",
+                },
+                "target": {
+                    "type": "string",
+                    "pattern": _anchored(TARGET_NAME_RE.pattern),
+                    "description": "The name of a target declared in api.restoreTargets.",
+                },
+                "targetFile": {
+                    "type": "string",
+                    "pattern": _anchored(FILE_NAME_RE.pattern),
+                    "maxLength": 200,
+                    "description": "SQLite: a new file name inside api.restoreDir (409 if "
+                    "it exists).",
+                },
+                "createTarget": {"type": "boolean", "description": "With 'target'."},
+                "clean": {
+                    "type": "boolean",
+                    "description": "Drop and recreate: only a declared target (403 otherwise).",
+                },
                 "confirm": {"type": "boolean", "description": "Required over the source."},
                 "jobs": {"type": "integer", "minimum": 1, "maximum": 64},
-            }
+            },
         )
-        | {"additionalProperties": False},
+        | {
+            "additionalProperties": False,
+            "description": "Exactly one of targetDatabase, target and targetFile.",
+        },
         "Restore": _object(
             {
                 "restoreId": {"type": "string"},
@@ -175,7 +214,12 @@ def _schemas() -> dict[str, Any]:
                 "drill": {"type": "boolean", "default": True},
                 "backupId": {"type": "string", "pattern": _anchored(BACKUP_ID_RE.pattern)},
                 "latest": {"type": "boolean"},
-                "targetUrl": {"type": "string"},
+                "target": {
+                    "type": "string",
+                    "pattern": _anchored(TARGET_NAME_RE.pattern),
+                    "description": "A target declared in api.restoreTargets: the drill's "
+                    "scratch database goes on its server.",
+                },
             }
         )
         | {"additionalProperties": False},
@@ -236,7 +280,7 @@ def _op(
     return op
 
 
-POST_ERRORS = ("400", "401", "404", "409", "411", "413", "415", "500")
+POST_ERRORS = ("400", "401", "403", "404", "409", "411", "413", "415", "429", "500")
 
 
 def _paths() -> dict[str, Any]:
@@ -457,7 +501,9 @@ def openapi_document() -> dict[str, Any]:
             "title": "sbbackup",
             "version": __version__,
             "description": "Backups, restores, schedules and health of one database. Every "
-            "endpoint needs `Authorization: Bearer <token>`.",
+            "endpoint needs `Authorization: Bearer <token>`. A client never sends a URL, a "
+            "path or a libpq parameter: restores name a new database, a declared target or "
+            "(SQLite) a new file in api.restoreDir.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],

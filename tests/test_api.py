@@ -182,13 +182,9 @@ def test_backup_restore_delete_end_to_end(
     assert c.call("GET", "/api/backup?limit=0").status == 400
     assert c.call("GET", "/api/backup?nope=1").status == 400
 
-    # Restore into a new database, polled through the restore record.
+    # Restore into a new database on the source's server, polled through the restore record.
     target = f"{fresh_db}_r"
-    started = c.call(
-        "POST",
-        f"/api/backup/{backup_id}/restore",
-        {"targetUrl": pg.url(target), "createTarget": True},
-    )
+    started = c.call("POST", f"/api/backup/{backup_id}/restore", {"targetDatabase": target})
     assert started.status == 202, started
     restore_id = started.body["restoreId"]
     assert started.headers["Location"] == f"/api/backup/restore/{restore_id}"
@@ -202,11 +198,17 @@ def test_backup_restore_delete_end_to_end(
     finally:
         pg.psql(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)", check=False)
 
-    # Over the source it needs "confirm": true.
+    # A restore names its target; over the source it is off unless the configuration allows it.
     refused = c.call("POST", f"/api/backup/{backup_id}/restore", {})
-    assert refused.status == 400 and "confirm" in refused.error["message"]
+    assert refused.status == 400 and "targetDatabase" in refused.error["message"]
+    refused = c.call(
+        "POST", f"/api/backup/{backup_id}/restore", {"targetDatabase": fresh_db, "confirm": True}
+    )
+    assert refused.status == 403 and "allowRestoreOverSource" in refused.error["message"]
     missing = "streambuddy_backup_2001-01-01T00-00-00-000Z"
-    assert c.call("POST", f"/api/backup/{missing}/restore", {}).status == 404
+    assert (
+        c.call("POST", f"/api/backup/{missing}/restore", {"targetDatabase": "x_new"}).status == 404
+    )
     assert c.call("GET", "/api/backup/restore/restore_2001-01-01T00-00-00Z_abcdef").status == 404
 
     deleted = c.call("DELETE", f"/api/backup/{backup_id}")
@@ -397,6 +399,7 @@ def test_token_sources_and_refusals(tmp_path: Path, pg: Cluster) -> None:
     token_file.write_text(
         "# rotation\nadmin-ui  aaaaaaaaaaaaaaaaaaaaaaaa\nbbbbbbbbbbbbbbbbbbbbbbbb\n"
     )
+    token_file.chmod(0o600)
     tokens = api.load_tokens(
         {"SBBACKUP_API_TOKEN_FILE": str(token_file), "SBBACKUP_API_TOKEN": TOKEN}
     )
@@ -480,6 +483,24 @@ def test_traversal_and_hostile_ids(
     assert c.call("GET", "/api/backup?scheduleId=..%2fx").status == 400
     assert not (c.backup_path / "schedules.toml").exists()
     assert not list(tmp_path.rglob("*passwd*"))
+
+
+def read_response(s: socket.socket) -> bytes:
+    """One whole response (head and Content-Length body) from a keep-alive socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    m = re.search(rb"Content-Length: (\d+)", head)
+    while m and len(rest) < int(m.group(1)):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return head + b"\r\n\r\n" + rest
 
 
 def raw_request(port: int, request: bytes) -> tuple[int, bytes]:
@@ -597,15 +618,19 @@ def test_trickling_client_is_cut_off(
 def test_connection_cap_answers_503_then_recovers(
     serve: Callable[..., Client], pg: Cluster, fresh_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Idle clients hold at most MAX_CONNECTIONS threads; the next one gets 503 at once."""
+    """Authenticated keep-alive clients hold at most MAX_CONNECTIONS threads; the next
+    authenticated one gets 503 at once, and an answer again once they close."""
     monkeypatch.setattr(api, "MAX_CONNECTIONS", 3)
     c = serve(pg.url(fresh_db))
     idle = [socket.create_connection(("127.0.0.1", c.port), timeout=10) for _ in range(3)]
+    request = f"GET /api/backup HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
     try:
-        for s in idle:
-            s.sendall(b"GET /api/backup HTTP/1.1\r\n")  # a request that never ends
+        for s in idle:  # one answered request each, then they keep the connection open
+            s.sendall(request.encode())
+            assert read_response(s).startswith(b"HTTP/1.1 200")
         busy = c.call("GET", "/api/backup")
         assert busy.status == 503 and busy.error["kind"] == "busy"
+        assert busy.headers["Retry-After"] == "1"
     finally:
         for s in idle:
             s.close()

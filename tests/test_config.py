@@ -104,3 +104,67 @@ def test_example_config_is_valid() -> None:
     example = Path(__file__).parents[1] / "examples" / "config.yaml"
     s = load_settings(str(example), env={})
     assert s.backup_path
+
+
+def test_api_policy_defaults() -> None:
+    s = load_settings(env={})
+    assert dict(s.api_restore_targets) == {} and s.api_restore_dir is None
+    assert (s.api_allow_restore_over_source, s.api_allow_weaker_backups) == (False, False)
+    assert (s.api_max_backup_jobs, s.api_max_restore_jobs, s.api_max_test_jobs) == (1, 1, 1)
+
+
+def test_api_keys_from_file_and_environment(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "api:\n  restoreTargets:\n    staging: postgresql://app:pw@db2:5432/staging?sslmode=require\n"
+        "    scratch-1: sqlite:////srv/scratch.db\n  restoreDir: /srv/restores\n"
+        "  allowWeakerBackups: yes\n  maxBackupJobs: 3\n"
+    )
+    s = load_settings(str(cfg), env={"SBBACKUP_API_MAX_RESTORE_JOBS": "2"})
+    assert dict(s.api_restore_targets) == {
+        "staging": "postgresql://app:pw@db2:5432/staging?sslmode=require",
+        "scratch-1": "sqlite:////srv/scratch.db",
+    }
+    assert s.api_restore_dir == "/srv/restores" and s.api_allow_weaker_backups is True
+    assert (s.api_max_backup_jobs, s.api_max_restore_jobs, s.api_max_test_jobs) == (3, 2, 1)
+    assert "pw@" not in repr(s)  # declared URLs may hold passwords
+
+
+@pytest.mark.parametrize(
+    "targets,needle",
+    [
+        ("[a, b]", "a mapping of target names"),
+        ("{Staging: postgresql://h/db}", "target names of 1 to 64"),
+        ("{'a/b': postgresql://h/db}", "target names of 1 to 64"),
+        ("{" + "a" * 65 + ": postgresql://h/db}", "target names of 1 to 64"),
+        ("{staging: 'host=h dbname=x password=hunter2'}", "a postgresql:// URL or a sqlite"),
+        ("{staging: 'mysql://u:hunter2@h/db'}", "a postgresql:// URL or a sqlite"),
+        ("{staging: 'sqlite:///'}", "a postgresql:// URL or a sqlite"),
+        ("{staging: 5}", "a postgresql:// URL or a sqlite"),
+        ("{staging: 'postgresql://u:hunter2@h1,h2/db'}", "multi-host"),
+        ("{staging: 'postgresql://u:hunter2@h/'}", "a database name"),
+        ("{staging: 'postgresql://u:hunter2@h/db?dbname=other'}", "no dbname="),
+        ("{staging: 'postgresql://u:hunter2@h/db?hostaddr=10.0.0.1'}", "no hostaddr="),
+        ("{staging: 'postgresql://u:hunter2@h/db?passfile=/etc/shadow'}", "no passfile="),
+        ("{staging: 'postgresql://u:hunter2@h/db?options=-c%20x%3Dy'}", "no options="),
+        ("{staging: 'postgresql://u@h/db?password=hunter2'}", "no password="),
+        ("{staging: 'postgresql://u@h/db?service=prod'}", "no service="),
+    ],
+)
+def test_bad_restore_targets_never_echo_a_url(tmp_path: Path, targets: str, needle: str) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"api:\n  restoreTargets: {targets}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(str(cfg), env={})
+    message = info.value.message
+    assert "api.restoreTargets" in message and needle in message, message
+    assert "hunter2" not in message and "@h" not in message and "h1," not in message
+
+
+@pytest.mark.parametrize("key", ["maxBackupJobs", "maxRestoreJobs", "maxTestJobs"])
+@pytest.mark.parametrize("value", ["0", "65", "-1", "many"])
+def test_job_caps_are_bounded(tmp_path: Path, key: str, value: str) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"api:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError, match=f"api.{key}.*an integer >= 1 and <= 64"):
+        load_settings(str(cfg), env={})

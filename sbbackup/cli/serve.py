@@ -40,10 +40,17 @@ def serve_cmd(
 
     \b
     Every request needs `Authorization: Bearer TOKEN`. The token comes from the file named by
-    SBBACKUP_API_TOKEN_FILE (lines `TOKEN` or `LABEL TOKEN`) or from SBBACKUP_API_TOKEN, never
-    from the command line. Make one with:
+    SBBACKUP_API_TOKEN_FILE (lines `TOKEN` or `LABEL TOKEN`; mode 0600, or the server refuses
+    to start) or from SBBACKUP_API_TOKEN, never from the command line. Make one with:
       (umask 077; sbbackup serve --generate-token > ~/.config/sbbackup/api-token)
     The server refuses to start without a token. SIGTERM stops it gracefully.
+
+    \b
+    Clients never send a URL or a path: a restore goes to a new database named on the source's
+    server (targetDatabase), to a target declared in api.restoreTargets (target), or, for
+    SQLite, to a new file in api.restoreDir (targetFile). A client cannot turn encryption or
+    compression off where the configuration has it on (api.allowWeakerBackups allows it), and
+    running jobs are capped (api.maxBackupJobs, api.maxRestoreJobs, api.maxTestJobs; 429).
     """
     from .. import api
 
@@ -62,17 +69,19 @@ def serve_cmd(
         port,
         api.load_tokens(os.environ),
         public,
-        log=lambda line: err.print(line, markup=False),
+        # Plain lines: rich would turn ":name:" in a request path into an emoji.
+        log=lambda line: click.echo(line, err=True),
     )
     bound_port = server.server_address[1]
-    err.print(f"sbbackup serve: listening on http://{host}:{bound_port}", markup=False)
 
     def stop(signum: int, frame: Any) -> None:
         # shutdown() waits for serve_forever() to return, which runs in this (main) thread.
         threading.Thread(target=server.shutdown, daemon=True).start()
 
+    # Before the "listening" line: a supervisor that reads it may send SIGTERM at once.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    err.print(f"sbbackup serve: listening on http://{host}:{bound_port}", markup=False)
     interrupted = api.serve(server, grace)
     for job in interrupted:
         err.print(f"sbbackup serve: interrupted {job.kind} {job.id}", markup=False)
