@@ -761,7 +761,7 @@ class Api:
         # A job whose backup never got a manifest (it failed before dumping).
         record: BackupRecord = job.extra["record"]
         failed = {**record.to_json(), "status": STATUS_FAILED, "completedAt": job.finishedAt}
-        failed["error"] = job.error.message if job.error else None
+        failed["error"] = redact_secrets(job.error.message) if job.error else None
         return Response(200, failed)
 
     def delete_backup(self, req: Request) -> Response:
