@@ -422,8 +422,39 @@ _CAST_TYPES = {
 }
 
 
+def union_branches(sql: str) -> list[str]:
+    """The branches of a top-level UNION / INTERSECT / EXCEPT (the statement itself if none)."""
+    toks = tokens(sql)
+    out: list[str] = []
+    start = 0
+    depth = 0
+    for i, tok in enumerate(toks):
+        if tok.kind == "op" and tok.text in ")]":
+            depth -= 1
+        elif tok.kind == "op" and tok.text in "([":
+            depth += 1
+        elif depth == 0 and tok.upper in ("UNION", "INTERSECT", "EXCEPT"):
+            out.append(sql[start : tok.start].strip())
+            nxt = toks[i + 1] if i + 1 < len(toks) else None
+            start = nxt.end if nxt and nxt.upper in ("ALL", "DISTINCT") else tok.end
+    out.append(sql[start:].strip())
+    return out
+
+
+def subquery(expr: str) -> str | None:
+    """The SELECT inside a parenthesised scalar subquery expression, or None."""
+    toks = tokens(expr)
+    if len(toks) > 2 and toks[0].text == "(" and toks[-1].text == ")" and toks[1].upper == "SELECT":
+        return expr[toks[1].start : toks[-1].start]
+    return None
+
+
 def guess_type(expr: str) -> int:
     """The type OID PostgreSQL would most likely report for a select-list expression."""
+    inner = subquery(expr)
+    if inner is not None:
+        select = parse_select(inner)
+        return guess_type(select.columns[0].expr) if select else TEXT
     text = " ".join(expr.split()).lower()
     cast = re.search(r"::\s*(?:pg_catalog\.)?([a-z0-9_ ]+?)\s*$", text)
     if cast:
@@ -511,6 +542,10 @@ def _literal(expr: str, query: Query) -> object:
             toks = toks[:i]
             break
     session = query.session
+    inner = subquery(expr)
+    if inner is not None:
+        answer = default_response(Query(inner, query.params, query.param_types, session))
+        return answer.rows[0][0] if isinstance(answer, Rows) and answer.rows else None
     if len(toks) == 1:
         tok = toks[0]
         if tok.kind == "number":
@@ -555,18 +590,25 @@ def default_response(query: Query) -> Result:
     select = parse_select(query.text)
     if select is None:
         return Command(command_tag(query.text))
-    cols = select.columns
-    names = [c.name for c in cols]
-    types = [guess_type(c.expr) for c in cols]
+    names = [c.name for c in select.columns]
+    types = [guess_type(c.expr) for c in select.columns]
     if kw == "SHOW":
         return Rows(names, [[_show(names[0], query.session)]], [TEXT])
+    rows: list[list[object]] = []
+    for branch in union_branches(query.text):  # UNION ALL: each branch's rows, in order
+        rows += _default_rows(parse_select(branch) or select, query)
+    return Rows(names, rows, types)
+
+
+def _default_rows(select: Select, query: Query) -> list[list[object]]:
+    cols = select.columns
     if not select.has_from:
-        return Rows(names, [[_literal(c.expr, query) for c in cols]], types)
+        return [[_literal(c.expr, query) for c in cols]]
     if not select.grouped and all(
-        t == INT8 and "count" in c.expr for c, t in zip(cols, types, strict=True)
+        guess_type(c.expr) == INT8 and "count" in c.expr.lower() for c in cols
     ):
-        return Rows(names, [[0] * len(cols)], types)  # an aggregate answers one row
-    return Rows(names, [], types)
+        return [[0] * len(cols)]  # an aggregate over no rows still answers one row
+    return []
 
 
 # --- wire encoding -----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 from fakepg import (
     HOST,
     Command,
+    CopyIn,
     CopyOut,
     Disconnect,
     Error,
@@ -20,6 +21,7 @@ from fakepg import (
     Query,
     Rows,
     Sleep,
+    default_response,
     guess_type,
     parse_select,
     split_statements,
@@ -310,7 +312,7 @@ def test_split_statements(sql: str, statements: list[str]) -> None:
         (
             "SELECT 'views', (SELECT count(*) FROM pg_class)",
             ["?column?", "?column?"],
-            [25, 25],
+            [25, 20],
             False,
         ),
         ("WITH t AS (SELECT 1 a) SELECT a::bigint FROM t", ["a"], [20], True),
@@ -326,6 +328,19 @@ def test_parse_select(sql: str, names: list[str], types: list[int], has_from: bo
     assert [c.name for c in select.columns] == names
     assert [guess_type(c.expr) for c in select.columns] == types
     assert select.has_from is has_from
+
+
+def test_default_answers_like_an_empty_cluster() -> None:
+    objects = default_response(
+        Query("SELECT 'views', (SELECT count(*) FROM pg_class) UNION ALL SELECT 'types', 0", None)
+    )
+    assert isinstance(objects, Rows) and objects.rows == [["views", 0], ["types", 0]]
+    tables = default_response(Query("SELECT format('%I', relname) FROM pg_class", None))
+    assert isinstance(tables, Rows) and tables.rows == [] and tables.columns == ["format"]
+    assert default_response(Query("COPY t (a, b) FROM stdin", None)) == CopyIn(2)
+    assert default_response(Query("CREATE UNIQUE INDEX i ON t (a)", None)) == Command(
+        "CREATE INDEX"
+    )
 
 
 def test_parse_select_is_none_for_commands() -> None:
