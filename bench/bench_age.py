@@ -109,15 +109,15 @@ def report(label: str, base: Stats, enc: Stats) -> None:
 
 def run(url: str, args: argparse.Namespace) -> None:
     from sbbackup.crypto import age
-    from sbbackup.engines.postgresql import Conn
+    from sbbackup.engines.pgconn import PgConn
 
-    conn = Conn.parse(url, {})
+    conn = PgConn.source(url, {})
     pg_env = dict(os.environ, PGPASSWORD=conn.password or "")
     me = [sys.executable, str(Path(__file__).resolve())]
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
         dump = tmp / "dump.sql"
-        conn_url = conn.url or ""
+        conn_url = conn.conninfo()
         with dump.open("wb") as fh:
             subprocess.run(["pg_dump", "-Fp", "-d", conn_url], env=pg_env, stdout=fh, check=True)
         print(f"dump: {dump.stat().st_size / 2**20:.0f} MiB of plain SQL")

@@ -65,13 +65,13 @@ def main() -> None:
 
 
 def run(url: str, args: argparse.Namespace) -> None:
-    from sbbackup.engines.postgresql import Conn
+    from sbbackup.engines.pgconn import PgConn
 
-    conn = Conn.parse(url, {})
+    conn = PgConn.source(url, {})
     env = dict(os.environ, PGPASSWORD=conn.password or "")
     with tempfile.TemporaryDirectory() as tmp:
         benv = dict(os.environ, DATABASE_URL=url, DB_BACKUP_PATH=tmp)
-        base, base_rss = best(args.runs, ["pg_dump", "-Fp", "-d", conn.url or ""], env)
+        base, base_rss = best(args.runs, ["pg_dump", "-Fp", "-d", conn.conninfo()], env)
         print(f"pg_dump -Fp > /dev/null: {base:.2f}s  peak RSS {base_rss / 1024:.0f} MiB")
         sb = [sys.executable, "-m", "sbbackup", "create"]
         variants = [

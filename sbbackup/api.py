@@ -820,6 +820,9 @@ class Api:
                 "create_target": bool(create),
                 "clean": clean,
                 "confirmed": confirm,
+                # A declared target that turns out to be the source (however it is spelled)
+                # is refused unless the configuration allows restoring over the source.
+                "source_allowed": self.settings.api_allow_restore_over_source,
             }
         if create is False:
             raise UsageError(f"a {kind} is always created by the restore: leave out createTarget")
@@ -867,7 +870,13 @@ class Api:
                 "'clean' drops a database: through the API only a declared target may be "
                 "cleaned (a targetDatabase is always a new database)"
             )
-        return {"target": name, "create_target": True, "clean": False, "must_be_new": True}
+        return {
+            "target": name,
+            "create_target": True,
+            "clean": False,
+            "must_be_new": True,
+            "source_allowed": False,
+        }
 
     def over_source(self, name: str, clean: bool, confirm: bool) -> dict[str, Any]:
         """The source database by its own name: the one existing database the operator named
@@ -1182,9 +1191,11 @@ def _held_by_us(lock: Path) -> bool:
     """Has a thread of this process taken ``lock`` (``locks.hold`` writes the holder's PID)?"""
     import os
 
+    from . import state
+
     try:
-        return lock.read_text().strip() == str(os.getpid())
-    except OSError:
+        return state.read_bytes(lock).decode(errors="replace").strip() == str(os.getpid())
+    except (OSError, SbbackupError):
         return False
 
 

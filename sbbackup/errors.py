@@ -44,6 +44,7 @@ class SbbackupError(Exception):
     kind: str = "error"
 
     def __init__(self, message: str) -> None:
+        message = redact_secrets(message)  # whatever it quotes, a credential never goes out
         super().__init__(message)
         self.message = message
 

@@ -29,9 +29,12 @@ from .engines import Engine, compare_contents, engine_for
 from .errors import (
     IntegrityError,
     NotFoundError,
+    PolicyError,
     SbbackupError,
     StorageError,
+    TargetExistsError,
     UsageError,
+    redact_secrets,
 )
 from .pipeline import (
     BackupWriter,
@@ -74,8 +77,10 @@ class Context:
         storage = self.storage
         if isinstance(storage, LocalStorage):
             return storage.root
+        from .state import resolve_dir
+
         state = self.settings.env.get("SBBACKUP_STATE_DIR", "~/.local/state/sbbackup")
-        return Path(state).expanduser()
+        return resolve_dir(Path(state).expanduser())
 
     @cached_property
     def identities(self) -> list[Any]:
@@ -202,7 +207,7 @@ def _record_failure(ctx: Context, record: BackupRecord, exc: BaseException, star
     if isinstance(exc, KeyboardInterrupt):
         message = "interrupted"
     else:
-        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        message = redact_secrets(getattr(exc, "message", None) or str(exc) or type(exc).__name__)
     record.status = STATUS_FAILED
     record.error = message
     record.filename = None
@@ -356,6 +361,8 @@ class RestoreOptions:
     # The target must not exist yet: this restore creates it (TargetExistsError otherwise).
     # The API sets it for a bare database name or a file in api.restoreDir.
     must_be_new: bool = False
+    # May the target be the source at all? (The API: only with api.allowRestoreOverSource.)
+    source_allowed: bool = True
 
 
 RESTORE_DIR = "restores"
@@ -363,7 +370,7 @@ RESTORE_DIR = "restores"
 
 def _restore_store(ctx: Context) -> LocalStorage:
     store = LocalStorage(ctx.state_dir / RESTORE_DIR)
-    ensure_private_dir(store.root)
+    ensure_private_dir(store.root, under=ctx.state_dir)
     return store
 
 
@@ -376,20 +383,44 @@ def new_restore_id(now: datetime | None = None) -> str:
 
 
 def restore_backup(ctx: Context, opts: RestoreOptions) -> dict[str, Any]:
-    """The seed's five steps: verify, prepare, restore, validate, clean up. Returns the record."""
+    """The seed's five steps: verify, prepare, restore, validate, clean up. Returns the record.
+
+    Before anything is written the target is resolved once (reached, pinned, identified):
+    an unreachable target fails here, the source needs ``confirmed``, a ``must_be_new`` target
+    that exists is refused, and the target is locked for the whole restore (a second restore
+    into it gets LockedError, exit 11, HTTP 409).
+    """
+    import hashlib
+
+    from .locks import hold
+
     record = show_backup(ctx, opts.backup_id)
     engine = ctx.engine
-    overwriting_source = engine.is_source(opts.target)
-    if overwriting_source and not opts.confirmed:
+    target = engine.resolve_target(opts.target)
+    if target.is_source and not opts.source_allowed:
+        raise PolicyError(
+            f"{target.display} is the source database: restoring over it is not allowed here"
+        )
+    if target.is_source and not opts.confirmed:
         raise UsageError(
             f"restoring {record.id} over the source database "
             f"{engine.redact(None)} is destructive: pass --yes to confirm"
         )
+    if opts.must_be_new and target.exists:
+        raise TargetExistsError(f"target {target.display} already exists")
+    lock = "restore-" + hashlib.sha256(target.key.encode()).hexdigest()[:16]
+    with hold(ctx.state_dir, lock, f"a restore into {target.display}"):
+        return _restore_locked(ctx, record, opts, target.display)
+
+
+def _restore_locked(
+    ctx: Context, record: BackupRecord, opts: RestoreOptions, display: str
+) -> dict[str, Any]:
     now = datetime.now(UTC)
     rec: dict[str, Any] = {
         "restoreId": opts.restore_id or new_restore_id(now),
         "backupId": record.id,
-        "target": engine.redact(opts.target),
+        "target": display,
         "startedAt": iso(now),
         "finishedAt": None,
         "status": "in_progress",
@@ -402,11 +433,14 @@ def restore_backup(ctx: Context, opts: RestoreOptions) -> dict[str, Any]:
     store.write_bytes_atomic(rec["restoreId"] + ".json", _dumps(rec))
     started = time.monotonic()
     try:
-        _restore_steps(ctx, record, opts, rec, fresh=opts.create_target or opts.clean)
+        fresh = opts.create_target or opts.clean or opts.must_be_new
+        _restore_steps(ctx, record, opts, rec, fresh=fresh)
         rec["status"] = "completed"
     except BaseException as exc:
         rec["status"] = "failed"
-        rec["error"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        rec["error"] = (
+            "interrupted" if isinstance(exc, KeyboardInterrupt) else redact_secrets(str(exc))
+        )
         raise
     finally:
         rec["finishedAt"] = iso(datetime.now(UTC))
@@ -447,6 +481,7 @@ def _restore_steps(
                 create_target=opts.create_target,
                 clean=opts.clean,
                 jobs=jobs,
+                must_be_new=opts.must_be_new,
             )
             check_digest(raw.hash.hexdigest(), record.checksum, filename)
 

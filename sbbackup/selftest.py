@@ -183,7 +183,7 @@ def _check_tools(ctx: Context) -> Outcome:
     versions = {name: engine.client_version(name) for name in TOOLS}  # DatabaseError if missing
     found = ", ".join(f"{name} {full}" for name, (_, full) in versions.items())
     try:
-        server = int(engine.run_psql(engine.conn, "SHOW server_version_num")) // 10000
+        server = engine.server_version_num() // 10000
     except DatabaseError:
         return "warn", f"{found} (server unreachable: versions not compared)"
     older = [f"{name} {full}" for name, (major, full) in versions.items() if major < server]
@@ -201,25 +201,27 @@ def _check_database(ctx: Context) -> Outcome:
 
 
 def _check_path(ctx: Context) -> Outcome:
+    from . import state
+
     storage = ctx.storage
     if not isinstance(storage, LocalStorage):
         names = storage.list_names()
         return "pass", f"{getattr(storage, 'url', 'storage')} reachable ({len(names)} objects)"
     root = storage.root
-    if not root.exists():
+    if not state.check_private_dir(root):  # refuses a shared or foreign directory (exit 4)
         parent = next((p for p in root.parents if p.exists()), root)
         if not os.access(parent, os.W_OK):
             raise StorageError(f"{root} does not exist and {parent} is not writable")
         return "warn", f"{root} does not exist yet; the first backup creates it (mode 700)"
-    probe = root / f".sbbackup-probe-{os.getpid()}"
     try:
-        probe.write_bytes(b"")
+        fd, probe = state.create_temp(root, "sbbackup-probe")
+        os.close(fd)
         probe.unlink()
     except OSError as exc:
         raise StorageError(f"{root} is not writable ({exc.strerror})") from None
     mode = root.stat().st_mode & 0o777
     if mode != 0o700:
-        return "warn", f"{root} is writable but has mode {mode:o}: chmod 700 it"
+        return "pass", f"{root} exists, is writable, mode {mode:o} (nobody else can write it)"
     return "pass", f"{root} exists, is writable, mode 700"
 
 

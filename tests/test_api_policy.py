@@ -309,6 +309,21 @@ def test_over_the_source_only_when_allowed_and_confirmed(
     assert pg.psql("SELECT count(*) FROM public.items", db=source) == "300"
 
 
+def test_a_declared_target_that_is_the_source_needs_the_setting(
+    server: Start, pg: Cluster, source: str
+) -> None:
+    """A declared target spelled differently from database.url but reaching the source (same
+    name, same cluster) is refused with 403 unless api.allowRestoreOverSource is on."""
+    alias = f"postgresql://postgres:{PASSWORD}@localhost:{pg.port}/{source}"
+    c = server(pg.url(source), {"restoreTargets": {"alias": alias}})
+    bid = c.call("POST", "/api/backup?wait=true").body["id"]
+    pg.psql("INSERT INTO public.items VALUES (302, 'kept')", db=source)
+    refused = restore(c, bid, {"target": "alias", "clean": True, "confirm": True})
+    assert refused.status == 403, refused.body
+    assert "source" in refused.error["message"] and PASSWORD not in json.dumps(refused.body)
+    assert pg.psql("SELECT count(*) FROM public.items WHERE id = 302", db=source) == "1"
+
+
 # --- SQLite files ------------------------------------------------------------------------
 
 

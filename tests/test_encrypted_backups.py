@@ -169,6 +169,10 @@ def test_tampering_and_truncation_restore_nothing(
     sb.ok("verify", "--deep", rec["id"], env=env)
 
 
+# bech32 of 32 zero bytes under "age": a valid encoding of a low-order point.
+ZERO_RECIPIENT = "age1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq5cu47z"
+
+
 def test_fail_closed_without_valid_recipients(
     pg: Cluster, fresh_db: str, sb: SB, keys: dict[str, str], tmp_path: Path
 ) -> None:
@@ -187,10 +191,13 @@ def test_fail_closed_without_valid_recipients(
         "bad recipients file line": {"DB_BACKUP_ENCRYPTION_RECIPIENTS_FILE": str(rfile)},
         "missing recipients file": {"DB_BACKUP_ENCRYPTION_RECIPIENTS_FILE": str(tmp_path / "no")},
         "secret key as recipient": {"DB_BACKUP_ENCRYPTION_RECIPIENTS": secret},
+        # The all-zero (low-order) point: every reader could compute the file key.
+        "low-order recipient": {"DB_BACKUP_ENCRYPTION_RECIPIENTS": ZERO_RECIPIENT},
     }
     for label, extra in bad_settings.items():
         res = sb("create", env={**base, **extra})
         assert res.code == 2, (label, res.err)
+        assert "Traceback" not in res.err and len(res.err.strip().splitlines()) == 1, res.err
         assert secret not in res.err + res.out, f"{label}: the secret was echoed"
     # Nothing was dumped: no data file, no partial, no plaintext fallback.
     assert not sb.backup_path.exists() or not [

@@ -353,14 +353,19 @@ def test_every_spelling_of_the_source_needs_yes(pg: Cluster, sb: SB, fresh_db: s
         assert not engine.is_source(other.url(fresh_db))
     finally:
         destroy_cluster(other)
-    # Through the command line, with the password only in the environment.
+    # Through the command line, with the password only in ~/.pgpass (a URL target never gets
+    # the source's password).
+    home = Path(sb.env["HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".pgpass").write_text(f"localhost:{pg.port}:*:postgres:{PASSWORD}\n")
+    (home / ".pgpass").chmod(0o600)
     res = sb(
         "restore",
         record["id"],
         "--clean",
         "--target-url",
         f"postgresql://postgres@localhost:{pg.port}/{fresh_db}",
-        env={**env, "PGPASSWORD": PASSWORD},
+        env=env,
     )
     assert res.code == 2 and "--yes" in res.err
     assert pg.psql("SELECT count(*) FROM t", db=fresh_db) == "2"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,28 @@ def test_sqlite_round_trip(sb: SB, demo_db: Path, tmp_path: Path) -> None:
     # An existing target is never overwritten without --clean.
     res = sb("restore", record["id"], "--target-url", f"sqlite:///{target}", env=env)
     assert res.code == 3 and "--clean" in res.err
+    # A restored file is private, whatever the umask: it holds the whole database.
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_sqlite_restore_never_writes_through_a_symlink(
+    sb: SB, demo_db: Path, tmp_path: Path
+) -> None:
+    """A symlink at the target's name is refused, and --clean replaces the link itself: the
+    file it points to (here another backup's data file) is never touched."""
+    env = {"DATABASE_URL": f"sqlite:///{demo_db}"}
+    record = sb.ok("create", "--json", env=env).json()
+    victim = sb.backup_path / record["filename"]
+    before = victim.read_bytes()
+    link = tmp_path / "link.db"
+    link.symlink_to(victim)
+    res = sb("restore", record["id"], "--target-url", f"sqlite:///{link}", env=env)
+    assert res.code == 3 and "--clean" in res.err
+    sb.ok("restore", record["id"], "--target-url", f"sqlite:///{link}", "--clean", env=env)
+    assert victim.read_bytes() == before
+    assert not link.is_symlink() and stat.S_IMODE(link.stat().st_mode) == 0o600
+    assert rows(link, "SELECT count(*) FROM t") == [(2001,)]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".restoring")]
 
 
 def test_list_shows_missing_and_corrupt(sb: SB, demo_db: Path) -> None:
@@ -264,7 +287,7 @@ def test_an_existing_read_only_backup_dir_is_not_made_writable(tmp_path: Path) -
     os.chmod(ro, 0o500)
     ensure_private_dir(loose)
     ensure_private_dir(ro)
-    assert loose.stat().st_mode & 0o777 == 0o700  # group and others lose access
+    assert loose.stat().st_mode & 0o777 == 0o755  # nobody else can write it: kept as it is
     assert ro.stat().st_mode & 0o777 == 0o500  # the owner gains none
 
 

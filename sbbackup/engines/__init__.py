@@ -20,6 +20,16 @@ class DumpResult:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Target:
+    """A restore target after resolution: what it is, for the checks made before a restore."""
+
+    key: str  # one identity however the target is spelled (locks are named by it)
+    display: str  # as it may be logged: never with a password
+    exists: bool
+    is_source: bool
+
+
 class Engine(Protocol):
     """One database. Targets are URLs (or paths for SQLite); ``None`` means the source."""
 
@@ -47,8 +57,14 @@ class Engine(Protocol):
         create_target: bool,
         clean: bool,
         jobs: int,
+        must_be_new: bool = False,
     ) -> None:
-        """Load a dump into ``target`` atomically where the format allows."""
+        """Load a dump into ``target`` atomically where the format allows. ``must_be_new``:
+        this restore creates the target, and TargetExistsError if it exists."""
+
+    def resolve_target(self, target: str | None) -> Target:
+        """Reach ``target`` once (DatabaseError when it cannot be reached; ConfigError for a
+        refused form) and pin it for every later call with the same ``target``."""
 
     def inventory(self, target: str | None) -> dict[str, Any]:
         """Tables with exact row counts and object counts, as ``DumpResult.contents``."""

@@ -1,8 +1,19 @@
-"""PostgreSQL through its own client tools: pg_dump, psql, pg_restore.
+"""PostgreSQL: psycopg 3 for every query; pg_dump, psql and pg_restore dump and load.
 
-Passwords never reach argv: the child gets the URL without its password and the password in
-``PGPASSWORD``. Row counts come from the very snapshot pg_dump dumps: a psql session opens a
-REPEATABLE READ transaction, exports its snapshot, and pg_dump runs with ``--snapshot``.
+Trust boundaries. What a database contains (names, settings, catalog rows, even from the server
+being backed up) is data, never code:
+
+- every query goes through psycopg; identifiers are composed with ``psycopg.sql.Identifier``
+  and values travel as parameters; psql's stdin carries only a dump being restored, and
+  nothing is parsed back out of a client tool's text output;
+- row counts of a plain dump come from the dump stream itself (``copycount``): each
+  ``COPY ... FROM stdin`` block is counted as it streams past, so they cover exactly what
+  pg_dump wrote and what a restore loads. A custom-format dump is counted by a session in
+  pg_dump's exported snapshot while pg_dump runs;
+- a target is resolved once (``resolve_target``): connect, read the server's system identifier
+  and the host and port actually used, and pin them for every later step (create, drop, load,
+  validate), so a name that resolves elsewhere later cannot redirect a DROP;
+- children get a minimal environment; a password reaches them only through a private passfile.
 """
 
 from __future__ import annotations
@@ -16,11 +27,10 @@ import subprocess
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from typing import IO, Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import (
     ConfigError,
@@ -28,16 +38,22 @@ from ..errors import (
     IntegrityError,
     InterruptedError_,
     SbbackupError,
+    TargetExistsError,
+    redact_secrets,
 )
 from ..pipeline import Writer, pump_fd
-from . import DumpResult
+from . import DumpResult, Target
+from .pgconn import PgConn, child_env, passfile_for
+
+if TYPE_CHECKING:
+    import psycopg
 
 TOOLS = ("pg_dump", "psql", "pg_restore")
 INSTALL_HINT = "install the PostgreSQL client tools (e.g. apt install postgresql-client)"
-SEP = "\x1f"
-END = "__sbbackup_end__"
-CLUSTER_ID_SQL = "SELECT system_identifier FROM pg_control_system()"
 DUMP_COMPLETE = b"-- PostgreSQL database dump complete"
+SNAPSHOT_RE = re.compile(r"[0-9A-F]{1,16}-[0-9A-F]{1,16}(-[0-9]{1,10})?")
+COUNT_BATCH = 200
+
 USER_NS = (
     "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp)'"
 )
@@ -45,11 +61,13 @@ NOT_EXT = (
     "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = {oid} AND d.classid = "
     "'{cat}'::regclass AND d.deptype = 'e')"
 )
-
-TABLES_SQL = f"""SELECT format('%I.%I', n.nspname, c.relname)
+# The tables whose rows pg_dump writes and a restore loads: ordinary tables only. Not a
+# partitioned parent (its leaves carry the rows), a materialized view (the restore refreshes
+# it), a foreign table (its rows live elsewhere) or an extension's member.
+TABLES_SQL = f"""SELECT n.nspname, c.relname, format('%I.%I', n.nspname, c.relname)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p', 'm') AND (c.relkind <> 'm' OR c.relispopulated) AND {USER_NS}
-AND {NOT_EXT.format(oid="c.oid", cat="pg_class")} ORDER BY 1"""
+WHERE c.relkind = 'r' AND {USER_NS} AND {NOT_EXT.format(oid="c.oid", cat="pg_class")}
+ORDER BY 3"""
 
 
 def _count_rel(kinds: str) -> str:
@@ -83,67 +101,19 @@ OBJECTS_SQL = "\nUNION ALL ".join(
         "SELECT 'largeObjects', (SELECT count(*) FROM pg_largeobject_metadata)",
     ]
 )
-
-
-@dataclass(frozen=True)
-class Conn:
-    """A connection target: a password-free URL (or libpq environment) plus the password."""
-
-    url: str | None
-    password: str | None
-    dbname: str
-
-    @classmethod
-    def parse(cls, url: str | None, env: dict[str, str]) -> Conn:
-        if url is None:
-            db = env.get("PGDATABASE") or env.get("PGUSER") or _login_name()
-            return cls(None, None, db)
-        if not url.startswith(("postgresql://", "postgres://")):
-            raise ConfigError("database URL must start with postgresql:// (or sqlite:///)")
-        scheme, rest = url.split("://", 1)
-        netloc, _, tail = rest.partition("/")
-        if "@" not in netloc and "@" in tail.partition("?")[0]:
-            # user:pa/ss@host: libpq ends the authority at the first "/", so the password's
-            # head would pass as a host name into argv, logs and the manifest. Never echo it.
-            raise ConfigError(
-                "database URL: the part before '@' contains '/' (a password with '/' "
-                "must be percent-encoded as %2F, or kept in ~/.pgpass)"
-            )
-        path, _, query = tail.partition("?")
-        userinfo, at, hosts = netloc.rpartition("@")
-        user, colon, password = userinfo.partition(":")
-        params = parse_qsl(query, keep_blank_values=True)
-        qpass = [v for k, v in params if k == "password"]
-        params = [(k, v) for k, v in params if k != "password"]
-        pw = unquote(password) if colon else (qpass[0] if qpass else None)
-        safe = f"{scheme}://{user + '@' if at and user else ''}{hosts}/{path}"
-        if params:
-            safe += "?" + urlencode(params)
-        dbname = unquote(path) or unquote(user) or env.get("PGDATABASE") or _login_name()
-        return cls(safe, pw or None, dbname)
-
-    def with_db(self, dbname: str) -> Conn:
-        if self.url is None:
-            return replace(self, dbname=dbname, url=None)
-        head, _, tail = self.url.partition("://")
-        netloc, _, rest = tail.partition("/")
-        _, q, query = rest.partition("?")
-        return replace(self, url=f"{head}://{netloc}/{quote(dbname)}{q}{query}", dbname=dbname)
-
-    def args(self) -> list[str]:
-        return ["-d", self.url if self.url is not None else self.dbname]
-
-    def redacted(self) -> str:
-        return self.url if self.url is not None else f"(libpq environment) dbname={self.dbname}"
-
-
-def _login_name() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no passwd entry in some containers
-        return "postgres"
+OBJECT_KINDS = frozenset(
+    {
+        "sequences",
+        "views",
+        "materializedViews",
+        "indexes",
+        "functions",
+        "types",
+        "triggers",
+        "constraints",
+        "largeObjects",
+    }
+)
 
 
 def parse_major(version_output: str) -> tuple[int, str]:
@@ -174,85 +144,39 @@ def first_error(stderr: str) -> str:
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     for ln in lines:
         if "error" in ln.lower() or "fatal" in ln.lower() or "failed" in ln.lower():
-            return ln
-    return lines[-1] if lines else "no message"
+            return redact_secrets(ln)
+    return redact_secrets(lines[-1]) if lines else "no message"
 
 
-class PsqlSession:
-    """An interactive psql child, for queries that must share one transaction."""
-
-    def __init__(self, engine: PostgreSQLEngine, conn: Conn) -> None:
-        self.proc = engine.spawn(
-            [
-                engine.tool("psql"),
-                "-X",
-                "-A",
-                "-t",
-                "-q",
-                "-F",
-                SEP,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "--no-password",
-                *conn.args(),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=engine.child_env(conn),
-            text=True,
-            bufsize=1,
-        )
-        assert self.proc.stderr is not None
-        self.err = StderrCollector(self.proc.stderr.buffer)  # type: ignore[attr-defined]
-        self.err.start()
-        self.conn = conn
-
-    def query(self, sql: str) -> list[list[str]]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        try:
-            self.proc.stdin.write(sql.rstrip().rstrip(";") + ";\n\\echo " + END + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            self._fail()
-        rows: list[list[str]] = []
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                self._fail()
-            line = line.rstrip("\n")
-            if line == END:
-                return rows
-            rows.append(line.split(SEP))
-
-    def _fail(self) -> None:
-        self.proc.wait()
-        raise DatabaseError(f"cannot query {self.conn.redacted()}: {first_error(self.err.text())}")
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            assert self.proc.stdin is not None
-            self.proc.stdin.write("\\q\n")
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def pg_error(exc: Exception, what: str) -> DatabaseError:
+    """One line from a psycopg error: the server's message and SQLSTATE when it sent them."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    if primary:
+        text = f"{primary} (SQLSTATE {sqlstate})" if sqlstate else primary
+    else:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        text = lines[0] if lines else type(exc).__name__
+        text = text.removeprefix("connection failed: ")
+        text = "; ".join([text, *[ln for ln in lines[1:2] if "failed" not in ln]])
+    return DatabaseError(redact_secrets(f"{what}: {text}"))
 
 
-def inventory(session: PsqlSession) -> dict[str, Any]:
-    tables = [row[0] for row in session.query(TABLES_SQL)]
-    counts: dict[str, int] = {}
-    for i in range(0, len(tables), 200):
-        batch = tables[i : i + 200]
-        sql = "\nUNION ALL ".join(
-            f"SELECT '{t.replace(chr(39), chr(39) * 2)}', count(*) FROM {t}" for t in batch
-        )
-        for name, n in session.query(sql):
-            counts[name] = int(n)
-    objects = {kind: int(n) for kind, n in session.query(OBJECTS_SQL)}
-    return {"tables": counts, "objects": objects}
+def _control_free(text: str) -> str:
+    """A name the server sent, fit for one line of a message."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:200]
+
+
+@dataclass
+class _Resolved:
+    """A target after ``resolve_target``: pinned to the server it reached."""
+
+    conn: PgConn  # the target database, host and port pinned
+    admin: PgConn  # the maintenance database on the same server
+    system_id: str
+    exists: bool
+    server_version_num: int
 
 
 class PostgreSQLEngine:
@@ -261,14 +185,17 @@ class PostgreSQLEngine:
     file_extension = {"plain": ".sql", "custom": ".dump"}
 
     def __init__(self, url: str | None, settings: Any) -> None:
-        self.settings = settings
+        self.lock_wait_timeout: int = settings.lock_wait_timeout
         self.env = dict(settings.env) if settings.env else dict(os.environ)
-        self.conn = Conn.parse(url, self.env)
+        self.conn = PgConn.source(url, self.env)
         self._tools: dict[str, str] = {}
-        # Long-running children (pg_dump, psql, pg_restore), for cancel().
+        self._resolved: dict[str | None, _Resolved] = {}
+        # Long-running children and open sessions, for cancel().
         self._children: weakref.WeakSet[subprocess.Popen[Any]] = weakref.WeakSet()
+        self._sessions: weakref.WeakSet[Any] = weakref.WeakSet()
         self._cancelled = threading.Event()
 
+    # --- children ----------------------------------------------------------------------
     def spawn(self, args: list[str], **kw: Any) -> subprocess.Popen[Any]:
         """Start a child that ``cancel()`` can stop."""
         if self._cancelled.is_set():
@@ -280,15 +207,17 @@ class PostgreSQLEngine:
         return proc
 
     def cancel(self) -> None:
-        """Kill every child (a server shutting down): a thread blocked reading pg_dump's
-        output sees EOF and goes on to its cleanup. Later spawns are refused."""
+        """Kill every child and cancel every query (a server shutting down): a thread blocked
+        reading pg_dump's output sees EOF and goes on to its cleanup. Later work is refused."""
         self._cancelled.set()
         for proc in list(self._children):
             if proc.poll() is None:
                 with contextlib.suppress(OSError):
                     proc.kill()
+        for session in list(self._sessions):
+            with contextlib.suppress(Exception):
+                session.cancel_safe(timeout=2)
 
-    # --- helpers -----------------------------------------------------------------------
     def tool(self, name: str) -> str:
         if name not in self._tools:
             path = shutil.which(name, path=self.env.get("PATH", os.defpath))
@@ -297,139 +226,228 @@ class PostgreSQLEngine:
             self._tools[name] = path
         return self._tools[name]
 
-    def child_env(self, conn: Conn) -> dict[str, str]:
-        env = dict(self.env)
-        env.setdefault("PGAPPNAME", "sbbackup")
-        env.setdefault("PGCONNECT_TIMEOUT", "10")
-        if conn.password is not None:
-            env["PGPASSWORD"] = conn.password
-        return env
+    @contextlib.contextmanager
+    def _child(self, conn: PgConn | None) -> Iterator[dict[str, Any]]:
+        """``Popen`` keywords for a client tool reaching ``conn``: its minimal environment and
+        the passfile descriptor it inherits."""
+        with passfile_for(conn.password if conn else None) as passfile:
+            yield {
+                "env": child_env(self.env, passfile),
+                "pass_fds": passfile.pass_fds if passfile else (),
+            }
 
-    def target(self, target: str | None) -> Conn:
+    def client_version(self, name: str = "pg_dump") -> tuple[int, str]:
+        res = subprocess.run(
+            [self.tool(name), "--version"],
+            capture_output=True,
+            text=True,
+            env=child_env(self.env, None),
+        )
+        return parse_major(res.stdout)
+
+    # --- sessions ----------------------------------------------------------------------
+    def connect(self, conn: PgConn, autocommit: bool = True) -> psycopg.Connection[Any]:
+        """A psycopg session; DatabaseError with the server's message when it fails."""
+        import psycopg
+
+        if self._cancelled.is_set():
+            raise InterruptedError_("interrupted")
+        try:
+            session = psycopg.connect(autocommit=True, **conn.connect_kwargs(self.env))
+            if session.info.parameter_status("server_encoding") == "SQL_ASCII":
+                # Names are bytes there; psycopg would hand them over as bytes. Latin-1 reads
+                # any byte losslessly, the same way on every side (dump, catalog, restore).
+                session.execute("SET client_encoding TO 'LATIN1'")
+            session.autocommit = autocommit
+        except psycopg.Error as exc:
+            raise pg_error(exc, f"cannot connect to {conn.redacted()}") from None
+        self._sessions.add(session)
+        return session
+
+    @contextlib.contextmanager
+    def session(self, conn: PgConn, what: str) -> Iterator[psycopg.Connection[Any]]:
+        """A session whose errors become DatabaseError naming ``what``; always closed."""
+        import psycopg
+
+        session = self.connect(conn)
+        try:
+            yield session
+        except psycopg.Error as exc:
+            if self._cancelled.is_set():
+                raise InterruptedError_("interrupted") from None
+            raise pg_error(exc, what) from None
+        finally:
+            with contextlib.suppress(Exception):
+                session.close()
+
+    @staticmethod
+    def _scalar(session: psycopg.Connection[Any], query: Any, params: Any = None) -> Any:
+        row = session.execute(query, params).fetchone()
+        if row is None or len(row) < 1:
+            raise DatabaseError("the server answered a query with no value")
+        return row[0]
+
+    # --- targets -----------------------------------------------------------------------
+    def _parse(self, target: str | None) -> PgConn:
         """``None`` is the source; a bare name is a database on the source's server."""
         if target is None:
             return self.conn
         if target.startswith(("postgresql://", "postgres://")):
-            return Conn.parse(target, self.env)
+            return PgConn.target(target, self.env)
         if re.match(r"\s*\w+\s*=", target):  # never echoed: it may hold a password
             raise ConfigError(
                 "a target must be a postgresql:// URL or a database name, not a libpq connection "
-                "string (keep its password in PGPASSWORD or ~/.pgpass)"
+                "string (keep its password in ~/.pgpass)"
             )
-        if "://" not in target and "/" not in target and target:
+        if "://" not in target and "/" not in target and target and "\0" not in target:
             return self.conn.with_db(target)
         raise ConfigError("target must be a postgresql:// URL or a database name")
 
-    def scratch_target(self, name: str, server: str | None) -> str:
-        """A database called ``name`` on ``server`` (default: the source's server)."""
-        conn = self.target(server).with_db(name)
-        if conn.url is None:
-            return name
-        if conn.password is None:
-            return conn.url
-        scheme, rest = conn.url.split("://", 1)
-        user, at, tail = rest.partition("@")
-        return f"{scheme}://{user}:{quote(conn.password, safe='')}@{tail}" if at else conn.url
-
-    def drop_target(self, target: str, force: bool = True) -> None:
-        """Drop a scratch database. Without ``force`` one that has sessions is left alone
-        (DatabaseError), so a cleanup never kills another live drill."""
-        self._drop(self.target(target), force)
-
-    def _drop(self, conn: Conn, force: bool = True) -> None:
+    def _resolve(self, target: str | None) -> _Resolved:
+        """Connect once to the target's server (its maintenance database: the target may not
+        exist yet) and pin the host, address and port it reached for every later step."""
+        if target in self._resolved:
+            return self._resolved[target]
+        if target is not None and "://" not in target and "/" not in target:
+            base = self._resolve(None)  # a bare name: the source's (pinned) server
+            conn = base.conn.with_db(self._parse(target).dbname)
+        else:
+            conn = self._parse(target)
         admin = conn.with_db("postgres" if conn.dbname != "postgres" else "template1")
-        ident = '"' + conn.dbname.replace('"', '""') + '"'
-        force_opt = " WITH (FORCE)" if force else ""
-        self.run_psql(admin, f"DROP DATABASE IF EXISTS {ident}{force_opt}")
-
-    def leftover_targets(self, prefix: str, server: str | None) -> list[str]:
-        """Unused databases named ``prefix`` plus 8 hex digits (what ``scratch_target`` makes)."""
-        conn = self.target(server)
-        admin = conn.with_db("postgres" if conn.dbname != "postgres" else "template1")
-        regex = "^" + re.escape(prefix).replace("'", "''") + "[0-9a-f]{8}$"
-        # One with sessions belongs to a live drill: skip it here rather than have DROP wait
-        # five seconds for its sessions and then fail.
-        out = self.run_psql(
-            admin,
-            f"SELECT datname FROM pg_database d WHERE datname ~ '{regex}' AND NOT EXISTS "
-            "(SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname) ORDER BY 1",
+        with self.session(admin, f"cannot query {admin.redacted()}") as session:
+            info = session.info
+            pinned = pinned_params(session)
+            system_id = str(self._scalar(session, CLUSTER_ID_SQL))
+            exists = (
+                session.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (conn.dbname,)
+                ).fetchone()
+                is not None
+            )
+            version = int(info.server_version)
+        resolved = _Resolved(
+            conn=conn.with_params(**pinned),
+            admin=admin.with_params(**pinned),
+            system_id=system_id,
+            exists=exists,
+            server_version_num=version,
         )
-        return [self.scratch_target(name, server) for name in out.splitlines() if name]
+        self._resolved[target] = resolved
+        return resolved
 
-    def size_estimate(self) -> int:
-        return int(self.run_psql(self.conn, "SELECT pg_database_size(current_database())"))
-
-    def describe(self) -> dict[str, Any]:
-        return {"engine": self.name, "name": self.conn.dbname, "url": self.conn.redacted()}
-
-    def redact(self, target: str | None) -> str:
-        return self.target(target).redacted()
+    def resolve_target(self, target: str | None) -> Target:
+        """Connect to ``target``'s server and say what it is: DatabaseError when unreachable
+        (a restore never guesses), ConfigError for a refused form."""
+        r = self._resolve(target)
+        return Target(
+            key=f"postgresql:{r.system_id}:{r.conn.dbname}",
+            display=r.conn.redacted(),
+            exists=r.exists,
+            is_source=self.is_source(target),
+        )
 
     def is_source(self, target: str | None) -> bool:
         """Is ``target`` the source database, however it is spelled?
 
         Names are unique within a cluster, so a different (decoded) name is never the source.
-        The same name behind another spelling of the server (``localhost`` for ``127.0.0.1``,
-        ``postgres://``, another port alias) is the source when both connections reach the same
-        cluster (``pg_control_system().system_identifier``). When that cannot be told, because the
-        source does not answer, the answer is yes: a needless confirmation is cheap, a restore
-        over production is not. A target that does not answer cannot be restored into anyway.
+        The same name is the source when both reach the same cluster
+        (``pg_control_system().system_identifier``). When the source does not answer, the
+        answer is yes: a needless confirmation is cheap, a restore over production is not.
+        A target that does not answer raises: it cannot be restored into anyway.
         """
-        t = self.target(target)
+        t = self._parse(target)
         if t.dbname != self.conn.dbname:
             return False
-        if t.url == self.conn.url:
+        if target is None or t.params == self.conn.params:
             return True
+        theirs = self._resolve(target).system_id
         try:
-            theirs = self.run_psql(t, CLUSTER_ID_SQL)
-        except DatabaseError:
-            return False
-        try:
-            ours = self.run_psql(self.conn, CLUSTER_ID_SQL)
+            ours = self._resolve(None).system_id
         except DatabaseError:
             return True
         return theirs == ours
 
-    def run_psql(self, conn: Conn, sql: str) -> str:
-        res = subprocess.run(
-            [
-                self.tool("psql"),
-                "-X",
-                "-A",
-                "-t",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "--no-password",
-                *conn.args(),
-                "-c",
-                sql,
-            ],
-            env=self.child_env(conn),
-            capture_output=True,
-            text=True,
-            start_new_session=True,  # a terminal's Ctrl-C must not cancel a cleanup's DROP
-        )
-        if res.returncode != 0:
-            raise DatabaseError(f"cannot connect to {conn.redacted()}: {first_error(res.stderr)}")
-        return res.stdout.strip()
+    def redact(self, target: str | None) -> str:
+        return self._parse(target).redacted()
 
-    def client_version(self, name: str = "pg_dump") -> tuple[int, str]:
-        res = subprocess.run(
-            [self.tool(name), "--version"], capture_output=True, text=True, env=self.env
-        )
-        return parse_major(res.stdout)
+    def scratch_target(self, name: str, server: str | None) -> str:
+        """A database called ``name`` on ``server`` (default: the source's server)."""
+        if server is None or "://" not in server:
+            return name
+        conn = self._parse(server).with_db(name)
+        scheme, rest = server.split("://", 1)
+        netloc, _, tail = rest.partition("/")
+        _, q, query = tail.partition("?")
+        from urllib.parse import quote
 
-    def check(self, conn: Conn | None = None) -> dict[str, Any]:
-        conn = conn or self.conn
+        return f"{scheme}://{netloc}/{quote(conn.dbname)}{q}{query}"
+
+    def drop_target(self, target: str, force: bool = True) -> None:
+        """Drop a scratch database. Without ``force`` one that has sessions is left alone
+        (DatabaseError), so a cleanup never kills another live drill."""
+        self._drop(self._resolve(target), force)
+
+    def _admin(self, r: _Resolved) -> contextlib.AbstractContextManager[Any]:
+        return self.session(r.admin, f"cannot manage databases on {r.admin.redacted()}")
+
+    def _drop(self, r: _Resolved, force: bool = True) -> None:
+        from psycopg import sql
+
+        query = sql.SQL("DROP DATABASE IF EXISTS {}{}").format(
+            sql.Identifier(r.conn.dbname), sql.SQL(" WITH (FORCE)" if force else "")
+        )
+        with self._admin(r) as session:
+            self._same_server(session, r)
+            session.execute(query)
+
+    def _same_server(self, session: psycopg.Connection[Any], r: _Resolved) -> None:
+        if str(self._scalar(session, CLUSTER_ID_SQL)) != r.system_id:
+            raise DatabaseError(
+                f"{r.admin.redacted()} is no longer the server it was (its system identifier "
+                "changed): refusing to go on"
+            )
+
+    def leftover_targets(self, prefix: str, server: str | None) -> list[str]:
+        """Unused databases named ``prefix`` plus 8 hex digits (what ``scratch_target`` makes)."""
+        r = self._resolve(server)
+        regex = "^" + re.escape(prefix) + "[0-9a-f]{8}$"
+        # One with sessions belongs to a live drill: skip it here rather than have DROP wait
+        # five seconds for its sessions and then fail.
+        with self._admin(r) as session:
+            rows = session.execute(
+                "SELECT datname FROM pg_database d WHERE datname ~ %s AND NOT EXISTS "
+                "(SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname) ORDER BY 1",
+                (regex,),
+            ).fetchall()
+        names = [str(row[0]) for row in rows]
+        return [self.scratch_target(n, server) for n in names if re.fullmatch(regex, n)]
+
+    def size_estimate(self) -> int:
+        with self.session(self.conn, f"cannot query {self.conn.redacted()}") as session:
+            return int(self._scalar(session, "SELECT pg_database_size(current_database())"))
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "name": self.conn.dbname, "url": self.conn.redacted()}
+
+    # --- checks ------------------------------------------------------------------------
+    def server_version_num(self) -> int:
+        """The source server's version number (150018); DatabaseError when unreachable."""
+        with self.session(self.conn, f"cannot query {self.conn.redacted()}") as session:
+            return int(session.info.server_version)
+
+    def check(self) -> dict[str, Any]:
         for name in TOOLS:
             self.tool(name)  # "pg_dump not found: ..." before anything runs
-        # Four short-lived children at once: sequentially they cost a dump ~0.1 s of latency.
-        with ThreadPoolExecutor(max_workers=len(TOOLS) + 1) as pool:
-            server = pool.submit(self.run_psql, conn, "SHOW server_version_num")
+        # Three short-lived children at once while the session connects.
+        with ThreadPoolExecutor(max_workers=len(TOOLS)) as pool:
             futures = {name: pool.submit(self.client_version, name) for name in TOOLS}
+            server_num = self.server_version_num()
             versions = {name: f.result() for name, f in futures.items()}
-            server_num = int(server.result())
+        return self._compare_versions(versions, server_num)
+
+    def _compare_versions(
+        self, versions: dict[str, tuple[int, str]], server_num: int
+    ) -> dict[str, Any]:
         server_major = server_num // 10000
         server_version = f"{server_major}.{server_num % 10000}"
         for name, (major, full) in versions.items():
@@ -449,17 +467,38 @@ class PostgreSQLEngine:
     def dump(
         self, fmt: str, out: Writer, row_counts: bool, progress: Callable[[int], None] | None = None
     ) -> DumpResult:
-        info = self.check()
-        session = PsqlSession(self, self.conn)
+        """pg_dump in the snapshot of a session that holds it open for the whole dump."""
+        import psycopg
+
+        for name in TOOLS:
+            self.tool(name)
+        with ThreadPoolExecutor(max_workers=len(TOOLS)) as pool:
+            futures = {name: pool.submit(self.client_version, name) for name in TOOLS}
+            snap = self._snapshot_session()
+            try:
+                versions = {name: f.result() for name, f in futures.items()}
+            except BaseException:
+                snap.close()
+                raise
+        what = f"cannot read the catalog of {self.conn.redacted()}"
         try:
-            session.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            snapshot = session.query("SELECT pg_export_snapshot()")[0][0]
-            contents = self._dump_with(
-                fmt, snapshot, out, session if row_counts else None, progress
-            )
-            session.query("COMMIT")
+            info = self._compare_versions(versions, int(snap.info.server_version))
+            snapshot = str(self._scalar(snap, "SELECT pg_export_snapshot()"))
+            if not SNAPSHOT_RE.fullmatch(snapshot):
+                raise DatabaseError(f"the server sent an invalid snapshot name {snapshot[:40]!r}")
+            tables = catalog_tables(snap) if row_counts else []
+            objects = object_counts(snap) if row_counts else {}
+            contents = self._dump_with(fmt, snapshot, out, snap, tables, row_counts, progress)
+            if contents is not None:
+                contents["objects"] = objects
+            snap.execute("COMMIT")
+        except psycopg.Error as exc:
+            if self._cancelled.is_set():
+                raise InterruptedError_("interrupted") from None
+            raise pg_error(exc, what) from None
         finally:
-            session.close()
+            with contextlib.suppress(Exception):
+                snap.close()
         database = {
             "engine": self.name,
             "name": self.conn.dbname,
@@ -467,77 +506,125 @@ class PostgreSQLEngine:
         }
         return DumpResult(database=database, tool_version=info["pgDumpVersion"], contents=contents)
 
-    def _dump_args(self, fmt: str, snapshot: str) -> list[str]:
+    def _snapshot_session(self) -> psycopg.Connection[Any]:
+        import psycopg
+
+        session = self.connect(self.conn, autocommit=False)
+        session.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        session.read_only = True
+        return session
+
+    def _dump_args(self, fmt: str, snapshot: str, conn: PgConn) -> list[str]:
         args = [
             self.tool("pg_dump"),
             "--no-password",
             f"--snapshot={snapshot}",
-            f"--lock-wait-timeout={self.settings.lock_wait_timeout}s",
+            f"--lock-wait-timeout={self.lock_wait_timeout}s",
         ]
         args += ["--format=custom", "--compress=0"] if fmt == "custom" else ["--format=plain"]
-        return [*args, *self.conn.args()]
+        return [*args, "-d", conn.conninfo()]
 
     def _dump_with(
         self,
         fmt: str,
         snapshot: str,
         out: Writer,
-        session: PsqlSession | None,
+        snap: psycopg.Connection[Any],
+        tables: list[tuple[str, str, str]],
+        row_counts: bool,
         progress: Callable[[int], None] | None,
     ) -> dict[str, Any] | None:
-        proc = self.spawn(
-            self._dump_args(fmt, snapshot),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=self.child_env(self.conn),
-            start_new_session=True,
-        )
-        assert proc.stdout is not None and proc.stderr is not None
-        err = StderrCollector(proc.stderr)
-        err.start()
-        counter = _Inventory(session) if session else None
-        try:
-            if counter:
-                counter.start()
-            pump_fd(proc.stdout.fileno(), out, progress)
-            code = proc.wait()
-        except BaseException:
-            kill_group(proc)
-            raise
-        finally:
-            proc.stdout.close()
+        conn = self.conn.with_params(**pinned_params(snap))  # pg_dump imports this snapshot
+        counter = None
+        if row_counts and fmt == "plain":
+            from .copycount import CopyCounter
+
+            counter = CopyCounter(dump_encoding(snap))
+        sink: Writer = _Tee(out, counter) if counter is not None else out
+        scan = _SnapshotCounts(snap, tables) if row_counts and fmt != "plain" else None
+        with self._child(conn) as child:
+            proc = self.spawn(
+                self._dump_args(fmt, snapshot, conn),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                **child,
+            )
+            assert proc.stdout is not None and proc.stderr is not None
+            err = StderrCollector(proc.stderr)
+            err.start()
+            try:
+                if scan is not None:
+                    scan.start()
+                pump_fd(proc.stdout.fileno(), sink, progress)
+                code = proc.wait()
+            except BaseException:
+                kill_group(proc)
+                if scan is not None:
+                    with contextlib.suppress(Exception):
+                        snap.cancel_safe(timeout=2)
+                    scan.join()
+                raise
+            finally:
+                proc.stdout.close()
         if code != 0:
+            if scan is not None:
+                failed_first = not scan.is_alive() and scan.error is not None
+                if scan.is_alive():
+                    with contextlib.suppress(Exception):
+                        snap.cancel_safe(timeout=2)
+                scan.join()
+                if failed_first:  # its failure ended the snapshot pg_dump wanted to import
+                    scan.result()
             msg = first_error(err.text())
             if "timeout" in msg.lower():
                 msg += (
-                    f" (a table could not be locked within {self.settings.lock_wait_timeout}s:"
+                    f" (a table could not be locked within {self.lock_wait_timeout}s:"
                     " another session holds an exclusive lock; see database.lockWaitTimeout)"
                 )
             raise DatabaseError(f"pg_dump failed (exit {code}): {msg}")
-        return counter.result() if counter else None
+        if counter is not None:
+            return {"tables": stream_counts(counter.finish(), tables)}
+        if scan is not None:
+            return {"tables": scan.result()}
+        return None
 
     # --- restore -----------------------------------------------------------------------
     def prepare_target(
-        self, target: str | None, create_target: bool, clean: bool
-    ) -> tuple[Conn, bool]:
+        self, target: str | None, create_target: bool, clean: bool, must_be_new: bool = False
+    ) -> tuple[_Resolved, bool]:
         """The target, reachable; and whether this restore created it (so owns it)."""
-        conn = self.target(target)
-        if not (create_target or clean):
-            self.run_psql(conn, "SELECT 1")
-            return conn, False
-        admin = conn.with_db("postgres" if conn.dbname != "postgres" else "template1")
-        ident = '"' + conn.dbname.replace('"', '""') + '"'
-        lit = "'" + conn.dbname.replace("'", "''") + "'"
-        exists = self.run_psql(admin, f"SELECT 1 FROM pg_database WHERE datname = {lit}") == "1"
-        if exists and clean:
-            self.run_psql(admin, f"DROP DATABASE {ident} WITH (FORCE)")
-            exists = False
-        if not exists:
-            if not create_target and not clean:
-                raise DatabaseError(f"target database {conn.dbname} does not exist")
-            self.run_psql(admin, f"CREATE DATABASE {ident}")
-            return conn, True
-        return conn, False
+        from psycopg import errors as pgerrors
+        from psycopg import sql
+
+        r = self._resolve(target)
+        name = r.conn.dbname
+        if not (create_target or clean or must_be_new):
+            if not r.exists:
+                raise DatabaseError(f"target database {_control_free(name)} does not exist")
+            return r, False
+        ident = sql.Identifier(name)
+        with self._admin(r) as session:
+            self._same_server(session, r)
+            exists = (
+                session.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+                is not None
+            )
+            if exists and must_be_new:
+                raise TargetExistsError(f"target database {_control_free(name)} already exists")
+            if exists and clean:
+                session.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
+                exists = False
+            if exists:
+                return r, False
+            try:
+                session.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+            except pgerrors.DuplicateDatabase:
+                raise TargetExistsError(
+                    f"target database {_control_free(name)} already exists"
+                ) from None
+        r.exists = True
+        return r, True
 
     def restore(
         self,
@@ -548,19 +635,20 @@ class PostgreSQLEngine:
         create_target: bool,
         clean: bool,
         jobs: int,
+        must_be_new: bool = False,
     ) -> None:
-        conn, created = self.prepare_target(target, create_target, clean)
+        r, created = self.prepare_target(target, create_target, clean, must_be_new)
         try:
-            self._load(fmt, conn, chunks, jobs)
+            self._load(fmt, r.conn, chunks, jobs)
         except BaseException:
             # A database this restore created holds nothing worth keeping after a failure (a
             # parallel pg_restore is not one transaction): drop it rather than leave a half.
             if created:
                 with contextlib.suppress(SbbackupError):
-                    self._drop(conn)
+                    self._drop(r)
             raise
 
-    def _load(self, fmt: str, conn: Conn, chunks: Iterable[bytes], jobs: int) -> None:
+    def _load(self, fmt: str, conn: PgConn, chunks: Iterable[bytes], jobs: int) -> None:
         if fmt == "custom" and jobs > 1:
             self._restore_parallel(conn, chunks, jobs)
             return
@@ -571,7 +659,8 @@ class PostgreSQLEngine:
                 "--single-transaction",
                 "--no-password",
                 "--no-owner",
-                *conn.args(),
+                "-d",
+                conn.conninfo(),
             ]
         else:
             args = [
@@ -584,38 +673,40 @@ class PostgreSQLEngine:
                 "--no-password",
                 "-f",
                 "-",
-                *conn.args(),
+                "-d",
+                conn.conninfo(),
             ]
         self._feed(args, conn, chunks)
 
-    def _feed(self, args: list[str], conn: Conn, chunks: Iterable[bytes]) -> None:
+    def _feed(self, args: list[str], conn: PgConn, chunks: Iterable[bytes]) -> None:
         """Stream into a client. On a stream error kill it before EOF: no COMMIT is sent."""
-        proc = self.spawn(
-            args,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=self.child_env(conn),
-            start_new_session=True,
-        )
-        assert proc.stdin is not None and proc.stderr is not None
-        err = StderrCollector(proc.stderr)
-        err.start()
-        try:
-            for chunk in chunks:
-                proc.stdin.write(chunk)
-        except BrokenPipeError:
-            pass  # the client stopped on an error; its message is in stderr
-        except BaseException:
-            kill_group(proc)
-            raise
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.close()
-        code = proc.wait()
+        with self._child(conn) as child:
+            proc = self.spawn(
+                args,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                **child,
+            )
+            assert proc.stdin is not None and proc.stderr is not None
+            err = StderrCollector(proc.stderr)
+            err.start()
+            try:
+                for chunk in chunks:
+                    proc.stdin.write(chunk)
+            except BrokenPipeError:
+                pass  # the client stopped on an error; its message is in stderr
+            except BaseException:
+                kill_group(proc)
+                raise
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+            code = proc.wait()
         if code != 0:
             raise DatabaseError(f"restore into {conn.redacted()} failed: {first_error(err.text())}")
 
-    def _restore_parallel(self, conn: Conn, chunks: Iterable[bytes], jobs: int) -> None:
+    def _restore_parallel(self, conn: PgConn, chunks: Iterable[bytes], jobs: int) -> None:
         """pg_restore --jobs needs a seekable file. Only used for unencrypted backups."""
         fd, path = tempfile.mkstemp(prefix="sbbackup-restore-", suffix=".dump")
         try:
@@ -628,27 +719,54 @@ class PostgreSQLEngine:
                 f"--jobs={jobs}",
                 "--no-password",
                 "--no-owner",
-                *conn.args(),
+                "-d",
+                conn.conninfo(),
                 path,
             ]
-            res = subprocess.run(args, capture_output=True, text=True, env=self.child_env(conn))
-            if res.returncode != 0:
+            with self._child(conn) as child:
+                proc = self.spawn(
+                    args,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                    **child,
+                )
+                assert proc.stderr is not None
+                err = StderrCollector(proc.stderr)
+                err.start()
+                try:
+                    code = proc.wait()
+                except BaseException:
+                    kill_group(proc)
+                    raise
+            if code != 0:
                 raise DatabaseError(
-                    f"restore into {conn.redacted()} failed: {first_error(res.stderr)}"
+                    f"restore into {conn.redacted()} failed: {first_error(err.text())}"
                 )
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
     def inventory(self, target: str | None) -> dict[str, Any]:
-        session = PsqlSession(self, self.target(target))
+        """Tables with exact row counts and object counts, in one REPEATABLE READ snapshot."""
+        import psycopg
+
+        conn = self._resolve(target).conn
+        session = self.connect(conn, autocommit=False)
         try:
-            session.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            result = inventory(session)
-            session.query("COMMIT")
+            session.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            session.read_only = True
+            tables = catalog_tables(session)
+            result = {"tables": count_rows(session, tables), "objects": object_counts(session)}
+            session.rollback()
             return result
+        except psycopg.Error as exc:
+            if self._cancelled.is_set():
+                raise InterruptedError_("interrupted") from None
+            raise pg_error(exc, f"cannot count rows in {conn.redacted()}") from None
         finally:
-            session.close()
+            with contextlib.suppress(Exception):
+                session.close()
 
     def dump_complete(self, fmt: str, tail: bytes) -> bool:
         return DUMP_COMPLETE in tail
@@ -660,7 +778,7 @@ class PostgreSQLEngine:
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            env=self.env,
+            env=child_env(self.env, None),
         )
         assert proc.stdin is not None and proc.stderr is not None
         err = StderrCollector(proc.stderr)
@@ -678,28 +796,135 @@ class PostgreSQLEngine:
             raise IntegrityError(f"pg_restore --list rejects the dump: {first_error(err.text())}")
 
 
-class _Inventory(threading.Thread):
-    """Counts rows in the exported snapshot while pg_dump streams."""
+CLUSTER_ID_SQL = "SELECT system_identifier::text FROM pg_control_system()"
 
-    def __init__(self, session: PsqlSession) -> None:
+
+def dump_encoding(session: psycopg.Connection[Any]) -> str:
+    """The Python codec of the names in a plain dump: pg_dump writes in the database's
+    encoding (SQL_ASCII: bytes, read as Latin-1 as ``connect`` makes psycopg read them)."""
+    from psycopg._encodings import pg2pyenc
+
+    name = str(session.info.parameter_status("server_encoding") or "UTF8")
+    return "latin-1" if name == "SQL_ASCII" else str(pg2pyenc(name.encode()))
+
+
+def pinned_params(session: psycopg.Connection[Any]) -> dict[str, str]:
+    """The host, address and port a session actually reached (one of a multi-host list, the
+    address a name resolved to), so the next connection reaches the same server."""
+    info = session.info
+    pinned = {"host": str(info.host), "port": str(info.port)}
+    hostaddr = getattr(info, "hostaddr", "")
+    if hostaddr and not pinned["host"].startswith("/"):
+        pinned["hostaddr"] = str(hostaddr)
+    return pinned
+
+
+# --- catalog queries (psycopg, composed) ---------------------------------------------------
+
+
+def catalog_tables(session: psycopg.Connection[Any]) -> list[tuple[str, str, str]]:
+    """(schema, table, key) of every table whose rows a dump carries; ``key`` is the
+    manifest's name for it, ``format('%I.%I')``."""
+    rows = session.execute(TABLES_SQL).fetchall()
+    out: list[tuple[str, str, str]] = []
+    for row in rows:
+        if len(row) != 3 or not all(isinstance(v, str) for v in row):
+            raise DatabaseError("the server answered the table list with unexpected data")
+        out.append((row[0], row[1], row[2]))
+    return out
+
+
+def object_counts(session: psycopg.Connection[Any]) -> dict[str, int]:
+    objects: dict[str, int] = {}
+    for row in session.execute(OBJECTS_SQL).fetchall():
+        try:
+            kind, n = str(row[0]), int(row[1])
+        except (IndexError, TypeError, ValueError):
+            raise DatabaseError(
+                "the server answered the object counts with unexpected data"
+            ) from None
+        if kind in OBJECT_KINDS:
+            objects[kind] = n
+    return objects
+
+
+def count_rows(
+    session: psycopg.Connection[Any], tables: list[tuple[str, str, str]]
+) -> dict[str, int]:
+    """``SELECT count(*)`` of every table, a batch per query, names composed as identifiers."""
+    from psycopg import sql
+
+    counts: dict[str, int] = {}
+    for start in range(0, len(tables), COUNT_BATCH):
+        batch = tables[start : start + COUNT_BATCH]
+        query = sql.SQL(" UNION ALL ").join(
+            sql.SQL("SELECT {}::int, count(*) FROM {}.{}").format(
+                sql.Literal(i), sql.Identifier(schema), sql.Identifier(table)
+            )
+            for i, (schema, table, _) in enumerate(batch)
+        )
+        for row in session.execute(query).fetchall():
+            try:
+                i, n = int(row[0]), int(row[1])
+                key = batch[i][2] if 0 <= i < len(batch) else None
+            except (IndexError, TypeError, ValueError):
+                key = None
+            if key is None:
+                raise DatabaseError("the server answered a row count with unexpected data")
+            counts[key] = n
+    return counts
+
+
+def stream_counts(
+    streamed: dict[tuple[str, str], int], tables: list[tuple[str, str, str]]
+) -> dict[str, int]:
+    """The rows counted in the dump stream, for the tables the catalog says a dump carries.
+    A table with no COPY block of its own is left out: the restore's count then reports it
+    (a dump that lost a table's data must not look complete)."""
+    return {
+        key: streamed[(schema, table)]
+        for schema, table, key in tables
+        if (schema, table) in streamed
+    }
+
+
+class _Tee:
+    """Writes through to ``out`` and lets the COPY counter see every byte."""
+
+    def __init__(self, out: Writer, counter: Any) -> None:
+        self.out, self.counter = out, counter
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        self.counter.feed(data)
+        return self.out.write(data)
+
+
+class _SnapshotCounts(threading.Thread):
+    """Counts rows in the exported snapshot while pg_dump streams (custom format)."""
+
+    def __init__(
+        self, session: psycopg.Connection[Any], tables: list[tuple[str, str, str]]
+    ) -> None:
         super().__init__(daemon=True)
-        self.session = session
-        self.value: dict[str, Any] | None = None
+        self.session, self.tables = session, tables
+        self.value: dict[str, int] | None = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            self.value = inventory(self.session)
+            self.value = count_rows(self.session, self.tables)
         except BaseException as exc:  # noqa: BLE001 - re-raised in result()
             self.error = exc
 
-    def result(self) -> dict[str, Any] | None:
+    def result(self) -> dict[str, int]:
         self.join()
         if isinstance(self.error, SbbackupError):
             raise self.error
+        if isinstance(self.error, Exception):
+            raise pg_error(self.error, "counting rows failed")
         if self.error is not None:
-            raise DatabaseError(f"counting rows failed: {self.error}")
-        return self.value
+            raise self.error
+        return self.value or {}
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:

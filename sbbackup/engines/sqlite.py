@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DatabaseError
+from ..errors import ConfigError, DatabaseError, TargetExistsError
 from ..pipeline import Writer
-from . import DumpResult
+from . import DumpResult, Target
 
 FLUSH = 1 << 20
 
@@ -121,6 +122,15 @@ class SQLiteEngine:
             contents=contents,
         )
 
+    def resolve_target(self, target: str | None) -> Target:
+        path = self._target(target)
+        return Target(
+            key=f"sqlite:{os.path.realpath(path)}",
+            display=str(path),
+            exists=os.path.lexists(path),
+            is_source=self.is_source(target),
+        )
+
     def restore(
         self,
         fmt: str,
@@ -130,18 +140,27 @@ class SQLiteEngine:
         create_target: bool,
         clean: bool,
         jobs: int,
+        must_be_new: bool = False,
     ) -> None:
+        """Replay into a private (0600) file beside the target, then move it into place: a
+        new target is linked in only if the name is still free (never over a file or a
+        symlink that appeared meanwhile); ``clean`` replaces the name itself, never a file
+        a symlink points to."""
         dest = self._target(target)
-        if dest.exists() and not clean:
+        if os.path.lexists(dest) and (must_be_new or not clean):
+            if must_be_new:
+                raise TargetExistsError(f"target {dest.name} already exists")
             raise DatabaseError(
                 f"target {dest} exists: use --clean to replace it, or restore to "
                 "a new path with --target-url sqlite:///new.db"
             )
         if not dest.parent.is_dir():
             raise DatabaseError(f"target directory {dest.parent} does not exist")
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.restoring")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.restoring")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        except OSError as exc:
+            raise DatabaseError(f"cannot create {tmp}: {exc.strerror}") from None
         con = sqlite3.connect(str(tmp), isolation_level=None)
         try:
             con.execute("BEGIN")
@@ -151,13 +170,25 @@ class SQLiteEngine:
                 con.execute(stmt)
             con.execute("COMMIT")
             con.close()
-            os.replace(tmp, dest)
+            self._move_into_place(tmp, dest, replace=clean and not must_be_new)
         except sqlite3.Error as exc:
             raise DatabaseError(f"restore into {dest} failed: {exc}") from None
         finally:
             con.close()
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+
+    @staticmethod
+    def _move_into_place(tmp: Path, dest: Path, replace: bool) -> None:
+        if replace:
+            os.replace(tmp, dest)  # rename(2) replaces a symlink itself, never its target
+            return
+        try:
+            os.link(tmp, dest, follow_symlinks=False)  # fails if the name was taken meanwhile
+        except FileExistsError:
+            raise TargetExistsError(f"target {dest.name} already exists") from None
+        except OSError as exc:
+            raise DatabaseError(f"cannot create {dest}: {exc.strerror}") from None
 
     def inventory(self, target: str | None) -> dict[str, Any]:
         con = self._connect(self._target(target))
