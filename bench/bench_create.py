@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -184,15 +185,17 @@ def variants(url: str, head: Path, baseline: Path | None) -> list[Variant]:
 
 
 def checkout(python: Path) -> str:
-    """The commit a checkout runs, and whether its sbbackup/ has uncommitted changes."""
-    cwd = python.parents[2]
-    git = ["git", "-C", str(cwd)]
+    """The commit a checkout runs, and its uncommitted changes to sbbackup/ (files and a
+    digest of the diff, so two runs can tell whether they measured the same code)."""
+    git = ["git", "-C", str(python.parents[2])]
     rev = subprocess.check_output([*git, "rev-parse", "--short", "HEAD"], text=True).strip()
-    dirty = subprocess.check_output(
-        [*git, "status", "--porcelain", "--", "sbbackup"], text=True
-    ).split("\n")
-    files = [line[3:] for line in dirty if line.strip()]
-    return f"{cwd} at {rev}" + (f" + uncommitted {', '.join(files)}" if files else "")
+    status = subprocess.check_output([*git, "status", "--porcelain", "--", "sbbackup"], text=True)
+    files = [line[3:] for line in status.splitlines() if line.strip()]
+    if not files:
+        return f"{python.parents[2]} at {rev}"
+    diff = subprocess.check_output([*git, "diff", "HEAD", "--", "sbbackup"])
+    digest = hashlib.sha256(diff).hexdigest()[:12]
+    return f"{python.parents[2]} at {rev} + uncommitted {', '.join(files)} (diff {digest})"
 
 
 def server_version(url: str) -> str:
