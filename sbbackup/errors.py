@@ -116,12 +116,18 @@ class InterruptedError_(SbbackupError):
 _SECRET_RE = re.compile(
     r"(?i)(password|passwd|pwd|token|secret)(\s*[=:]\s*)('(?:[^'\\]|\\.)*'|\"[^\"]*\"|[^\s&,;'\"]+)"
 )
-_URL_PASSWORD_RE = re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^:/?#@\s]*):[^@/?#\s]*@")
+# "password": "..." in JSON (the key quoted, then the value quoted).
+_JSON_SECRET_RE = re.compile(r'(?i)("(?:password|passwd|token|secret)"\s*:\s*)"(?:[^"\\]|\\.)*"')
+# scheme://user:password@host, the password running to the authority's last '@'.
+_URL_PASSWORD_RE = re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^:/?#@\s]*):[^/?#\s]*@")
+_BEARER_RE = re.compile(r"(?i)(bearer\s+)[^\s,;]+")
 
 
 def redact_secrets(text: str) -> str:
     """``text`` with anything that looks like a credential masked: ``password=...`` in any
-    case (libpq conninfo, query strings), and the password of ``scheme://user:pass@host``.
-    Applied to every message that reaches a log, stderr or an API answer."""
+    case (libpq conninfo, query strings, JSON), the password of ``scheme://user:pass@host``
+    and a bearer token. Applied to every message that reaches a log, stderr or an API answer."""
     text = _URL_PASSWORD_RE.sub(r"\1:***@", text)
+    text = _JSON_SECRET_RE.sub(r'\1"***"', text)
+    text = _BEARER_RE.sub(r"\1***", text)
     return _SECRET_RE.sub(r"\1\2***", text)

@@ -221,3 +221,20 @@ def test_sql_ascii_names_are_bytes_and_still_counted(pg: Cluster, sb: SB) -> Non
         assert record["contents"]["tables"] == {'public."café"': 1}
     finally:
         pg.psql(f"DROP DATABASE IF EXISTS {db}", check=False)
+
+
+def test_a_dump_psql_could_not_restore_is_no_backup(pg: Cluster, sb: SB, fresh_db: str) -> None:
+    """A function named begin makes psql's BEGIN ATOMIC heuristic swallow the rest of a plain
+    dump, every COPY block with it: create fails (exit 13) rather than record a backup no psql
+    can restore. The custom format is not affected, and its drill passes."""
+    pg.psql("CREATE FUNCTION public.begin() RETURNS int LANGUAGE sql AS $$SELECT 1$$", db=fresh_db)
+    pg.psql("CREATE TABLE t1 AS SELECT 'r' || g AS a FROM generate_series(1, 5) g", db=fresh_db)
+    env = {"DATABASE_URL": pg.url(fresh_db)}
+    res = sb("create", env=env)
+    assert res.code == 13, res.err
+    assert "public.t1" in res.err and "custom" in res.err
+    assert [r["status"] for r in sb.ok("list", "--json", env=env).json()] == ["failed"]
+    record = sb.ok("create", "--format", "custom", "--json", env=env).json()
+    assert isinstance(record, dict) and record["contents"]["tables"] == {"public.t1": 5}
+    drill = sb("test", "--latest", "--json", env=env, timeout=180)
+    assert json.loads(drill.out)["drill"]["status"] == "passed", drill.out

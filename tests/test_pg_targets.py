@@ -47,6 +47,9 @@ def test_refused_target_forms(pg: Cluster, sb: SB, backup: tuple[str, dict[str, 
         "options": f"{base}/x7?options=-c%20search_path%3Devil",
         "target_session_attrs": f"{base}/x8?target_session_attrs=read-write",
         "unknown parameter": f"{base}/x9?krbsrvname=x",
+        "host in the query over the URL's host": f"{base}/x10?host=127.0.0.1",
+        "port in the query over the URL's port": f"{base}/x11?port=1",
+        "a parameter given twice": f"{base}/x12?sslmode=disable&sslmode=prefer",
     }
     before = databases(pg)
     for label, url in forms.items():
@@ -196,7 +199,8 @@ def _wait_for_pg_dump_environ(parent: int) -> tuple[int, dict[str, str]]:
                 continue
             try:
                 stat_line = Path(f"/proc/{pid}/stat").read_text()
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                cmd = argv[0] if any(a.startswith(b"--snapshot=") for a in argv) else b""
                 if int(stat_line.rsplit(")", 1)[1].split()[1]) != parent:
                     continue
                 if not cmd.endswith(b"pg_dump"):
@@ -265,3 +269,21 @@ def test_permission_error_reads_as_one(pg: Cluster, sb: SB, fresh_db: str, fmt: 
     assert res.code == 3, res.err
     assert "permission denied" in res.err and "snapshot" not in res.err, res.err
     assert PASSWORD not in res.err
+
+
+def test_redirecting_libpq_variables_refuse_a_target_url(
+    pg: Cluster, sb: SB, backup: tuple[str, dict[str, str]]
+) -> None:
+    """PGHOSTADDR (or PGSERVICE) would send a target URL's connection, and its DROP, to a
+    server the URL does not name: refused while set, nothing dropped."""
+    backup_id, env = backup
+    pg.psql("CREATE DATABASE victim")
+    pg.psql("CREATE TABLE keep (x int)", db="victim")
+    try:
+        url = f"postgresql://postgres:{PASSWORD}@staging.invalid:{pg.port}/victim"
+        for var, value in (("PGHOSTADDR", "127.0.0.1"), ("PGSERVICE", "prod")):
+            res = sb("restore", backup_id, "--target-url", url, "--clean", env={**env, var: value})
+            assert res.code == 2 and var in res.err, (var, res.err)
+        assert pg.psql("SELECT count(*) FROM keep", db="victim") == "0"
+    finally:
+        pg.psql("DROP DATABASE IF EXISTS victim WITH (FORCE)")

@@ -54,6 +54,13 @@ ENV_DEFAULTS = {
     "PGCONNECT_TIMEOUT": "connect_timeout",
 }
 CHILD_ENV_KEEP = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME")
+# libpq variables that send a connection to another server than the one a URL names: a target
+# URL is refused while they are set (libpq in this process reads them too).
+REDIRECTING_ENV = ("PGHOSTADDR", "PGSERVICE")
+# ... and ones a target URL's children never get: they change the session behind its back.
+TARGET_STRIPPED_ENV = frozenset(
+    {*REDIRECTING_ENV, "PGSERVICEFILE", "PGOPTIONS", "PGTARGETSESSIONATTRS", "PGDATABASE"}
+)
 URL_SCHEMES = ("postgresql://", "postgres://")
 
 
@@ -97,6 +104,8 @@ class PgConn:
     params: tuple[tuple[str, str], ...]
     password: str | None = field(default=None, repr=False)
     display: str = ""
+    # A target URL: its children do not get the libpq variables that change the session.
+    strict: bool = False
 
     @classmethod
     def source(cls, spec: str | None, env: Mapping[str, str]) -> PgConn:
@@ -122,9 +131,25 @@ class PgConn:
         if not url.startswith(URL_SCHEMES):
             raise ConfigError("target must be a postgresql:// URL or a database name")
         _check_url_authority(url)
-        query = urlsplit(url).query
-        if "dbname" in {k for k, _ in parse_qsl(query, keep_blank_values=True)}:
+        split = urlsplit(url)
+        keys = [k for k, _ in parse_qsl(split.query, keep_blank_values=True)]
+        if "dbname" in keys:
             raise ConfigError("target URL: dbname= is not allowed (the database is the URL's path)")
+        if len(keys) != len(set(keys)):
+            raise ConfigError("target URL: a parameter is given twice")
+        authority = split.netloc.rpartition("@")[2]
+        if authority and ({"host", "port"} & set(keys)):
+            raise ConfigError(
+                "target URL: host= or port= in the query would override the server the URL "
+                "names (use one: postgresql://user@host:port/db, or "
+                "postgresql://user@/db?host=/socket/dir for a socket)"
+            )
+        redirecting = sorted(v for v in REDIRECTING_ENV if env.get(v) or os.environ.get(v))
+        if redirecting:
+            raise ConfigError(
+                f"{redirecting[0]} is set in the environment: it would send a target URL's "
+                "connection somewhere the URL does not name; unset it for restores to a URL"
+            )
         parsed = _conninfo_to_dict(url)
         refused = sorted(set(parsed) - TARGET_PARAMS)
         if refused:
@@ -134,7 +159,7 @@ class PgConn:
             )
         if "," in parsed.get("host", "") or "," in parsed.get("port", ""):
             raise ConfigError("target URL: name one server (multi-host targets are refused)")
-        return cls._from(url, None, env)
+        return replace(cls._from(url, None, env), strict=True)
 
     @classmethod
     def _from(cls, spec: str, fallback_password: str | None, env: Mapping[str, str]) -> PgConn:
@@ -220,12 +245,15 @@ def _with_display_db(display: str, dbname: str) -> str:
     return f"{head}://{netloc}/{quote(dbname)}{q}{query}"
 
 
-def child_env(env: Mapping[str, str], passfile: Passfile | None) -> dict[str, str]:
+def child_env(
+    env: Mapping[str, str], passfile: Passfile | None, strict: bool = False
+) -> dict[str, str]:
     """What pg_dump, psql and pg_restore get: the locale, PATH, HOME (for ``~/.pgpass`` and
     ``~/.postgresql``) and the libpq ``PG*`` settings, never ``PGPASSWORD``, ``DATABASE_URL``
-    or an API token."""
+    or an API token. ``strict`` (a target URL): none of ``TARGET_STRIPPED_ENV`` either."""
+    drop = {"PGPASSWORD", *(TARGET_STRIPPED_ENV if strict else ())}
     out = {k: v for k, v in env.items() if k in CHILD_ENV_KEEP or k.startswith("LC_")}
-    out.update({k: v for k, v in env.items() if k.startswith("PG") and k != "PGPASSWORD"})
+    out.update({k: v for k, v in env.items() if k.startswith("PG") and k not in drop})
     out.setdefault("PGAPPNAME", "sbbackup")
     out.setdefault("PGCONNECT_TIMEOUT", "10")
     if passfile is not None:

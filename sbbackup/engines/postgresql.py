@@ -141,11 +141,18 @@ class StderrCollector(threading.Thread):
 
 
 def first_error(stderr: str) -> str:
+    """The line of a client tool's stderr that says what went wrong, fit for one line of a
+    message (the server's text may hold a name with control characters)."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     for ln in lines:
         if "error" in ln.lower() or "fatal" in ln.lower() or "failed" in ln.lower():
-            return redact_secrets(ln)
-    return redact_secrets(lines[-1]) if lines else "no message"
+            return redact_secrets(_printable(ln))
+    return redact_secrets(_printable(lines[-1])) if lines else "no message"
+
+
+def _printable(text: str, limit: int = 2000) -> str:
+    """``text`` with control characters (escapes, newlines, BEL) shown as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:limit]
 
 
 def pg_error(exc: Exception, what: str) -> DatabaseError:
@@ -160,12 +167,12 @@ def pg_error(exc: Exception, what: str) -> DatabaseError:
         text = lines[0] if lines else type(exc).__name__
         text = text.removeprefix("connection failed: ")
         text = "; ".join([text, *[ln for ln in lines[1:2] if "failed" not in ln]])
-    return DatabaseError(redact_secrets(f"{what}: {text}"))
+    return DatabaseError(redact_secrets(_printable(f"{what}: {text}")))
 
 
 def _control_free(text: str) -> str:
     """A name the server sent, fit for one line of a message."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:200]
+    return _printable(text, 200)
 
 
 @dataclass
@@ -232,7 +239,7 @@ class PostgreSQLEngine:
         the passfile descriptor it inherits."""
         with passfile_for(conn.password if conn else None) as passfile:
             yield {
-                "env": child_env(self.env, passfile),
+                "env": child_env(self.env, passfile, strict=bool(conn and conn.strict)),
                 "pass_fds": passfile.pass_fds if passfile else (),
             }
 
@@ -879,13 +886,22 @@ def stream_counts(
     streamed: dict[tuple[str, str], int], tables: list[tuple[str, str, str]]
 ) -> dict[str, int]:
     """The rows counted in the dump stream, for the tables the catalog says a dump carries.
-    A table with no COPY block of its own is left out: the restore's count then reports it
-    (a dump that lost a table's data must not look complete)."""
-    return {
-        key: streamed[(schema, table)]
-        for schema, table, key in tables
-        if (schema, table) in streamed
-    }
+
+    pg_dump writes a COPY block for every such table, an empty one included. A table without
+    one means psql would not load it from this file (a function or type named ``begin`` makes
+    psql's BEGIN ATOMIC heuristic swallow the rest of the dump, for one): that is no backup,
+    so it fails here rather than at the next restore.
+    """
+    missing = [key for schema, table, key in tables if (schema, table) not in streamed]
+    if missing:
+        names = ", ".join(_control_free(k) for k in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise IntegrityError(
+            f"the plain dump carries no data that psql would load for {names}{more}: "
+            "psql could not restore it (an object named like a keyword, such as a function "
+            "called begin, can cause this); use backup.format custom for this database"
+        )
+    return {key: streamed[(schema, table)] for schema, table, key in tables}
 
 
 class _Tee:
