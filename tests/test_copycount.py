@@ -538,6 +538,8 @@ CASES: list[tuple[str, str, Counts]] = [
     ("plain string keeps backslash", "SELECT '\\';\n" + T + END, {PT: 0}),
     ("not an E prefix", "SELECT xe'\\';\n" + T + END, {PT: 0}),
     ("psql variable is not an E prefix", "SELECT :e'\\';\n" + T + END, {PT: 0}),
+    ("longer psql variable", "SELECT :ve'\\';\n" + T + END, {PT: 0}),
+    ("number junk is not an E prefix", "SELECT 1e'\\';\n" + T + END, {PT: 0}),  # as psql 15
     ("U& string", f"SELECT U&'\\0041 {FAKE}';\n", {}),
     ("quoted identifier", f'SELECT 1 AS "{FAKE}";\n', {}),
     ("dollar quote", f"SELECT $$ {FAKE} $$;\n", {}),
@@ -674,6 +676,22 @@ def test_bytearray_and_memoryview_inputs() -> None:
         for part in feed:
             counter.feed(part)
         assert counter.finish() == {("public", "t"): 2}
+
+
+def test_an_error_is_for_good() -> None:
+    """After a CopyStreamError no later call hands out (partial) counts."""
+    counter = CopyCounter()
+    counter.feed(BT + BEND)
+    with pytest.raises(CopyStreamError, match="two COPY blocks"):
+        counter.feed(BT)
+    for call in (lambda: counter.feed(BEND), counter.finish):
+        with pytest.raises(CopyStreamError, match="two COPY blocks"):
+            call()
+    truncated = CopyCounter()
+    truncated.feed(BT + b"1\n")
+    for _ in range(2):
+        with pytest.raises(CopyStreamError, match="ends inside the COPY data"):
+            truncated.finish()
 
 
 def test_finish_is_final() -> None:

@@ -72,16 +72,10 @@ _ID_START = rb"A-Za-z_\x80-\xff"
 _ID_CONT = rb"A-Za-z0-9_$\x80-\xff"
 _DOLQ_CONT = rb"A-Za-z0-9_\x80-\xff"
 # Numbers, including PostgreSQL 15's "trailing junk" forms (1e, 1abc, 1e5x).
-_NUM = (
-    rb"[0-9]+(?:\.[0-9]*)?(?:[eE](?:[-+]?[0-9]+["
-    + _ID_START
-    + rb"]?|[-+])?|["
-    + _ID_START
-    + rb"])?"
-)
+_JUNK = rb"[" + _ID_START + rb"]"
+_NUM = rb"[0-9]+(?:\.[0-9]*)?(?:[eE](?:[-+]?[0-9]+" + _JUNK + rb"?|[-+])?|" + _JUNK + rb")?"
 _SPECIAL = rb" \t\n\r\f\v'\"" + _ID_START + rb"0-9$\-/;()\\:"
 
-# One token of SQL, in psqlscan.l's order of preference (longest match first).
 # One token of SQL after optional whitespace, in psqlscan.l's order of preference. The
 # groups are numbered _XE.._OTHER; a match with no group is whitespace up to the end.
 _TOKEN = re.compile(
@@ -166,6 +160,7 @@ class CopyCounter:
         self._carry = b""
         self._state = _TOP
         self._finished = False
+        self._error: CopyStreamError | None = None  # once raised, raised for good
         self._handlers: list[Callable[[bytes | bytearray, int, int, bool], int]] = [
             self._top,
             self._xq,
@@ -202,10 +197,33 @@ class CopyCounter:
 
     # --- public -------------------------------------------------------------------------
     def feed(self, chunk: bytes | bytearray | memoryview) -> None:
-        """Consume the next chunk of the dump; chunk boundaries may fall anywhere."""
+        """Consume the next chunk of the dump; chunk boundaries may fall anywhere. Nothing
+        of ``chunk`` is kept by reference, so the caller may reuse its buffer."""
+        if self._error is not None:
+            raise self._error
         if self._finished:
             raise RuntimeError("CopyCounter.feed() after finish()")
-        data = _as_bytes(chunk)
+        try:
+            self._feed(_as_bytes(chunk))
+        except CopyStreamError as exc:
+            self._error = exc
+            raise
+
+    def finish(self) -> Counts:
+        """The end of the dump: ``{(schema, table): rows}`` for every COPY block seen.
+        Raises ``CopyStreamError`` (again, if it already did) when the stream was not whole."""
+        if self._error is not None:
+            raise self._error
+        if not self._finished:
+            self._finished = True
+            try:
+                self._end()
+            except CopyStreamError as exc:
+                self._error = exc
+                raise
+        return dict(self._counts)
+
+    def _feed(self, data: bytes | bytearray) -> None:
         if self._carry:
             data = self._carry + data
         pos = self._run(data, final=False)
@@ -216,22 +234,18 @@ class CopyCounter:
             )
         self._carry = bytes(data[pos:])
 
-    def finish(self) -> Counts:
-        """The end of the dump: ``{(schema, table): rows}`` for every COPY block seen."""
-        if not self._finished:
-            self._finished = True
-            data, self._carry = self._carry, b""
-            self._run(data, final=True)
-            if self._state == _DATA:
-                raise CopyStreamError(
-                    f"the dump ends inside the COPY data of {_show(self._table[0])}."
-                    f"{_show(self._table[1])} after {self._rows} rows"
-                )
-            if self._state == _HEADER:
-                raise CopyStreamError(f"the dump ends inside a COPY header {_excerpt(self._hdr)}")
-            if self._state in _EOF_INSIDE:
-                raise CopyStreamError(f"the dump ends inside {_EOF_INSIDE[self._state]}")
-        return dict(self._counts)
+    def _end(self) -> None:
+        data, self._carry = self._carry, b""
+        self._run(data, final=True)
+        if self._state == _DATA:
+            raise CopyStreamError(
+                f"the dump ends inside the COPY data of {_show(self._table[0])}."
+                f"{_show(self._table[1])} after {self._rows} rows"
+            )
+        if self._state == _HEADER:
+            raise CopyStreamError(f"the dump ends inside a COPY header {_excerpt(self._hdr)}")
+        if self._state in _EOF_INSIDE:
+            raise CopyStreamError(f"the dump ends inside {_EOF_INSIDE[self._state]}")
 
     # --- driver -------------------------------------------------------------------------
     def _run(self, data: bytes | bytearray, final: bool) -> int:
