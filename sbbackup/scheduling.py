@@ -16,6 +16,7 @@ from typing import Any
 
 from .catalog import STATUS_COMPLETED, BackupRecord, iso
 from .config import DEFAULT_MIN_FREE
+from .drills import last_restore_test
 from .locks import hold
 from .ops import Context, CreateOptions, _check_file, create_backup
 from .retention import RetentionPlan, RetentionPolicy, plan_all
@@ -268,9 +269,7 @@ def next_fires(ctx: Context, count: int, now: datetime | None = None) -> NextFir
 
 
 def _last_test(ctx: Context) -> dict[str, Any] | None:
-    from .selftest import last_restore_test
-
-    return last_restore_test(ctx)
+    return last_restore_test(ctx.state_dir)
 
 
 def get_statistics(ctx: Context, now: datetime | None = None) -> Statistics:

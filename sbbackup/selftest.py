@@ -10,7 +10,6 @@ Like ``ops``, this module never prints and never exits: it returns a ``TestRepor
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -23,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .catalog import STATUS_COMPLETED, BackupRecord, iso
+from .drills import record_drill
 from .engines import compare_contents
 from .errors import (
     ConfigError,
@@ -51,7 +51,6 @@ from .storage.local import LocalStorage
 
 SCRATCH_PREFIX = "sbbackup_test_"
 TEST_SCHEDULE = "test"
-LAST_TEST_FILE = "last_test.json"
 DRILL_LOCK = "drill"
 
 
@@ -527,7 +526,6 @@ def _compare(ctx: Context, record: BackupRecord, scratch: str, drill: Drill) -> 
 
 def _record(ctx: Context, drill: Drill, started: str) -> None:
     """Keep the last drill and the last successful one, for `statistics` and `health`."""
-    previous = last_restore_test(ctx) or {}
     entry = {
         "at": started,
         "status": drill.status,
@@ -535,21 +533,7 @@ def _record(ctx: Context, drill: Drill, started: str) -> None:
         "error": drill.error,
         "timings": drill.timings,
     }
-    data = {
-        "lastRun": entry,
-        "lastSuccess": entry if drill.status == "passed" else previous.get("lastSuccess"),
-    }
-    store = LocalStorage(ctx.state_dir)
-    store.write_bytes_atomic(LAST_TEST_FILE, json.dumps(data, indent=2).encode() + b"\n")
-
-
-def last_restore_test(ctx: Context) -> dict[str, Any] | None:
-    """``{"lastRun": {...}, "lastSuccess": {...} | None}``, or None if no drill ever ran."""
-    try:
-        data = json.loads(LocalStorage(ctx.state_dir).read_bytes(LAST_TEST_FILE))
-    except (FileNotFoundError, ValueError, SbbackupError):
-        return None
-    return data if isinstance(data, dict) else None
+    record_drill(ctx.state_dir, entry, passed=drill.status == "passed")
 
 
 # --- verify --deep --restore -------------------------------------------------------------
