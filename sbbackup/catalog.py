@@ -172,9 +172,6 @@ class Catalog:
         data = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
         self.storage.write_bytes_atomic(self.manifest_name(record.id), data)
 
-    def exists(self, backup_id: str) -> bool:
-        return self.storage.exists(self.manifest_name(backup_id))
-
     def get(self, backup_id: str) -> BackupRecord:
         name = self.manifest_name(backup_id)
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -113,10 +112,6 @@ def decryptor(settings: Settings, record_id: str, ids: list[Any] | None = None) 
         return cast(BinaryIO, age.AgeReader(src, ids))
 
     return factory
-
-
-def fingerprint(public_key: str) -> str:
-    return hashlib.sha256(public_key.encode()).hexdigest()[:16]
 
 
 def keygen(output: str | None) -> dict[str, Any]:

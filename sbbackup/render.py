@@ -13,22 +13,15 @@ from rich.table import Table
 from rich.text import Text
 
 from .catalog import BackupRecord
+from .jsonable import to_jsonable
+
+__all__ = ["human_size", "render", "render_error", "to_jsonable"]
 
 if TYPE_CHECKING:  # result types are matched by name, so rendering imports no use case
     from . import scheduling as sch
     from .ops import VerifyReport
     from .selftest import TestReport
     from .stats import HealthReport
-
-
-def to_jsonable(obj: Any) -> Any:
-    if hasattr(obj, "to_json"):
-        return obj.to_json()
-    if isinstance(obj, Mapping):
-        return {k: to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    return obj
 
 
 def human_size(n: int | None) -> str:

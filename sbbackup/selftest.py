@@ -268,11 +268,11 @@ def _encrypted_schedules(ctx: Context) -> list[str]:
     """Enabled schedules that encrypt (the default weekly and monthly ones do)."""
     if not ctx.settings.enabled:
         return []
-    try:
-        from .schedule_store import load_schedules
+    from .schedule_store import load_schedules
 
+    try:
         scheds = load_schedules(ctx.settings, ctx.state_dir).schedules.values()
-    except (SbbackupError, ImportError):
+    except SbbackupError:
         return []  # the schedules check reports why
     return [s.id for s in scheds if s.enabled and s.encryption]
 
@@ -282,12 +282,9 @@ def _encryption_wanted(ctx: Context) -> bool:
 
 
 def _plan(ctx: Context) -> Any:
-    try:
-        from .encryption import plan_encryption
+    from .encryption import plan_encryption
 
-        return plan_encryption(ctx.settings)
-    except ImportError:
-        raise ConfigError("encryption is configured but the age module is not installed") from None
+    return plan_encryption(ctx.settings)
 
 
 def _check_recipients(ctx: Context) -> Outcome:
@@ -317,12 +314,9 @@ def _check_identity(ctx: Context) -> Outcome:
         if _encryption_wanted(ctx) and not s.passphrase_file:
             return "warn", "no identity configured: encrypted backups cannot be drilled here"
         return "pass", "no identity configured"
-    try:
-        from .encryption import identities
+    from .encryption import identities
 
-        ids = identities(s)
-    except ImportError:
-        raise ConfigError("an identity is configured but the age module is not installed") from None
+    ids = identities(s)
     if not (s.recipients or s.recipients_file):
         return "pass", f"{len(ids)} identities parse (no recipients configured to match)"
     wanted = set(_plan(ctx).manifest["recipients"])
@@ -336,10 +330,8 @@ def _check_identity(ctx: Context) -> Outcome:
 
 
 def _check_schedules(ctx: Context, now: datetime) -> Outcome:
-    try:
-        from .scheduling import get_statistics, schedules
-    except ImportError as exc:
-        return "warn", f"schedules module unavailable ({exc.name})"
+    from .scheduling import get_statistics, schedules
+
     sset = schedules(ctx)  # ConfigError (exit 2) when a schedule does not parse
     overdue: list[Any] = get_statistics(ctx, now)["overdueSchedules"] or []
     if overdue and ctx.settings.enabled:
