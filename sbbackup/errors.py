@@ -49,7 +49,12 @@ class SbbackupError(Exception):
         self.message = message
 
     def to_json(self) -> dict[str, object]:
-        return {"error": {"code": int(self.exit_code), "kind": self.kind, "message": self.message}}
+        return error_json(int(self.exit_code), self.kind, self.message)
+
+
+def error_json(code: int, kind: str, message: str) -> dict[str, object]:
+    """The one shape of an error on stderr (``--json``) and in an API answer."""
+    return {"error": {"code": code, "kind": kind, "message": redact_secrets(message)}}
 
 
 class ConfigError(SbbackupError):
@@ -111,6 +116,35 @@ class IntegrityError(SbbackupError):
 class InterruptedError_(SbbackupError):
     exit_code = ExitCode.INTERRUPTED
     kind = "interrupted"
+
+
+class UnhealthyError(SbbackupError):
+    """``health`` found a problem (the report says which)."""
+
+    exit_code = ExitCode.UNHEALTHY
+    kind = "unhealthy"
+
+
+def error_for_code(code: int, message: str) -> SbbackupError:
+    """An error of the class that owns exit ``code`` (a report's first failure, re-raised
+    after the report was shown): exit codes stay fixed per class, never set on an instance."""
+    for cls in _BY_CODE:
+        if int(cls.exit_code) == code:
+            return cls(message)
+    return SbbackupError(message)
+
+
+_BY_CODE: tuple[type[SbbackupError], ...] = (
+    UsageError,
+    DatabaseError,
+    StorageError,
+    NotFoundError,
+    LockedError,
+    WrongKeyError,
+    IntegrityError,
+    UnhealthyError,
+    InterruptedError_,
+)
 
 
 _SECRET_RE = re.compile(

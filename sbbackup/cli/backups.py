@@ -7,7 +7,7 @@ import sys
 import click
 
 from .. import ops
-from ..errors import ExitCode, IntegrityError, UsageError
+from ..errors import ExitCode, UsageError, error_for_code
 from ..render import render
 from .base import cli, command, get_ctx, json_option, progress_display
 
@@ -88,12 +88,11 @@ def verify_cmd(
     render(report, as_json)
     if report.failed:
         first = report.failed[0]
-        err = IntegrityError(
+        raise error_for_code(
+            first.exitCode or int(ExitCode.INTEGRITY),
             f"{len(report.failed)} of {len(report.results)} backups failed "
-            f"verification: {first.error}"
+            f"verification: {first.error}",
         )
-        err.exit_code = ExitCode(first.exitCode or ExitCode.INTEGRITY)
-        raise err
 
 
 @command(cli, "restore")

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from .. import __version__, ops
 from ..config import load_settings
-from ..errors import EXIT_CODE_HELP, ExitCode, SbbackupError
+from ..errors import EXIT_CODE_HELP, ExitCode, SbbackupError, error_for_code, error_json
 from ..render import render_error
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -86,9 +86,7 @@ def raise_for_report(ok: bool, code: int, message: str) -> None:
     """A report was printed; now exit with the code of its first failure."""
     if ok:
         return
-    err = SbbackupError(message)
-    err.exit_code = ExitCode(code) if code in ExitCode._value2member_map_ else ExitCode.UNEXPECTED
-    raise err
+    raise error_for_code(code, message)
 
 
 # --- plumbing ----------------------------------------------------------------------------
@@ -153,9 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         render_error(
             exc.format_message(),
-            {"error": {"code": 2, "kind": "usage", "message": exc.format_message()}}
-            if as_json
-            else None,
+            error_json(int(ExitCode.USAGE), "usage", exc.format_message()) if as_json else None,
             err,
         )
         sys.exit(int(ExitCode.USAGE))
@@ -164,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         render_error(
             "interrupted",
-            {"error": {"code": 130, "kind": "interrupted", "message": "interrupted"}}
+            error_json(int(ExitCode.INTERRUPTED), "interrupted", "interrupted")
             if as_json
             else None,
             err,
