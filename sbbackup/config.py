@@ -264,35 +264,38 @@ SECTIONS = {k.path[0] for k in KEYS} | {"schedules"}
 
 @dataclass(frozen=True)
 class Settings:
-    config_file: Path | None = None
-    database_url: str | None = None
-    lock_wait_timeout: int = 300
-    enabled: bool = True
-    backup_path: str = "./backups"
-    retention_days: int = 30
-    compression: bool = True
-    compression_level: int = 3
-    compression_threads: int = -1
-    encryption: bool = False
-    format: str = "plain"
-    row_counts: bool = True
-    restore_jobs: int = 2
-    recipients: tuple[str, ...] = ()
-    recipients_file: str | None = None
-    identity_file: str | None = None
-    passphrase_file: str | None = None
-    restore_test_days: int | None = None  # `health` warns without a restore drill this recent
-    api_host: str = "127.0.0.1"
-    api_port: int = 8080
-    api_public_health: bool = False
+    """Validated settings. Every field but the last three is a key of ``KEYS``, which holds
+    its default: ``load_settings`` is the only constructor and fills them all."""
+
+    database_url: str | None
+    lock_wait_timeout: int
+    enabled: bool
+    backup_path: str
+    retention_days: int
+    compression: bool
+    compression_level: int
+    compression_threads: int
+    encryption: bool
+    format: str
+    row_counts: bool
+    restore_jobs: int
+    recipients: tuple[str, ...]
+    recipients_file: str | None
+    identity_file: str | None
+    passphrase_file: str | None
+    restore_test_days: int | None  # `health` warns without a restore drill this recent
+    api_host: str
+    api_port: int
+    api_public_health: bool
     # name -> postgresql:// URL or sqlite:/// path; the URLs may hold passwords, so no repr
-    api_restore_targets: Mapping[str, str] = field(default_factory=dict, repr=False)
-    api_restore_dir: str | None = None  # SQLite restores through the API land only here
-    api_allow_restore_over_source: bool = False
-    api_allow_weaker_backups: bool = False  # an API client may turn encryption/compression off
-    api_max_backup_jobs: int = 1  # running API backups and schedule runs
-    api_max_restore_jobs: int = 1
-    api_max_test_jobs: int = 1
+    api_restore_targets: Mapping[str, str] = field(repr=False)
+    api_restore_dir: str | None  # SQLite restores through the API land only here
+    api_allow_restore_over_source: bool
+    api_allow_weaker_backups: bool  # an API client may turn encryption/compression off
+    api_max_backup_jobs: int  # running API backups and schedule runs
+    api_max_restore_jobs: int
+    api_max_test_jobs: int
+    config_file: Path | None = None
     schedules: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -354,6 +357,11 @@ def _parse(key: Key, raw: Any, where: str) -> Any:
         raise ConfigError(f"{where}: got {str(raw)[:60]!r}, expected {exc}") from None
 
 
+def _default(key: Key) -> Any:
+    """A fresh copy of a mutable default (a mapping), the value itself otherwise."""
+    return dict(key.default) if isinstance(key.default, Mapping) else key.default
+
+
 def load_settings(
     config_file: str | None = None,
     env: Mapping[str, str] | None = None,
@@ -361,7 +369,7 @@ def load_settings(
 ) -> Settings:
     """Build validated settings. ``overrides`` are command flags keyed by attribute name."""
     env = dict(os.environ if env is None else env)
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {k.attr: _default(k) for k in KEYS}
     path_str = config_file or env.get("SBBACKUP_CONFIG")
     path = Path(path_str).expanduser().absolute() if path_str else None
     if path is not None:

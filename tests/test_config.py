@@ -168,3 +168,20 @@ def test_job_caps_are_bounded(tmp_path: Path, key: str, value: str) -> None:
     cfg.write_text(f"api:\n  {key}: {value}\n")
     with pytest.raises(ConfigError, match=f"api.{key}.*an integer >= 1 and <= 64"):
         load_settings(str(cfg), env={})
+
+
+def test_keys_are_the_only_source_of_defaults() -> None:
+    """Every setting is declared once, in KEYS (its default included); Settings has no
+    defaults of its own but for the file, the schedules and the environment."""
+    from dataclasses import MISSING, fields
+
+    from sbbackup.config import KEYS, Settings
+
+    own = {"config_file", "schedules", "env"}
+    assert {f.name for f in fields(Settings)} - own == {k.attr for k in KEYS}
+    for f in fields(Settings):
+        if f.name not in own:
+            assert f.default is MISSING and f.default_factory is MISSING, f.name
+    defaults = load_settings(env={})
+    for key in KEYS:
+        assert getattr(defaults, key.attr) == key.default, key.attr
