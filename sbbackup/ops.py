@@ -25,7 +25,7 @@ from .catalog import (
     validate_backup_id,
 )
 from .config import Settings
-from .engines import Engine, compare_contents, engine_for
+from .engines import Engine, IncompleteDumpError, compare_contents, engine_for
 from .errors import (
     IntegrityError,
     NotFoundError,
@@ -331,19 +331,14 @@ def _deep_check(ctx: Context, record: BackupRecord) -> None:
     assert record.filename
     with ctx.storage.open_read(record.filename) as fh:
         raw = HashingReader(fh)
-        chunks = plaintext(ctx, record, raw)
-        if record.format == "custom":
-            list_custom = getattr(ctx.engine, "list_custom")  # noqa: B009
-            list_custom(chunks)
-            complete = True
-        else:
-            tail = b""
-            for chunk in chunks:
-                tail = (tail + chunk[-4096:])[-4096:]
-            complete = ctx.engine.dump_complete(record.format, tail)
+        incomplete: IncompleteDumpError | None = None
+        try:
+            ctx.engine.check_structure(record.format, plaintext(ctx, record, raw))
+        except IncompleteDumpError as exc:  # the whole file was read: its digest comes first
+            incomplete = exc
         check_digest(raw.hash.hexdigest(), record.checksum, record.filename)
-    if not complete:
-        raise IntegrityError(f"{record.filename}: the dump is incomplete (no completion marker)")
+    if incomplete is not None:
+        raise IntegrityError(f"{record.filename}: {incomplete.message}")
 
 
 # --- restore -----------------------------------------------------------------------------

@@ -328,7 +328,6 @@ def test_every_spelling_of_the_source_needs_yes(pg: Cluster, sb: SB, fresh_db: s
     """Other spellings of the source's server or name still need --yes; nothing is touched."""
     from urllib.parse import quote
 
-    from sbbackup.config import load_settings
     from sbbackup.engines.postgresql import PostgreSQLEngine
 
     pg.psql("CREATE TABLE t AS SELECT 1 AS x", db=fresh_db)
@@ -343,7 +342,7 @@ def test_every_spelling_of_the_source_needs_yes(pg: Cluster, sb: SB, fresh_db: s
         f"postgresql://{cred}127.0.0.1:{pg.port}/{encoded}",
         f"postgresql://postgres@/{fresh_db}?host={quote(str(pg.sockdir))}&port={pg.port}",
     ]
-    engine = PostgreSQLEngine(pg.url(fresh_db), load_settings(env={"PATH": os.environ["PATH"]}))
+    engine = PostgreSQLEngine(pg.url(fresh_db), env={"PATH": os.environ["PATH"]})
     for alias in aliases:
         assert engine.is_source(alias), alias
     assert not engine.is_source(f"postgresql://{cred}localhost:{pg.port}/other_name")

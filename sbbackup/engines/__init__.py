@@ -1,136 +1,78 @@
-"""Database engines: a Protocol plus a registry keyed by URL scheme."""
+"""Database engines: the Protocol (``base``) plus a registry keyed by URL scheme.
+
+``engine_for`` imports a plugin only when its scheme is asked for; the plugins import
+``base``, never this package, so there is no cycle.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
 
 from ..errors import ConfigError
-from ..pipeline import Writer
+from .base import (
+    ClientTools,
+    DumpResult,
+    Engine,
+    EngineSettings,
+    IncompleteDumpError,
+    Target,
+    compare_contents,
+)
+
+__all__ = [
+    "ClientTools",
+    "DumpResult",
+    "Engine",
+    "EngineSettings",
+    "IncompleteDumpError",
+    "Target",
+    "compare_contents",
+    "engine_for",
+]
 
 
-@dataclass
-class DumpResult:
-    """What the engine learned while dumping, recorded in the manifest."""
+def _sqlite(url: str | None, settings: EngineSettings) -> Engine:
+    from .sqlite import SQLiteEngine
 
-    database: dict[str, Any]
-    tool_version: str | None
-    contents: dict[str, Any] | None = None
-    warnings: list[str] = field(default_factory=list)
+    assert url is not None
+    return SQLiteEngine(url)
 
 
-@dataclass(frozen=True)
-class Target:
-    """A restore target after resolution: what it is, for the checks made before a restore."""
+def _postgresql(url: str | None, settings: EngineSettings) -> Engine:
+    from .postgresql import PostgreSQLEngine
 
-    key: str  # one identity however the target is spelled (locks are named by it)
-    display: str  # as it may be logged: never with a password
-    exists: bool
-    is_source: bool
+    return PostgreSQLEngine(url, env=settings.env, lock_wait_timeout=settings.lock_wait_timeout)
 
 
-class Engine(Protocol):
-    """One database. Targets are URLs (or paths for SQLite); ``None`` means the source."""
-
-    name: str
-    formats: tuple[str, ...]
-    file_extension: dict[str, str]
-
-    def describe(self) -> dict[str, Any]:
-        """engine, name, and the source URL with no password."""
-
-    def check(self) -> dict[str, Any]:
-        """Find the client tools, connect, compare versions. Raise DatabaseError."""
-
-    def dump(
-        self, fmt: str, out: Writer, row_counts: bool, progress: Callable[[int], None] | None = None
-    ) -> DumpResult:
-        """Stream a consistent dump into ``out``. Raise DatabaseError on any failure."""
-
-    def restore(
-        self,
-        fmt: str,
-        chunks: Iterable[bytes],
-        target: str | None,
-        *,
-        create_target: bool,
-        clean: bool,
-        jobs: int,
-        must_be_new: bool = False,
-    ) -> None:
-        """Load a dump into ``target`` atomically where the format allows. ``must_be_new``:
-        this restore creates the target, and TargetExistsError if it exists."""
-
-    def resolve_target(self, target: str | None) -> Target:
-        """Reach ``target`` once (DatabaseError when it cannot be reached; ConfigError for a
-        refused form) and pin it for every later call with the same ``target``."""
-
-    def inventory(self, target: str | None) -> dict[str, Any]:
-        """Tables with exact row counts and object counts, as ``DumpResult.contents``."""
-
-    def redact(self, target: str | None) -> str:
-        """The target as it may be logged and recorded: never with a password."""
-
-    def is_source(self, target: str | None) -> bool: ...
-
-    def dump_complete(self, fmt: str, tail: bytes) -> bool:
-        """Does a plain dump end the way a complete dump ends?"""
-
-    def scratch_target(self, name: str, server: str | None) -> str:
-        """A throwaway target called ``name`` beside ``server`` (default: the source)."""
-
-    def drop_target(self, target: str, force: bool = True) -> None:
-        """Remove a scratch target. ``force=False`` leaves one that is in use (raises)."""
-
-    def leftover_targets(self, prefix: str, server: str | None) -> list[str]:
-        """Scratch targets named ``prefix`` plus 8 hex digits (what a drill creates)."""
-
-    def cancel(self) -> None:
-        """Stop whatever this engine is running (a server shutting down); refuse new work."""
-
-    def size_estimate(self) -> int:
-        """The database's size in bytes, for free-space estimates."""
+# URL scheme -> the engine it selects.
+ENGINES: dict[str, Callable[[str | None, EngineSettings], Engine]] = {
+    "sqlite": _sqlite,
+    "postgresql": _postgresql,
+    "postgres": _postgresql,
+}
 
 
-def engine_for(url: str | None, settings: Any) -> Engine:
-    """``sqlite:///path`` selects SQLite; ``postgresql://``, ``postgres://`` or no URL (libpq
-    ``PG*`` variables) select PostgreSQL."""
-    if url and url.startswith("sqlite:"):
-        from .sqlite import SQLiteEngine
-
-        return SQLiteEngine(url)
-    if url is None or url.startswith(("postgresql://", "postgres://")) or "=" in url:
-        from .postgresql import PostgreSQLEngine
-
-        return PostgreSQLEngine(url, settings)
-    raise ConfigError(
-        f"unsupported database URL scheme in {url.split('://')[0]!r}: "
-        "expected postgresql:// or sqlite:///path"
-    )
+def engine_for(url: str | None, settings: EngineSettings) -> Engine:
+    """``sqlite:///path`` selects SQLite; ``postgresql://``, ``postgres://``, a libpq
+    ``key=value`` string or no URL (libpq ``PG*`` variables) select PostgreSQL."""
+    scheme = _scheme(url)
+    if scheme is None:
+        assert url is not None
+        raise ConfigError(
+            f"unsupported database URL scheme in {url.split('://')[0]!r}: "
+            "expected postgresql:// or sqlite:///path"
+        )
+    return ENGINES[scheme](url, settings)
 
 
-def compare_contents(expected: dict[str, Any] | None, actual: dict[str, Any]) -> list[str]:
-    """Every difference between a manifest's recorded contents and a restored database."""
-    if not expected:
-        return []
-    diffs: list[str] = []
-    exp_tables: dict[str, int] = expected.get("tables", {})
-    act_tables: dict[str, int] = actual.get("tables", {})
-    for name in sorted(set(exp_tables) | set(act_tables)):
-        if name not in act_tables:
-            diffs.append(f"table {name} is missing from the restored database")
-        elif name not in exp_tables:
-            diffs.append(f"table {name} is in the restored database but not in the backup")
-        elif exp_tables[name] != act_tables[name]:
-            diffs.append(
-                f"table {name}: {exp_tables[name]} rows in the backup, {act_tables[name]} restored"
-            )
-    exp_obj: dict[str, int] = expected.get("objects", {})
-    act_obj: dict[str, int] = actual.get("objects", {})
-    for kind in sorted(exp_obj):
-        if kind not in act_obj:
-            diffs.append(f"{kind}: {exp_obj[kind]} in the backup, none counted in the restore")
-        elif exp_obj[kind] != act_obj[kind]:
-            diffs.append(f"{kind}: {exp_obj[kind]} in the backup, {act_obj[kind]} restored")
-    return diffs
+def _scheme(url: str | None) -> str | None:
+    if url is None:
+        return "postgresql"  # the libpq environment
+    if url.startswith("sqlite:"):
+        return "sqlite"
+    scheme, sep, _ = url.partition("://")
+    if sep and scheme in ENGINES:
+        return scheme
+    if "=" in url:
+        return "postgresql"  # a libpq connection string
+    return None

@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
@@ -42,7 +42,7 @@ from ..errors import (
     redact_secrets,
 )
 from ..pipeline import Writer, pump_fd
-from . import DumpResult, Target
+from .base import ClientTools, DumpResult, IncompleteDumpError, Target, read_tail
 from .pgconn import PgConn, child_env, passfile_for
 
 if TYPE_CHECKING:
@@ -191,9 +191,12 @@ class PostgreSQLEngine:
     formats: tuple[str, ...] = ("plain", "custom")
     file_extension = {"plain": ".sql", "custom": ".dump"}
 
-    def __init__(self, url: str | None, settings: Any) -> None:
-        self.lock_wait_timeout: int = settings.lock_wait_timeout
-        self.env = dict(settings.env) if settings.env else dict(os.environ)
+    def __init__(
+        self, url: str | None, env: Mapping[str, str] | None = None, lock_wait_timeout: int = 300
+    ) -> None:
+        """``env``: the environment libpq and the children see (empty: this process's)."""
+        self.lock_wait_timeout = lock_wait_timeout
+        self.env = dict(env) if env else dict(os.environ)
         self.conn = PgConn.source(url, self.env)
         self._tools: dict[str, str] = {}
         self._resolved: dict[str | None, _Resolved] = {}
@@ -451,6 +454,22 @@ class PostgreSQLEngine:
             server_num = self.server_version_num()
             versions = {name: f.result() for name, f in futures.items()}
         return self._compare_versions(versions, server_num)
+
+    def tools(self) -> ClientTools:
+        """pg_dump, psql and pg_restore: found, and no older than the server when it answers."""
+        versions = {name: self.client_version(name) for name in TOOLS}  # DatabaseError if missing
+        found = {name: full for name, (_, full) in versions.items()}
+        try:
+            server = self.server_version_num() // 10000
+        except DatabaseError:
+            return ClientTools(found, None)
+        older = [f"{name} {full}" for name, (major, full) in versions.items() if major < server]
+        if older:
+            raise DatabaseError(
+                f"{', '.join(older)} older than the server ({server}): install "
+                f"postgresql-client-{server} or newer and put it first on PATH"
+            )
+        return ClientTools(found, server)
 
     def _compare_versions(
         self, versions: dict[str, tuple[int, str]], server_num: int
@@ -775,10 +794,14 @@ class PostgreSQLEngine:
             with contextlib.suppress(Exception):
                 session.close()
 
-    def dump_complete(self, fmt: str, tail: bytes) -> bool:
-        return DUMP_COMPLETE in tail
+    def check_structure(self, fmt: str, chunks: Iterable[bytes]) -> None:
+        """Custom: ``pg_restore --list`` must parse the TOC. Plain: the completion marker."""
+        if fmt == "custom":
+            self._list_custom(chunks)
+        elif DUMP_COMPLETE not in read_tail(chunks):
+            raise IncompleteDumpError()
 
-    def list_custom(self, chunks: Iterable[bytes]) -> None:
+    def _list_custom(self, chunks: Iterable[bytes]) -> None:
         """``pg_restore --list`` over a custom-format stream: its TOC must parse."""
         proc = self.spawn(
             [self.tool("pg_restore"), "--list"],

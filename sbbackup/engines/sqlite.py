@@ -18,9 +18,10 @@ from typing import Any
 
 from ..errors import ConfigError, DatabaseError, TargetExistsError
 from ..pipeline import Writer
-from . import DumpResult, Target
+from .base import ClientTools, DumpResult, IncompleteDumpError, Target, read_tail
 
 FLUSH = 1 << 20
+DUMP_COMPLETE = b"-- sbbackup SQLite dump complete"
 
 
 def path_of(url: str) -> Path:
@@ -218,8 +219,14 @@ class SQLiteEngine:
     def size_estimate(self) -> int:
         return self.path.stat().st_size
 
-    def dump_complete(self, fmt: str, tail: bytes) -> bool:
-        return tail.rstrip().endswith(b"-- sbbackup SQLite dump complete")
+    def tools(self) -> ClientTools:
+        """None: SQLite runs in this process."""
+        return ClientTools({}, None)
+
+    def check_structure(self, fmt: str, chunks: Iterable[bytes]) -> None:
+        """The dump must end with the completion marker ``dump`` writes."""
+        if not read_tail(chunks).rstrip().endswith(DUMP_COMPLETE):
+            raise IncompleteDumpError()
 
 
 def _emit(out: Writer, lines: list[str]) -> int:

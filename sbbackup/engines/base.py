@@ -1,0 +1,163 @@
+"""What every database engine offers: the ``Engine`` Protocol and the values it hands back.
+
+The plugins (``sqlite``, ``postgresql``) import from here, never from the package, whose
+registry imports them: no cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import IntegrityError
+from ..pipeline import Writer
+
+
+@dataclass
+class DumpResult:
+    """What the engine learned while dumping, recorded in the manifest."""
+
+    database: dict[str, Any]
+    tool_version: str | None
+    contents: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A restore target after resolution: what it is, for the checks made before a restore."""
+
+    key: str  # one identity however the target is spelled (locks are named by it)
+    display: str  # as it may be logged: never with a password
+    exists: bool
+    is_source: bool
+
+
+@dataclass(frozen=True)
+class ClientTools:
+    """The client tools an engine runs, as ``tools()`` found them."""
+
+    versions: dict[str, str]  # tool name -> version; empty for an engine that needs none
+    server_major: int | None  # the server major they were compared with; None: unreachable
+
+
+class IncompleteDumpError(IntegrityError):
+    """The dump stream ended without the engine's completion marker (it was cut short).
+    Raised by ``check_structure`` only after every chunk was read, so the caller can check
+    the file's digest first."""
+
+    def __init__(self, message: str = "the dump is incomplete (no completion marker)") -> None:
+        super().__init__(message)
+
+
+class EngineSettings(Protocol):
+    """What an engine takes from the settings: nothing else reaches it."""
+
+    @property
+    def env(self) -> Mapping[str, str]: ...  # the environment (empty: the process's own)
+
+    @property
+    def lock_wait_timeout(self) -> int: ...  # seconds pg_dump waits for a table lock
+
+
+class Engine(Protocol):
+    """One database. Targets are URLs (or paths for SQLite); ``None`` means the source."""
+
+    name: str
+    formats: tuple[str, ...]
+    file_extension: dict[str, str]
+
+    def describe(self) -> dict[str, Any]:
+        """engine, name, and the source URL with no password."""
+
+    def check(self) -> dict[str, Any]:
+        """Find the client tools, connect, compare versions. Raise DatabaseError."""
+
+    def tools(self) -> ClientTools:
+        """The client tools' versions (DatabaseError when one is missing), compared with the
+        server's when it answers (DatabaseError when one is older)."""
+
+    def dump(
+        self, fmt: str, out: Writer, row_counts: bool, progress: Callable[[int], None] | None = None
+    ) -> DumpResult:
+        """Stream a consistent dump into ``out``. Raise DatabaseError on any failure."""
+
+    def check_structure(self, fmt: str, chunks: Iterable[bytes]) -> None:
+        """Read a whole dump and check its structure: IntegrityError when a tool rejects it,
+        IncompleteDumpError (after the last chunk) when it lacks the completion marker."""
+
+    def restore(
+        self,
+        fmt: str,
+        chunks: Iterable[bytes],
+        target: str | None,
+        *,
+        create_target: bool,
+        clean: bool,
+        jobs: int,
+        must_be_new: bool = False,
+    ) -> None:
+        """Load a dump into ``target`` atomically where the format allows. ``must_be_new``:
+        this restore creates the target, and TargetExistsError if it exists."""
+
+    def resolve_target(self, target: str | None) -> Target:
+        """Reach ``target`` once (DatabaseError when it cannot be reached; ConfigError for a
+        refused form) and pin it for every later call with the same ``target``."""
+
+    def inventory(self, target: str | None) -> dict[str, Any]:
+        """Tables with exact row counts and object counts, as ``DumpResult.contents``."""
+
+    def redact(self, target: str | None) -> str:
+        """The target as it may be logged and recorded: never with a password."""
+
+    def is_source(self, target: str | None) -> bool: ...
+
+    def scratch_target(self, name: str, server: str | None) -> str:
+        """A throwaway target called ``name`` beside ``server`` (default: the source)."""
+
+    def drop_target(self, target: str, force: bool = True) -> None:
+        """Remove a scratch target. ``force=False`` leaves one that is in use (raises)."""
+
+    def leftover_targets(self, prefix: str, server: str | None) -> list[str]:
+        """Scratch targets named ``prefix`` plus 8 hex digits (what a drill creates)."""
+
+    def cancel(self) -> None:
+        """Stop whatever this engine is running (a server shutting down); refuse new work."""
+
+    def size_estimate(self) -> int:
+        """The database's size in bytes, for free-space estimates."""
+
+
+def read_tail(chunks: Iterable[bytes], size: int = 4096) -> bytes:
+    """Read every chunk; the last ``size`` bytes (where a completion marker sits)."""
+    tail = b""
+    for chunk in chunks:
+        tail = (tail + chunk[-size:])[-size:]
+    return tail
+
+
+def compare_contents(expected: dict[str, Any] | None, actual: dict[str, Any]) -> list[str]:
+    """Every difference between a manifest's recorded contents and a restored database."""
+    if not expected:
+        return []
+    diffs: list[str] = []
+    exp_tables: dict[str, int] = expected.get("tables", {})
+    act_tables: dict[str, int] = actual.get("tables", {})
+    for name in sorted(set(exp_tables) | set(act_tables)):
+        if name not in act_tables:
+            diffs.append(f"table {name} is missing from the restored database")
+        elif name not in exp_tables:
+            diffs.append(f"table {name} is in the restored database but not in the backup")
+        elif exp_tables[name] != act_tables[name]:
+            diffs.append(
+                f"table {name}: {exp_tables[name]} rows in the backup, {act_tables[name]} restored"
+            )
+    exp_obj: dict[str, int] = expected.get("objects", {})
+    act_obj: dict[str, int] = actual.get("objects", {})
+    for kind in sorted(exp_obj):
+        if kind not in act_obj:
+            diffs.append(f"{kind}: {exp_obj[kind]} in the backup, none counted in the restore")
+        elif exp_obj[kind] != act_obj[kind]:
+            diffs.append(f"{kind}: {exp_obj[kind]} in the backup, {act_obj[kind]} restored")
+    return diffs
