@@ -109,7 +109,7 @@ def report(label: str, base: Stats, enc: Stats) -> None:
 
 def run(url: str, args: argparse.Namespace) -> None:
     from sbbackup.crypto import age
-    from sbbackup.engines.pgconn import PgConn
+    from sbbackup.engines.postgresql.conn import PgConn
 
     conn = PgConn.source(url, {})
     pg_env = dict(os.environ, PGPASSWORD=conn.password or "")

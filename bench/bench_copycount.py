@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sbbackup.engines.copycount import CopyCounter  # noqa: E402
+from sbbackup.engines.postgresql.copycount import CopyCounter  # noqa: E402
 
 HEAD = (
     b"\\restrict abc123\n\nSET statement_timeout = 0;\nSET client_encoding = 'UTF8';\n"

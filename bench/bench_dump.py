@@ -65,7 +65,7 @@ def main() -> None:
 
 
 def run(url: str, args: argparse.Namespace) -> None:
-    from sbbackup.engines.pgconn import PgConn
+    from sbbackup.engines.postgresql.conn import PgConn
 
     conn = PgConn.source(url, {})
     env = dict(os.environ, PGPASSWORD=conn.password or "")

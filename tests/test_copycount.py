@@ -23,7 +23,12 @@ from hypothesis import strategies as st
 from pgcluster import Cluster
 from psycopg import sql
 
-from sbbackup.engines.copycount import MAX_HEADER, MAX_TOKEN, CopyCounter, CopyStreamError
+from sbbackup.engines.postgresql.copycount import (
+    MAX_HEADER,
+    MAX_TOKEN,
+    CopyCounter,
+    CopyStreamError,
+)
 from sbbackup.errors import ExitCode, IntegrityError
 
 FAKE = "COPY public.t (a) FROM stdin;\n1\n2\n\\.\n"

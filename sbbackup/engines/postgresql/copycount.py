@@ -35,7 +35,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from ..errors import IntegrityError
+from ...errors import IntegrityError
 
 MAX_HEADER = 4 << 20  # 1600 quoted 63-byte column names are ~200 KiB
 MAX_TOKEN = 4 << 20  # an unquoted token split across chunks

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from ..errors import ConfigError, redact_secrets
+from ...errors import ConfigError, redact_secrets
 
 # Keywords a restore target may carry. Everything else (hostaddr, service, passfile, options,
 # target_session_attrs, dbname in the query, ...) can point the connection, the database or

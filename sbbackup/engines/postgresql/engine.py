@@ -1,0 +1,376 @@
+"""``PostgreSQLEngine``: targets, dump, restore and inventory of one source database.
+
+The trust-boundary contract it keeps is in the package's docstring (``postgresql/__init__``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ...errors import ConfigError, DatabaseError, SbbackupError, TargetExistsError
+from ...pipeline import Writer
+from ..base import ClientTools, DumpResult, IncompleteDumpError, Target, read_tail
+from .client import TOOLS, Client, control_free, pinned_params, scalar
+from .conn import PgConn
+from .dump import DUMP_COMPLETE, SNAPSHOT_RE, PgDump
+from .inventory import CLUSTER_ID_SQL, catalog_tables, count_rows, object_counts
+from .restore import list_custom, load
+
+if TYPE_CHECKING:
+    import psycopg
+
+
+@dataclass
+class _Resolved:
+    """A target after ``resolve_target``: pinned to the server it reached."""
+
+    conn: PgConn  # the target database, host and port pinned
+    admin: PgConn  # the maintenance database on the same server
+    system_id: str
+    exists: bool
+    server_version_num: int
+
+
+class PostgreSQLEngine:
+    name = "postgresql"
+    formats: tuple[str, ...] = ("plain", "custom")
+    file_extension = {"plain": ".sql", "custom": ".dump"}
+
+    def __init__(
+        self, url: str | None, env: Mapping[str, str] | None = None, lock_wait_timeout: int = 300
+    ) -> None:
+        """``env``: the environment libpq and the children see (empty: this process's)."""
+        self.lock_wait_timeout = lock_wait_timeout
+        self.client = Client(env if env else os.environ)
+        self.env = self.client.env
+        self.conn = PgConn.source(url, self.env)
+        self._resolved: dict[str | None, _Resolved] = {}
+
+    def cancel(self) -> None:
+        """Kill every child and cancel every query (a server shutting down); refuse new work."""
+        self.client.cancel()
+
+    # --- targets -----------------------------------------------------------------------
+    def _parse(self, target: str | None) -> PgConn:
+        """``None`` is the source; a bare name is a database on the source's server."""
+        if target is None:
+            return self.conn
+        if target.startswith(("postgresql://", "postgres://")):
+            return PgConn.target(target, self.env)
+        if re.match(r"\s*\w+\s*=", target):  # never echoed: it may hold a password
+            raise ConfigError(
+                "a target must be a postgresql:// URL or a database name, not a libpq connection "
+                "string (keep its password in ~/.pgpass)"
+            )
+        if "://" not in target and "/" not in target and target and "\0" not in target:
+            return self.conn.with_db(target)
+        raise ConfigError("target must be a postgresql:// URL or a database name")
+
+    def _resolve(self, target: str | None) -> _Resolved:
+        """Connect once to the target's server (its maintenance database: the target may not
+        exist yet) and pin the host, address and port it reached for every later step."""
+        if target in self._resolved:
+            return self._resolved[target]
+        if target is not None and "://" not in target and "/" not in target:
+            base = self._resolve(None)  # a bare name: the source's (pinned) server
+            conn = base.conn.with_db(self._parse(target).dbname)
+        else:
+            conn = self._parse(target)
+        admin = conn.with_db("postgres" if conn.dbname != "postgres" else "template1")
+        with self.client.session(admin, f"cannot query {admin.redacted()}") as session:
+            info = session.info
+            pinned = pinned_params(session)
+            system_id = str(scalar(session, CLUSTER_ID_SQL))
+            exists = (
+                session.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (conn.dbname,)
+                ).fetchone()
+                is not None
+            )
+            version = int(info.server_version)
+        resolved = _Resolved(
+            conn=conn.with_params(**pinned),
+            admin=admin.with_params(**pinned),
+            system_id=system_id,
+            exists=exists,
+            server_version_num=version,
+        )
+        self._resolved[target] = resolved
+        return resolved
+
+    def resolve_target(self, target: str | None) -> Target:
+        """Connect to ``target``'s server and say what it is: DatabaseError when unreachable
+        (a restore never guesses), ConfigError for a refused form."""
+        r = self._resolve(target)
+        return Target(
+            key=f"postgresql:{r.system_id}:{r.conn.dbname}",
+            display=r.conn.redacted(),
+            exists=r.exists,
+            is_source=self.is_source(target),
+        )
+
+    def is_source(self, target: str | None) -> bool:
+        """Is ``target`` the source database, however it is spelled?
+
+        Names are unique within a cluster, so a different (decoded) name is never the source.
+        The same name is the source when both reach the same cluster
+        (``pg_control_system().system_identifier``). When the source does not answer, the
+        answer is yes: a needless confirmation is cheap, a restore over production is not.
+        A target that does not answer raises: it cannot be restored into anyway.
+        """
+        t = self._parse(target)
+        if t.dbname != self.conn.dbname:
+            return False
+        if target is None or t.params == self.conn.params:
+            return True
+        theirs = self._resolve(target).system_id
+        try:
+            ours = self._resolve(None).system_id
+        except DatabaseError:
+            return True
+        return theirs == ours
+
+    def redact(self, target: str | None) -> str:
+        return self._parse(target).redacted()
+
+    def scratch_target(self, name: str, server: str | None) -> str:
+        """A database called ``name`` on ``server`` (default: the source's server)."""
+        if server is None or "://" not in server:
+            return name
+        conn = self._parse(server).with_db(name)
+        scheme, rest = server.split("://", 1)
+        netloc, _, tail = rest.partition("/")
+        _, q, query = tail.partition("?")
+        from urllib.parse import quote
+
+        return f"{scheme}://{netloc}/{quote(conn.dbname)}{q}{query}"
+
+    def drop_target(self, target: str, force: bool = True) -> None:
+        """Drop a scratch database. Without ``force`` one that has sessions is left alone
+        (DatabaseError), so a cleanup never kills another live drill."""
+        self._drop(self._resolve(target), force)
+
+    def _admin(self, r: _Resolved) -> contextlib.AbstractContextManager[Any]:
+        return self.client.session(r.admin, f"cannot manage databases on {r.admin.redacted()}")
+
+    def _drop(self, r: _Resolved, force: bool = True) -> None:
+        from psycopg import sql
+
+        query = sql.SQL("DROP DATABASE IF EXISTS {}{}").format(
+            sql.Identifier(r.conn.dbname), sql.SQL(" WITH (FORCE)" if force else "")
+        )
+        with self._admin(r) as session:
+            self._same_server(session, r)
+            session.execute(query)
+
+    def _same_server(self, session: psycopg.Connection[Any], r: _Resolved) -> None:
+        if str(scalar(session, CLUSTER_ID_SQL)) != r.system_id:
+            raise DatabaseError(
+                f"{r.admin.redacted()} is no longer the server it was (its system identifier "
+                "changed): refusing to go on"
+            )
+
+    def leftover_targets(self, prefix: str, server: str | None) -> list[str]:
+        """Unused databases named ``prefix`` plus 8 hex digits (what ``scratch_target`` makes)."""
+        r = self._resolve(server)
+        regex = "^" + re.escape(prefix) + "[0-9a-f]{8}$"
+        # One with sessions belongs to a live drill: skip it here rather than have DROP wait
+        # five seconds for its sessions and then fail.
+        with self._admin(r) as session:
+            rows = session.execute(
+                "SELECT datname FROM pg_database d WHERE datname ~ %s AND NOT EXISTS "
+                "(SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname) ORDER BY 1",
+                (regex,),
+            ).fetchall()
+        names = [str(row[0]) for row in rows]
+        return [self.scratch_target(n, server) for n in names if re.fullmatch(regex, n)]
+
+    def size_estimate(self) -> int:
+        with self.client.session(self.conn, f"cannot query {self.conn.redacted()}") as session:
+            return int(scalar(session, "SELECT pg_database_size(current_database())"))
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "name": self.conn.dbname, "url": self.conn.redacted()}
+
+    # --- checks ------------------------------------------------------------------------
+    def server_version_num(self) -> int:
+        """The source server's version number (150018); DatabaseError when unreachable."""
+        with self.client.session(self.conn, f"cannot query {self.conn.redacted()}") as session:
+            return int(session.info.server_version)
+
+    def check(self) -> dict[str, Any]:
+        for name in TOOLS:
+            self.client.tool(name)  # "pg_dump not found: ..." before anything runs
+        # Three short-lived children at once while the session connects.
+        with ThreadPoolExecutor(max_workers=len(TOOLS)) as pool:
+            futures = {name: pool.submit(self.client.client_version, name) for name in TOOLS}
+            server_num = self.server_version_num()
+            versions = {name: f.result() for name, f in futures.items()}
+        return self._compare_versions(versions, server_num)
+
+    def tools(self) -> ClientTools:
+        """pg_dump, psql and pg_restore: found, and no older than the server when it answers."""
+        versions = {
+            name: self.client.client_version(name) for name in TOOLS
+        }  # DatabaseError if missing
+        found = {name: full for name, (_, full) in versions.items()}
+        try:
+            server = self.server_version_num() // 10000
+        except DatabaseError:
+            return ClientTools(found, None)
+        older = [f"{name} {full}" for name, (major, full) in versions.items() if major < server]
+        if older:
+            raise DatabaseError(
+                f"{', '.join(older)} older than the server ({server}): install "
+                f"postgresql-client-{server} or newer and put it first on PATH"
+            )
+        return ClientTools(found, server)
+
+    def _compare_versions(
+        self, versions: dict[str, tuple[int, str]], server_num: int
+    ) -> dict[str, Any]:
+        server_major = server_num // 10000
+        server_version = f"{server_major}.{server_num % 10000}"
+        for name, (major, full) in versions.items():
+            if major < server_major:
+                raise DatabaseError(
+                    f"{name} {full} is older than the server ({server_version}): install "
+                    f"postgresql-client-{server_major} or newer and put it first on PATH"
+                )
+        return {
+            "serverVersion": server_version,
+            "serverMajor": server_major,
+            "pgDumpVersion": versions["pg_dump"][1],
+            "tools": {n: self.client.tool(n) for n in TOOLS},
+        }
+
+    # --- dump --------------------------------------------------------------------------
+    def dump(
+        self, fmt: str, out: Writer, row_counts: bool, progress: Callable[[int], None] | None = None
+    ) -> DumpResult:
+        """pg_dump in the snapshot of a session that holds it open for the whole dump."""
+        import psycopg
+
+        for name in TOOLS:
+            self.client.tool(name)
+        with ThreadPoolExecutor(max_workers=len(TOOLS)) as pool:
+            futures = {name: pool.submit(self.client.client_version, name) for name in TOOLS}
+            snap = self.client.snapshot_session(self.conn)
+            try:
+                versions = {name: f.result() for name, f in futures.items()}
+            except BaseException:
+                snap.close()
+                raise
+        what = f"cannot read the catalog of {self.conn.redacted()}"
+        try:
+            info = self._compare_versions(versions, int(snap.info.server_version))
+            snapshot = str(scalar(snap, "SELECT pg_export_snapshot()"))
+            if not SNAPSHOT_RE.fullmatch(snapshot):
+                raise DatabaseError(f"the server sent an invalid snapshot name {snapshot[:40]!r}")
+            tables = catalog_tables(snap) if row_counts else []
+            objects = object_counts(snap) if row_counts else {}
+            run = PgDump(self.client, self.conn, snap, snapshot, self.lock_wait_timeout)
+            contents = run.run(fmt, out, tables, row_counts, progress)
+            if contents is not None:
+                contents["objects"] = objects
+            snap.execute("COMMIT")
+        except psycopg.Error as exc:
+            raise self.client.failure(exc, what) from None
+        finally:
+            with contextlib.suppress(Exception):
+                snap.close()
+        database = {
+            "engine": self.name,
+            "name": self.conn.dbname,
+            "serverVersion": info["serverVersion"],
+        }
+        return DumpResult(database=database, tool_version=info["pgDumpVersion"], contents=contents)
+
+    # --- restore -----------------------------------------------------------------------
+    def prepare_target(
+        self, target: str | None, create_target: bool, clean: bool, must_be_new: bool = False
+    ) -> tuple[_Resolved, bool]:
+        """The target, reachable; and whether this restore created it (so owns it)."""
+        from psycopg import errors as pgerrors
+        from psycopg import sql
+
+        r = self._resolve(target)
+        name = r.conn.dbname
+        if not (create_target or clean or must_be_new):
+            if not r.exists:
+                raise DatabaseError(f"target database {control_free(name)} does not exist")
+            return r, False
+        ident = sql.Identifier(name)
+        with self._admin(r) as session:
+            self._same_server(session, r)
+            exists = (
+                session.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+                is not None
+            )
+            if exists and must_be_new:
+                raise TargetExistsError(f"target database {control_free(name)} already exists")
+            if exists and clean:
+                session.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
+                exists = False
+            if exists:
+                return r, False
+            try:
+                session.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+            except pgerrors.DuplicateDatabase:
+                raise TargetExistsError(
+                    f"target database {control_free(name)} already exists"
+                ) from None
+        r.exists = True
+        return r, True
+
+    def restore(
+        self,
+        fmt: str,
+        chunks: Iterable[bytes],
+        target: str | None,
+        *,
+        create_target: bool,
+        clean: bool,
+        jobs: int,
+        must_be_new: bool = False,
+    ) -> None:
+        r, created = self.prepare_target(target, create_target, clean, must_be_new)
+        try:
+            load(self.client, fmt, r.conn, chunks, jobs)
+        except BaseException:
+            # A database this restore created holds nothing worth keeping after a failure (a
+            # parallel pg_restore is not one transaction): drop it rather than leave a half.
+            if created:
+                with contextlib.suppress(SbbackupError):
+                    self._drop(r)
+            raise
+
+    def inventory(self, target: str | None) -> dict[str, Any]:
+        """Tables with exact row counts and object counts, in one REPEATABLE READ snapshot."""
+        import psycopg
+
+        conn = self._resolve(target).conn
+        session = self.client.snapshot_session(conn)
+        try:
+            tables = catalog_tables(session)
+            result = {"tables": count_rows(session, tables), "objects": object_counts(session)}
+            session.rollback()
+            return result
+        except psycopg.Error as exc:
+            raise self.client.failure(exc, f"cannot count rows in {conn.redacted()}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                session.close()
+
+    def check_structure(self, fmt: str, chunks: Iterable[bytes]) -> None:
+        """Custom: ``pg_restore --list`` must parse the TOC. Plain: the completion marker."""
+        if fmt == "custom":
+            list_custom(self.client, chunks)
+        elif DUMP_COMPLETE not in read_tail(chunks):
+            raise IncompleteDumpError()
