@@ -31,6 +31,7 @@ from test_api import TOKEN, Client, Reply, audit_lines, read_response, small_tab
 from sbbackup import api
 from sbbackup.config import load_settings
 from sbbackup.crypto import age
+from sbbackup.errors import ConfigError
 
 Start = Callable[..., Client]
 
@@ -433,10 +434,10 @@ def test_restore_dir_must_be_private(tmp_path: Path, sqlite_source: Path) -> Non
         "SBBACKUP_API_RESTORE_DIR": str(shared),
     }
     tokens = [api.Token("ci", TOKEN.encode())]
-    with pytest.raises(api.ConfigError, match="writable by group or others"):
+    with pytest.raises(ConfigError, match="writable by group or others"):
         api.make_server(load_settings(env=env), "127.0.0.1", 0, tokens)
     env["SBBACKUP_API_RESTORE_DIR"] = str(tmp_path / "missing")
-    with pytest.raises(api.ConfigError, match="api.restoreDir"):
+    with pytest.raises(ConfigError, match="api.restoreDir"):
         api.make_server(load_settings(env=env), "127.0.0.1", 0, tokens)
 
 

@@ -52,6 +52,7 @@ def serve_cmd(
     compression off where the configuration has it on (api.allowWeakerBackups allows it), and
     running jobs are capped (api.maxBackupJobs, api.maxRestoreJobs, api.maxTestJobs; 429).
     """
+    # Lazy: every other command would otherwise load http.server and the API's modules.
     from .. import api
 
     if generate_token:
