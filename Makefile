@@ -12,6 +12,7 @@ deps:
 lint:
 	.venv/bin/ruff check sbbackup tests bench
 	.venv/bin/ruff format --check sbbackup tests bench
+	.venv/bin/lint-imports
 
 typecheck:
 	.venv/bin/mypy

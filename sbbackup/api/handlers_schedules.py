@@ -10,8 +10,8 @@ from typing import Any
 
 from .. import scheduling, state
 from ..errors import LockedError, NotFoundError, SbbackupError, UsageError
+from ..jsonable import to_jsonable
 from ..locks import LOCK_DIR
-from ..render import to_jsonable
 from ..schedules import validate_schedule_id
 from .app import Api
 from .context import Request, Response

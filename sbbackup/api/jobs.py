@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..catalog import iso
-from ..errors import ExitCode, SbbackupError
+from ..errors import InterruptedError_, SbbackupError
 from .wire import HttpError, exc_body
 
 JOB_HISTORY = 500  # finished jobs remembered for their status URLs
@@ -124,8 +124,8 @@ class Jobs:
         except SbbackupError as exc:
             job.error, job.status = exc, "failed"
         except KeyboardInterrupt:
-            job.error, job.status = SbbackupError("interrupted by server shutdown"), "interrupted"
-            job.error.exit_code, job.error.kind = ExitCode.INTERRUPTED, "interrupted"
+            job.error = InterruptedError_("interrupted by server shutdown")
+            job.status = "interrupted"
         except Exception as exc:  # noqa: BLE001 - a job thread is an error boundary too
             self.on_crash()
             job.error, job.status = SbbackupError(f"unexpected error: {exc}"), "failed"

@@ -19,7 +19,7 @@ from ..errors import (
     SbbackupError,
     TargetExistsError,
     UsageError,
-    redact_secrets,
+    error_json,
 )
 
 MAX_BODY = 1 << 20  # 1 MiB
@@ -94,7 +94,7 @@ def status_for(exc: SbbackupError) -> int:
 
 def error_body(code: int, kind: str, message: str) -> dict[str, Any]:
     """Same shape as the CLI's ``--json`` errors; ``code`` is the sbbackup exit code."""
-    return {"error": {"code": code, "kind": kind, "message": redact_secrets(message)}}
+    return error_json(code, kind, message)
 
 
 def exc_body(exc: SbbackupError) -> dict[str, Any]:
