@@ -111,7 +111,7 @@ class LocalStorage:
             self._checked = state.check_private_dir(self.root)
 
     def _path(self, name: str) -> Path:
-        if "/" in name or name.startswith(".") or "\0" in name:
+        if not name or "/" in name or name.startswith(".") or "\0" in name:
             raise StorageError(f"invalid object name {name!r}")
         return self.root / name
 

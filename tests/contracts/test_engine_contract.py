@@ -191,10 +191,6 @@ DEFECTS: dict[tuple[str, str, str | None], str] = {
         "restore does not check the completion marker: psql --single-transaction commits "
         "a dump cut between statements at EOF (ops verifies the checksum before restoring)"
     ),
-    ("test_resolve_target_is_current_after_a_drop", "postgresql", None): (
-        "_resolve caches Target.exists: after drop_target (or a failed restore that dropped "
-        "what it created) the same engine still says exists=True"
-    ),
 }
 
 

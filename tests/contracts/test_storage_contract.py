@@ -60,12 +60,7 @@ BACKENDS = [
 
 # Known defects, as strict xfails: the contract is what should hold; when a fix lands the
 # test passes, pytest reports XPASS as a failure, and the entry is removed.
-DEFECTS: dict[tuple[str, str], str] = {
-    ("test_the_empty_name_is_refused", "local"): (
-        "_path('') is the directory itself: open_write('') creates DIR/<dirname>.partial "
-        "and exists('') is True"
-    ),
-}
+DEFECTS: dict[tuple[str, str], str] = {}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -168,6 +168,7 @@ class PostgreSQLEngine:
         with self._admin(r) as session:
             self._same_server(session, r)
             session.execute(query)
+        r.exists = False  # the pinned target stays; what it holds is gone
 
     def _same_server(self, session: psycopg.Connection[Any], r: _Resolved) -> None:
         if str(scalar(session, CLUSTER_ID_SQL)) != r.system_id:
