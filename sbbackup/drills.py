@@ -1,7 +1,7 @@
 """The record of the last restore drill: ``last_test.json`` in the state directory.
 
-Written by the drill (``selftest``), read by ``statistics``, ``health`` and ``metrics``
-(``scheduling``): a module of its own, so that neither imports the other.
+Written by the restore drill (``ops.selftest.drill``), read by ``statistics``, ``health`` and
+``metrics`` (``ops.monitoring``): state beside the catalog, below the use cases that share it.
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ from .jsonable import to_jsonable
 __all__ = ["human_size", "render", "render_error", "to_jsonable"]
 
 if TYPE_CHECKING:  # result types are matched by name, so rendering imports no use case
-    from . import scheduling as sch
     from .ops import VerifyReport
-    from .selftest import TestReport
+    from .ops import schedules as sch
+    from .ops.selftest import TestReport
     from .stats import HealthReport
 
 
@@ -120,7 +120,7 @@ def _test_report(console: Console, report: TestReport) -> None:
 
 
 def _drill_details(console: Console, d: Mapping[str, Any]) -> None:
-    """A restore drill (``selftest.Drill`` as a mapping): where, how long, what matched."""
+    """A restore drill (``ops.selftest.Drill`` as a mapping): where, how long, what matched."""
     ok = d["status"] == "passed"
     if d["target"]:
         gone = "dropped" if d["scratchDropped"] else "NOT dropped"

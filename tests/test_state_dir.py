@@ -93,7 +93,7 @@ def run_patched(sb: SB, env: dict[str, str], patch: str, *args: str) -> Result:
     way to plant a symlink where a fresh random name will be)."""
     code = "\n".join(
         (
-            "import sys, sbbackup.cli, sbbackup.state, sbbackup.ops",
+            "import sys, sbbackup.cli, sbbackup.state, sbbackup.ops.restore",
             patch,
             "sbbackup.cli.main(sys.argv[1:])",
         )
@@ -175,7 +175,7 @@ def test_restore_record_symlink(
     (ready.backup_path / "restores").mkdir(mode=0o700)
     link = plant(ready.backup_path / "restores" / f"{restore_id}.json", victim.path)
     target = tmp_path / "restored.db"
-    patch = f"sbbackup.ops.new_restore_id = lambda now=None: {restore_id!r}"
+    patch = f"sbbackup.ops.restore.new_restore_id = lambda now=None: {restore_id!r}"
     res = run_patched(
         ready, env, patch, "restore", backup_id, "--target-url", f"sqlite:///{target}"
     )

@@ -44,10 +44,8 @@ def create_backup(api: Api, req: Request) -> Response:
         {"encryption": s.encryption, "compression": s.compression},
     )
     api.jobs.check_cap("backup")
-    if opts.format is not None and opts.format not in ctx.engine.formats:
-        raise UsageError(f"the {ctx.engine.name} engine cannot write the {opts.format} format")
-    if opts.level is not None and not 1 <= opts.level <= 22:
-        raise UsageError("field 'level' must be an integer from 1 to 22")
+    if opts.format is not None:
+        ops.check_format(ctx.engine, opts.format)  # now, rather than in the job
     now = api.jobs.backup_time()
     backup_id = ops.unique_backup_id(ctx.catalog, now)
     opts = replace(opts, backup_id=backup_id)  # the ID this answer promises
@@ -126,13 +124,11 @@ def restore_backup(api: Api, req: Request) -> Response:
     if "targetUrl" in body:
         raise UsageError(NO_TARGET_URL)
     only(body, RESTORE_FIELDS)
-    jobs = field(body, "jobs", int)
-    if jobs is not None and not 1 <= jobs <= 64:
-        raise UsageError("field 'jobs' must be an integer from 1 to 64")
+    opts = ops.RestoreOptions(backup_id=backup_id, jobs=field(body, "jobs", int))  # checks jobs
     api.jobs.check_cap("restore")
     restore_id = ops.new_restore_id()
     target = restore_target(api.settings, api.restore_dir, ctx, body)
-    opts = ops.RestoreOptions(backup_id=backup_id, jobs=jobs, restore_id=restore_id, **target)
+    opts = replace(opts, restore_id=restore_id, **target)
     ops.show_backup(ctx, backup_id)  # 404 now rather than in the job
     job = api.jobs.start(
         "restore", restore_id, lambda: ops.restore_backup(ctx, opts), cancel=ctx.cancel

@@ -1,4 +1,4 @@
-"""Handlers for schedules: the same ``scheduling`` use cases as ``sbbackup schedules ...``,
+"""Handlers for schedules: the same ``ops.schedules`` use cases as ``sbbackup schedules ...``,
 and a run under the same lock as cron's ``run-schedule``."""
 
 from __future__ import annotations
@@ -8,10 +8,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .. import scheduling, state
+from .. import state
 from ..errors import LockedError, NotFoundError, SbbackupError, UsageError
 from ..jsonable import to_jsonable
 from ..locks import LOCK_DIR
+from ..ops import monitoring
+from ..ops import schedules as schedule_ops
 from ..schedules import validate_schedule_id
 from .app import Api
 from .context import Request, Response
@@ -20,11 +22,11 @@ from .wire import RUN_ID_RE, SCHEDULE_FIELDS, field, only, query_int, stamp_id, 
 
 
 def list_schedules(api: Api, req: Request) -> Response:
-    return Response(200, to_jsonable(scheduling.list_schedules(req.ctx)))
+    return Response(200, to_jsonable(schedule_ops.list_schedules(req.ctx)))
 
 
 def get_schedule(api: Api, req: Request) -> Response:
-    return Response(200, scheduling.show_schedule(req.ctx, _schedule_id(req)))
+    return Response(200, schedule_ops.show_schedule(req.ctx, _schedule_id(req)))
 
 
 def add_schedule(api: Api, req: Request) -> Response:
@@ -34,7 +36,7 @@ def add_schedule(api: Api, req: Request) -> Response:
     validate_schedule_id(schedule_id)
     fields = _schedule_fields(req.body, allow_id=True)
     guard_schedule(api.settings, req.ctx, fields, None)
-    view = scheduling.edit_schedule(req.ctx, schedule_id, "add", fields)
+    view = schedule_ops.edit_schedule(req.ctx, schedule_id, "add", fields)
     return Response(201, view, {"Location": f"/api/backup/schedules/{schedule_id}"})
 
 
@@ -42,23 +44,23 @@ def update_schedule(api: Api, req: Request) -> Response:
     schedule_id = _schedule_id(req)
     fields = _schedule_fields(req.body, allow_id=False)
     if any(fields.get(k) is False for k in ("encryption", "compression")):
-        current = scheduling.schedules(req.ctx).get(schedule_id)
+        current = schedule_ops.schedules(req.ctx).get(schedule_id)
         guard_schedule(api.settings, req.ctx, fields, current)
-    return Response(200, scheduling.edit_schedule(req.ctx, schedule_id, "update", fields))
+    return Response(200, schedule_ops.edit_schedule(req.ctx, schedule_id, "update", fields))
 
 
 def remove_schedule(api: Api, req: Request) -> Response:
-    return Response(200, scheduling.edit_schedule(req.ctx, _schedule_id(req), "remove", None))
+    return Response(200, schedule_ops.edit_schedule(req.ctx, _schedule_id(req), "remove", None))
 
 
 def enable_schedule(api: Api, req: Request) -> Response:
     only(req.body, ())
-    return Response(200, scheduling.edit_schedule(req.ctx, _schedule_id(req), "enable", None))
+    return Response(200, schedule_ops.edit_schedule(req.ctx, _schedule_id(req), "enable", None))
 
 
 def disable_schedule(api: Api, req: Request) -> Response:
     only(req.body, ())
-    return Response(200, scheduling.edit_schedule(req.ctx, _schedule_id(req), "disable", None))
+    return Response(200, schedule_ops.edit_schedule(req.ctx, _schedule_id(req), "disable", None))
 
 
 def run_schedule(api: Api, req: Request) -> Response:
@@ -77,7 +79,7 @@ def run_schedule(api: Api, req: Request) -> Response:
         job = api.jobs.start(
             "run",
             run_id,
-            lambda: scheduling.run_schedule(ctx, schedule_id),
+            lambda: schedule_ops.run_schedule(ctx, schedule_id),
             ctx.cancel,
             scheduleId=schedule_id,
             statusUrl=location,
@@ -101,11 +103,11 @@ def get_run(api: Api, req: Request) -> Response:
 
 def next_schedules(api: Api, req: Request) -> Response:
     count = query_int(req.query, "count", 1, 100) or 1
-    return Response(200, to_jsonable(scheduling.next_fires(req.ctx, count)))
+    return Response(200, to_jsonable(schedule_ops.next_fires(req.ctx, count)))
 
 
 def statistics(api: Api, req: Request) -> Response:
-    return Response(200, to_jsonable(scheduling.get_statistics(req.ctx)))
+    return Response(200, to_jsonable(monitoring.get_statistics(req.ctx)))
 
 
 def _schedule_id(req: Request) -> str:

@@ -7,8 +7,8 @@ from typing import Any
 
 from ..catalog import validate_backup_id
 from ..errors import NotFoundError, UsageError, redact_secrets
-from ..scheduling import get_health, get_metrics
-from ..selftest import TestOptions, run_self_test
+from ..ops.monitoring import get_health, get_metrics
+from ..ops.selftest import TestOptions, run_self_test
 from .app import Api
 from .context import Request, Response
 from .jobs import wait_for

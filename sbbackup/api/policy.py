@@ -15,7 +15,7 @@ from typing import Any
 
 from ..config import TARGET_NAME_RE, Settings
 from ..errors import ConfigError, PolicyError, TargetExistsError, UsageError
-from ..selftest import SCRATCH_PREFIX
+from ..ops.selftest import SCRATCH_PREFIX
 from .context import ApiContext
 from .wire import DATABASE_NAME_RE, FILE_NAME_RE, RESERVED_DATABASES, TARGET_FIELDS, field
 

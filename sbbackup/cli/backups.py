@@ -80,7 +80,7 @@ def verify_cmd(
     if (restore and not deep) or (target_url and not restore):
         raise UsageError("--restore needs --deep, and --target-url needs --restore")
     if restore:
-        from ..selftest import verify_with_restore
+        from ..ops.selftest import verify_with_restore
 
         report = verify_with_restore(get_ctx(), backup_id, all_, target_url)
     else:

@@ -1,4 +1,8 @@
-"""Schedule commands: run-schedule, schedules, prune, next, statistics, metrics, health, crontab."""
+"""Schedule commands: run-schedule, schedules, prune, next, statistics, metrics, health, crontab.
+
+Each command imports ``ops.schedules`` or ``ops.monitoring`` itself: they load croniter, which
+would cost every other command (``create`` among them) startup time for nothing.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +17,6 @@ from ..config import DEFAULT_MIN_FREE
 from ..errors import ExitCode
 from ..render import render
 from .base import cli, command, get_ctx, json_option, raise_for_report, stderr_console
-
-
-def _sch() -> Any:
-    """The scheduling use cases, imported on first use: croniter costs every other command
-    (``create`` among them) startup time for nothing."""
-    from .. import scheduling
-
-    return scheduling
 
 
 def _parse_now(value: str | None) -> datetime | None:
@@ -52,7 +48,9 @@ def run_schedule_cmd(schedule_id: str, verbose: bool, as_json: bool, now: str | 
     Quiet on success unless --verbose or --json. A second run of the same schedule exits 11
     at once; a failed backup never prunes anything.
     """
-    result = _sch().run_schedule(get_ctx(), schedule_id, _parse_now(now))
+    from ..ops import schedules
+
+    result = schedules.run_schedule(get_ctx(), schedule_id, _parse_now(now))
     if result.status == "skipped" and not as_json:
         stderr_console().print(Text(f"sbbackup: {result.reason}; nothing to do"))
     elif as_json or verbose:
@@ -71,7 +69,9 @@ def schedules_group(click_ctx: click.Context) -> None:
     variables; the YAML file is never rewritten.
     """
     if click_ctx.invoked_subcommand is None:
-        render(_sch().list_schedules(get_ctx()), False)
+        from ..ops import schedules
+
+        render(schedules.list_schedules(get_ctx()), False)
 
 
 @command(schedules_group, "list")
@@ -79,7 +79,9 @@ def schedules_group(click_ctx: click.Context) -> None:
 @now_option
 def schedules_list_cmd(as_json: bool, now: str | None) -> None:
     """Every schedule: settings, last run, last success, next run, backup count and size."""
-    render(_sch().list_schedules(get_ctx(), _parse_now(now)), as_json)
+    from ..ops import schedules
+
+    render(schedules.list_schedules(get_ctx(), _parse_now(now)), as_json)
 
 
 @command(schedules_group, "show")
@@ -88,7 +90,9 @@ def schedules_list_cmd(as_json: bool, now: str | None) -> None:
 @now_option
 def schedules_show_cmd(schedule_id: str, as_json: bool, now: str | None) -> None:
     """One schedule, with its last run, last success, next run, count and size."""
-    render(_sch().show_schedule(get_ctx(), schedule_id, _parse_now(now)), as_json)
+    from ..ops import schedules
+
+    render(schedules.show_schedule(get_ctx(), schedule_id, _parse_now(now)), as_json)
 
 
 def schedule_fields(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -128,7 +132,9 @@ def _fields(kw: dict[str, Any]) -> dict[str, Any]:
 @json_option
 def schedules_add_cmd(schedule_id: str, as_json: bool, **kw: Any) -> None:
     """Add a schedule (needs --cron and --retention-days). Exit 2 on an invalid cron."""
-    render(_sch().edit_schedule(get_ctx(), schedule_id, "add", _fields(kw)), as_json)
+    from ..ops import schedules
+
+    render(schedules.edit_schedule(get_ctx(), schedule_id, "add", _fields(kw)), as_json)
 
 
 @command(schedules_group, "update")
@@ -137,12 +143,16 @@ def schedules_add_cmd(schedule_id: str, as_json: bool, **kw: Any) -> None:
 @json_option
 def schedules_update_cmd(schedule_id: str, as_json: bool, **kw: Any) -> None:
     """Change some settings of a schedule. Exit 10 for an unknown ID."""
-    render(_sch().edit_schedule(get_ctx(), schedule_id, "update", _fields(kw)), as_json)
+    from ..ops import schedules
+
+    render(schedules.edit_schedule(get_ctx(), schedule_id, "update", _fields(kw)), as_json)
 
 
 def _simple(action: str, doc: str) -> None:
     def cmd(schedule_id: str, as_json: bool) -> None:
-        render(_sch().edit_schedule(get_ctx(), schedule_id, action), as_json)
+        from ..ops import schedules
+
+        render(schedules.edit_schedule(get_ctx(), schedule_id, action), as_json)
 
     cmd.__doc__ = doc
     command(schedules_group, action)(click.argument("schedule_id")(json_option(cmd)))
@@ -163,7 +173,9 @@ _simple("disable", "Disable a schedule: run-schedule exits 0 without a backup.")
 @now_option
 def prune_cmd(schedule_id: str | None, dry_run: bool, as_json: bool, now: str | None) -> None:
     """Apply retention: keep or remove every backup, with the reason for each."""
-    render(_sch().prune(get_ctx(), schedule_id, dry_run, _parse_now(now)), as_json)
+    from ..ops import schedules
+
+    render(schedules.prune(get_ctx(), schedule_id, dry_run, _parse_now(now)), as_json)
 
 
 @command(cli, "next")
@@ -172,7 +184,9 @@ def prune_cmd(schedule_id: str | None, dry_run: bool, as_json: bool, now: str | 
 @now_option
 def next_cmd(count: int, as_json: bool, now: str | None) -> None:
     """When each enabled schedule fires next, soonest first (local and UTC times)."""
-    render(_sch().next_fires(get_ctx(), count, _parse_now(now)), as_json)
+    from ..ops import schedules
+
+    render(schedules.next_fires(get_ctx(), count, _parse_now(now)), as_json)
 
 
 @command(cli, "statistics")
@@ -187,10 +201,12 @@ def next_cmd(count: int, as_json: bool, now: str | None) -> None:
 @now_option
 def statistics_cmd(fmt: str, as_json: bool, now: str | None) -> None:
     """Counts, success rates, durations, sizes, last successes, overdue schedules, disk."""
+    from ..ops import monitoring
+
     if fmt == "prometheus":
-        render(_sch().get_metrics(get_ctx(), _parse_now(now)), as_json)
+        render(monitoring.get_metrics(get_ctx(), _parse_now(now)), as_json)
     else:
-        render(_sch().get_statistics(get_ctx(), _parse_now(now)), as_json or fmt == "json")
+        render(monitoring.get_statistics(get_ctx(), _parse_now(now)), as_json or fmt == "json")
 
 
 @command(cli, "metrics")
@@ -202,7 +218,9 @@ def metrics_cmd(as_json: bool, now: str | None) -> None:
     For node_exporter: sbbackup metrics > dir/sbbackup.prom.$$ && mv dir/sbbackup.prom.$$
     dir/sbbackup.prom
     """
-    render(_sch().get_metrics(get_ctx(), _parse_now(now)), as_json)
+    from ..ops import monitoring
+
+    render(monitoring.get_metrics(get_ctx(), _parse_now(now)), as_json)
 
 
 @command(cli, "health")
@@ -221,7 +239,9 @@ def health_cmd(
 ) -> None:
     """A monitoring check: exit 0 when healthy, 14 with the reasons when any enabled schedule
     is overdue or its last run failed, or free space is below --min-free."""
-    report = _sch().get_health(get_ctx(), _parse_now(now), min_free, restore_test_days)
+    from ..ops import monitoring
+
+    report = monitoring.get_health(get_ctx(), _parse_now(now), min_free, restore_test_days)
     render(report, as_json)
     raise_for_report(
         report.ok,
@@ -239,4 +259,6 @@ def crontab_cmd(
     executable: str | None, config_path: str | None, log: str | None, as_json: bool
 ) -> None:
     """Crontab lines for the enabled schedules: sbbackup crontab | crontab -"""
-    render(_sch().get_crontab(get_ctx(), executable, config_path, log), as_json)
+    from ..ops import schedules
+
+    render(schedules.get_crontab(get_ctx(), executable, config_path, log), as_json)

@@ -23,7 +23,7 @@ def test_cmd(
     """Preflight checks, then a restore drill: back up (or take --backup/--latest), verify,
     restore into a scratch database sbbackup_test_<id>, compare exact row and object counts
     with the backup's manifest, and drop the scratch database. Exit 0 only if all passed."""
-    from ..selftest import TestOptions, config_failure, run_self_test
+    from ..ops.selftest import TestOptions, config_failure, run_self_test
 
     if backup_id and latest:
         raise click.UsageError("give --backup ID or --latest, not both")

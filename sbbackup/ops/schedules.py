@@ -1,7 +1,7 @@
-"""Use cases for cron-driven schedules: run-schedule, prune, next, statistics, health, crontab.
+"""Use cases for cron-driven schedules: run-schedule, schedules, prune, next, crontab.
 
-Pure policy lives in ``schedules``, ``retention`` and ``stats``; this module feeds them the
-catalog and ``now``, takes the locks, and applies plans. Like ``ops``, it never prints.
+Pure policy lives in ``sbbackup.schedules`` and ``sbbackup.retention``; this module feeds them
+the catalog and ``now``, takes the locks, and applies plans.
 """
 
 from __future__ import annotations
@@ -9,23 +9,22 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .catalog import STATUS_COMPLETED, BackupRecord, iso
-from .config import DEFAULT_MIN_FREE
-from .drills import last_restore_test
-from .locks import hold
-from .ops import Context, CreateOptions, _check_file, create_backup
-from .retention import RetentionPlan, RetentionPolicy, plan_all
-from .schedule_store import ScheduleSet, change_schedule, load_schedules
-from .schedules import Schedule, crontab_lines, next_runs, validate_schedule_id
-from .stats import HealthReport, health, prometheus_text, statistics
+from ..catalog import STATUS_COMPLETED, BackupRecord, iso
+from ..locks import hold
+from ..retention import RetentionPlan, RetentionPolicy, plan_all
+from ..schedule_store import ScheduleSet, change_schedule, load_schedules
+from ..schedules import Schedule, crontab_lines, next_runs, validate_schedule_id
+from .backups import create_backup
+from .context import Context
+from .options import CreateOptions
+from .verify import check_file
 
-DEFAULT_GRACE = timedelta(hours=1)
-TEST_SCHEDULE = "test"
+TEST_SCHEDULE = "test"  # the schedule ID of the restore drill's own backups
 PRUNE_LOCK = "prune"
 # run-schedule has already taken a good backup when it reaches retention: wait a while for a
 # concurrent `prune` rather than fail at once.
@@ -93,7 +92,7 @@ def run_schedule(ctx: Context, schedule_id: str, now: datetime | None = None) ->
             schedule_id=schedule_id,
         )
         record = create_backup(ctx, opts, now=now)
-        _check_file(ctx, record)  # the checksum must re-verify before anything is pruned
+        check_file(ctx, record)  # the checksum must re-verify before anything is pruned
         # Re-read the schedules: a change made while the dump ran must not be ignored.
         plan, removed = _apply_retention(
             ctx, schedules(ctx), schedule_id, _now(now), False, PRUNE_WAIT_SECONDS
@@ -173,24 +172,12 @@ class NextFires:
         return self.rows
 
 
-class Statistics(dict[str, Any]):
-    """The statistics mapping; its own type only so that render can show it as a report."""
-
-
 @dataclass
 class Crontab:
     lines: list[str]
 
     def to_json(self) -> dict[str, Any]:
         return {"lines": self.lines}
-
-
-@dataclass
-class Metrics:
-    text: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"text": self.text}
 
 
 # --- schedules list / show / change ------------------------------------------------------
@@ -241,7 +228,7 @@ def edit_schedule(
     return show_schedule(ctx, schedule_id, now)
 
 
-# --- next / statistics / health / crontab / metrics --------------------------------------
+# --- next / crontab ----------------------------------------------------------------------
 
 
 def next_fires(ctx: Context, count: int, now: datetime | None = None) -> NextFires:
@@ -266,46 +253,6 @@ def next_fires(ctx: Context, count: int, now: datetime | None = None) -> NextFir
             )
     rows.sort(key=lambda r: (r["nextUtc"] is None, r["nextUtc"] or "", r["scheduleId"]))
     return NextFires(rows)
-
-
-def _last_test(ctx: Context) -> dict[str, Any] | None:
-    return last_restore_test(ctx.state_dir)
-
-
-def get_statistics(ctx: Context, now: datetime | None = None) -> Statistics:
-    used, free = ctx.storage.usage()
-    sched = list(schedules(ctx).schedules.values())
-    if not ctx.settings.enabled:
-        sched = [replace(s, enabled=False) for s in sched]
-    return Statistics(
-        statistics(ctx.catalog.list(), sched, _now(now), DEFAULT_GRACE, used, free, _last_test(ctx))
-    )
-
-
-def get_health(
-    ctx: Context,
-    now: datetime | None = None,
-    min_free: int = DEFAULT_MIN_FREE,
-    restore_test_days: int | None = None,
-) -> HealthReport:
-    """Problems (overdue, last run failed, low disk) fail; a stale restore drill only warns.
-
-    ``restore_test_days`` defaults to the ``health.restoreTestDays`` setting.
-    """
-    now = _now(now)
-    if restore_test_days is None:
-        restore_test_days = getattr(ctx.settings, "restore_test_days", None)
-    stats = get_statistics(ctx, now)
-    sched = list(schedules(ctx).schedules.values()) if ctx.settings.enabled else []
-    records = ctx.catalog.list()
-    return health(stats, sched, records, now, DEFAULT_GRACE, min_free, restore_test_days)
-
-
-def get_metrics(ctx: Context, now: datetime | None = None) -> Metrics:
-    sched = list(schedules(ctx).schedules.values())
-    if not ctx.settings.enabled:
-        sched = [replace(s, enabled=False) for s in sched]
-    return Metrics(prometheus_text(ctx.catalog.list(), sched, _now(now), DEFAULT_GRACE))
 
 
 def get_crontab(

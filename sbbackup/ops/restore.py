@@ -1,0 +1,245 @@
+"""Use case: restore a backup (verify, prepare, restore, validate, clean up), and the two steps
+the restore drill shares with it: loading a backup into a target and comparing the result."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from ..catalog import STATUS_COMPLETED, BackupRecord, iso
+from ..engines import compare_contents
+from ..errors import (
+    IntegrityError,
+    NotFoundError,
+    PolicyError,
+    StorageError,
+    TargetExistsError,
+    UsageError,
+    redact_secrets,
+)
+from ..locks import hold
+from ..pipeline import HashingReader, check_digest
+from ..storage.local import LocalStorage, ensure_private_dir
+from .backups import show_backup
+from .context import Context
+from .options import RestoreOptions
+from .verify import check_file, check_key, plaintext
+
+T = TypeVar("T")
+
+RESTORE_DIR = "restores"
+RESTORE_ID_RE = r"restore_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z_[0-9a-f]{6}"
+
+
+def new_restore_id(now: datetime | None = None) -> str:
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"restore_{now:%Y-%m-%dT%H-%M-%S}Z_{secrets.token_hex(3)}"
+
+
+def restore_backup(ctx: Context, opts: RestoreOptions) -> dict[str, Any]:
+    """The seed's five steps: verify, prepare, restore, validate, clean up. Returns the record.
+
+    Before anything is written the target is resolved once (reached, pinned, identified):
+    an unreachable target fails here, the source needs ``confirmed``, a ``must_be_new`` target
+    that exists is refused, and the target is locked for the whole restore (a second restore
+    into it gets LockedError, exit 11, HTTP 409).
+    """
+    record = show_backup(ctx, opts.backup_id)
+    engine = ctx.engine
+    target = engine.resolve_target(opts.target)
+    if target.is_source and not opts.source_allowed:
+        raise PolicyError(
+            f"{target.display} is the source database: restoring over it is not allowed here"
+        )
+    if target.is_source and not opts.confirmed:
+        raise UsageError(
+            f"restoring {record.id} over the source database "
+            f"{engine.redact(None)} is destructive: pass --yes to confirm"
+        )
+    if opts.must_be_new and target.exists:
+        raise TargetExistsError(f"target {target.display} already exists")
+    lock = "restore-" + hashlib.sha256(target.key.encode()).hexdigest()[:16]
+    with hold(ctx.state_dir, lock, f"a restore into {target.display}"):
+        return _restore_locked(ctx, record, opts, target.display)
+
+
+def _restore_locked(
+    ctx: Context, record: BackupRecord, opts: RestoreOptions, display: str
+) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    rec: dict[str, Any] = {
+        "restoreId": opts.restore_id or new_restore_id(now),
+        "backupId": record.id,
+        "target": display,
+        "startedAt": iso(now),
+        "finishedAt": None,
+        "status": "in_progress",
+        "error": None,
+        "duration": 0,
+        "steps": {},
+        "validation": None,
+    }
+    store = _restore_store(ctx)
+    store.write_bytes_atomic(rec["restoreId"] + ".json", _dumps(rec))
+    started = time.monotonic()
+    try:
+        fresh = opts.create_target or opts.clean or opts.must_be_new
+        _restore_steps(ctx, record, opts, rec, fresh=fresh)
+        rec["status"] = "completed"
+    except BaseException as exc:
+        rec["status"] = "failed"
+        rec["error"] = (
+            "interrupted" if isinstance(exc, KeyboardInterrupt) else redact_secrets(str(exc))
+        )
+        raise
+    finally:
+        rec["finishedAt"] = iso(datetime.now(UTC))
+        rec["duration"] = int((time.monotonic() - started) * 1000)
+        store.write_bytes_atomic(rec["restoreId"] + ".json", _dumps(rec))
+        ctx.audit(
+            "restore", record.id, rec["status"], restoreId=rec["restoreId"], target=rec["target"]
+        )
+    return rec
+
+
+def _restore_steps(
+    ctx: Context, record: BackupRecord, opts: RestoreOptions, rec: dict[str, Any], fresh: bool
+) -> None:
+    if record.status != STATUS_COMPLETED or not record.filename:
+        raise IntegrityError(f"refusing to restore {record.id}: backup is {record.status}")
+    steps: dict[str, int] = rec["steps"]
+
+    def step(name: str, fn: Callable[[], T]) -> T:  # the record lists the steps that finished
+        return timed(steps, name, fn, failed_too=False)
+
+    step("verify", lambda: check_file(ctx, record))  # 1. verification
+    decrypting = record.encryption is not None
+    if decrypting:
+        check_key(ctx, record)  # a wrong key fails here, before the target is touched
+    jobs = 1 if decrypting else (opts.jobs or ctx.settings.restore_jobs)
+    # 2. preparation and 3. restore (the engine prepares its target)
+    step(
+        "restore",
+        lambda: load_backup(
+            ctx, record, opts.target, opts.create_target, opts.clean, jobs, opts.must_be_new
+        ),
+    )
+    rec["validation"] = step(
+        "validate", lambda: validate_restore(ctx, record, opts.target, strict=fresh)
+    )
+
+
+def validate_restore(
+    ctx: Context, record: BackupRecord, target: str | None, strict: bool
+) -> dict[str, Any]:
+    """4. validation: exact row counts and object counts against the manifest."""
+    found = compare_restored(ctx, record, target, strict)
+    if found.differences:
+        diffs = found.differences
+        raise IntegrityError(
+            f"restored database differs from backup {record.id}: "
+            + "; ".join(diffs[:5])
+            + (" ..." if len(diffs) > 5 else "")
+        )
+    return found.to_json()
+
+
+# --- shared with the restore drill -------------------------------------------------------
+
+
+def timed(timings: dict[str, int], step: str, fn: Callable[[], T], *, failed_too: bool = True) -> T:
+    """Run ``fn`` and keep its milliseconds in ``timings[step]``; a step that raised is kept
+    too unless ``failed_too`` is off (a restore record lists only the steps that finished)."""
+    t = time.monotonic()
+    ok = False
+    try:
+        out = fn()
+        ok = True
+        return out
+    finally:
+        if ok or failed_too:
+            timings[step] = int((time.monotonic() - t) * 1000)
+
+
+def load_backup(
+    ctx: Context,
+    record: BackupRecord,
+    target: str | None,
+    create_target: bool,
+    clean: bool,
+    jobs: int,
+    must_be_new: bool = False,
+) -> None:
+    """Decrypt, decompress and load the backup into ``target``, hashing as it reads: the
+    digest is checked when the engine has consumed the whole file."""
+    assert record.filename
+    with ctx.storage.open_read(record.filename) as fh:
+        raw = HashingReader(fh)
+        ctx.engine.restore(
+            record.format,
+            plaintext(ctx, record, raw),
+            target,
+            create_target=create_target,
+            clean=clean,
+            jobs=jobs,
+            must_be_new=must_be_new,
+        )
+        check_digest(raw.hash.hexdigest(), record.checksum, record.filename)
+
+
+@dataclass
+class Comparison:
+    tables: int  # tables counted in the restored database (those the backup holds, if lenient)
+    differences: list[str]
+    checked: bool  # the backup recorded contents to compare with
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tables": self.tables, "differences": self.differences, "checked": self.checked}
+
+
+def compare_restored(
+    ctx: Context, record: BackupRecord, target: str | None, strict: bool
+) -> Comparison:
+    """The restored database's row and object counts against the manifest's. ``strict``
+    for a target that held nothing else; otherwise only the backup's tables are judged."""
+    actual = ctx.engine.inventory(target)
+    expected = record.contents
+    if expected and not strict:
+        # Restoring into a database that held other things: judge only what the backup holds.
+        tables = expected.get("tables", {})
+        actual = {"tables": {k: v for k, v in actual.get("tables", {}).items() if k in tables}}
+        expected = {"tables": tables}
+    diffs = compare_contents(expected, actual)
+    return Comparison(len(actual.get("tables", {})), diffs, expected is not None)
+
+
+# --- restore records ---------------------------------------------------------------------
+
+
+def _restore_store(ctx: Context) -> LocalStorage:
+    store = LocalStorage(ctx.state_dir / RESTORE_DIR)
+    ensure_private_dir(store.root, under=ctx.state_dir)
+    return store
+
+
+def get_restore(ctx: Context, restore_id: str) -> dict[str, Any]:
+    if not isinstance(restore_id, str) or not re.fullmatch(RESTORE_ID_RE, restore_id):
+        raise UsageError(f"invalid restore ID {restore_id[:80]!r}")
+    try:
+        data: dict[str, Any] = json.loads(_restore_store(ctx).read_bytes(restore_id + ".json"))
+    except FileNotFoundError:
+        raise NotFoundError(f"restore {restore_id} not found") from None
+    except ValueError as exc:
+        raise StorageError(f"restore record {restore_id} is unreadable: {exc}") from None
+    return data
+
+
+def _dumps(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"

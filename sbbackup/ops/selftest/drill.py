@@ -1,0 +1,209 @@
+"""`sbbackup test`, part two: the restore drill. It restores a backup into a scratch target
+``sbbackup_test_<id>``, compares it exactly with the counts the backup recorded, and always
+drops the scratch target, even when interrupted. A later run drops leftovers that nobody is
+connected to. The outcome is kept (``drills``) for `statistics` and `health`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from ...catalog import STATUS_COMPLETED, BackupRecord, iso
+from ...drills import record_drill
+from ...errors import DatabaseError, ExitCode, IntegrityError, NotFoundError, SbbackupError
+from ...locks import hold
+from ..backups import create_backup, show_backup
+from ..context import Context
+from ..options import CreateOptions
+from ..restore import compare_restored, load_backup, timed
+from ..schedules import TEST_SCHEDULE
+from ..verify import VerifyReport, check_file, check_key, verify_backups
+from .preflight import preflight
+from .report import Drill, TestOptions, TestReport
+
+SCRATCH_PREFIX = "sbbackup_test_"
+DRILL_LOCK = "drill"
+
+
+def run_self_test(ctx: Context, opts: TestOptions, now: datetime | None = None) -> TestReport:
+    now = now or datetime.now(UTC)
+    report = TestReport(checks=preflight(ctx, now), drill=Drill(), startedAt=iso(now) or "")
+    if opts.drill and any(c.status == "fail" for c in report.checks):
+        report.drill.error = "not run: a preflight check failed"
+    elif opts.drill:
+        run_drill(ctx, lambda d: _pick_backup(ctx, opts, d), opts.target_url, report.drill)
+    report.finishedAt = iso(datetime.now(UTC))
+    ctx.audit("test", report.drill.backupId, "passed" if report.ok else "failed")
+    return report
+
+
+def drill_backup(ctx: Context, record: BackupRecord, server: str | None) -> Drill:
+    """`verify --deep --restore`: the drill of one existing backup."""
+    drill = Drill()
+    run_drill(ctx, lambda _: record, server, drill)
+    return drill
+
+
+def run_drill(
+    ctx: Context, pick: Callable[[Drill], BackupRecord], server: str | None, drill: Drill
+) -> None:
+    """Hold the drill lock, drill, and record the outcome for `statistics` and `health`."""
+    started = iso(datetime.now(UTC)) or ""
+    try:
+        with hold(ctx.state_dir, DRILL_LOCK, "a restore drill"):
+            try:
+                _drill(ctx, pick, server, drill)
+            except KeyboardInterrupt:  # SIGINT/SIGTERM: the scratch target is already dropped
+                drill.status, drill.error = "failed", "interrupted"
+                drill.code = int(ExitCode.INTERRUPTED)
+                with contextlib.suppress(SbbackupError, OSError):
+                    _record(ctx, drill, started)  # statistics count it as a failed drill
+                raise
+            _record(ctx, drill, started)
+    except SbbackupError as exc:  # the lock is held, or the record could not be written
+        drill.status, drill.error, drill.code = "failed", exc.message, int(exc.exit_code)
+
+
+def _pick_backup(ctx: Context, opts: TestOptions, drill: Drill) -> BackupRecord:
+    if opts.backup_id:
+        return show_backup(ctx, opts.backup_id)
+    if opts.latest:
+        found = ctx.catalog.list(status=STATUS_COMPLETED, limit=1)
+        if not found:
+            raise NotFoundError("no completed backup to drill: run `sbbackup create` first")
+        return found[0]
+    return timed(
+        drill.timings,
+        "backup",
+        lambda: create_backup(ctx, CreateOptions(schedule_id=TEST_SCHEDULE)),
+    )
+
+
+def _drill(
+    ctx: Context, pick: Callable[[Drill], BackupRecord], server: str | None, drill: Drill
+) -> None:
+    engine = ctx.engine
+    scratch: str | None = None
+    try:
+        _drop_leftovers(ctx, server, drill)
+        record = pick(drill)
+        drill.backupId = record.id
+        if record.status != STATUS_COMPLETED or not record.filename:
+            raise IntegrityError(f"backup {record.id} is {record.status}: {record.error or ''}")
+        timed(drill.timings, "verify", lambda: check_file(ctx, record))
+        scratch = engine.scratch_target(SCRATCH_PREFIX + secrets.token_hex(4), server)
+        drill.target = engine.redact(scratch)
+        target = scratch
+        timed(drill.timings, "restore", lambda: _restore(ctx, record, target))
+        timed(drill.timings, "compare", lambda: _compare(ctx, record, target, drill))
+        drill.status = "passed"
+    except SbbackupError as exc:
+        drill.status, drill.error, drill.code = "failed", exc.message, int(exc.exit_code)
+    finally:
+        if scratch is not None:
+            with _signals_deferred():
+                try:
+                    engine.drop_target(scratch)
+                    drill.scratchDropped = True
+                except SbbackupError as exc:
+                    drill.status, drill.code = "failed", drill.code or int(exc.exit_code)
+                    drill.error = f"{drill.error + '; ' if drill.error else ''}{exc.message}"
+
+
+def _drop_leftovers(ctx: Context, server: str | None, drill: Drill) -> None:
+    """Drop scratch targets of earlier runs that died. One still in use is left alone."""
+    engine = ctx.engine
+    for leftover in engine.leftover_targets(SCRATCH_PREFIX, server):
+        try:
+            engine.drop_target(leftover, force=False)
+        except DatabaseError:
+            continue  # a concurrent drill (another configuration) is using it
+        drill.leftoversDropped.append(engine.redact(leftover))
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while the scratch database is dropped, then act on them.
+
+    A second Ctrl-C must not leave a scratch database behind. Signal handlers can only be
+    set in the main thread; elsewhere (the API server) there is nothing to defer.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def note(signum: int, frame: Any) -> None:
+        pending.append(signum)
+
+    old = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if pending:
+            raise KeyboardInterrupt
+
+
+def _restore(ctx: Context, record: BackupRecord, scratch: str) -> None:
+    if record.encryption:
+        check_key(ctx, record)  # a wrong key fails here (exit 12), before anything is created
+    load_backup(ctx, record, scratch, create_target=True, clean=False, jobs=1)
+
+
+def _compare(ctx: Context, record: BackupRecord, scratch: str, drill: Drill) -> None:
+    if not record.contents:
+        raise IntegrityError(
+            f"backup {record.id} recorded no row counts to compare with "
+            "(backup.rowCounts is off): nothing proves the restore is complete"
+        )
+    found = compare_restored(ctx, record, scratch, strict=True)  # the scratch held nothing
+    drill.tables, drill.differences = found.tables, found.differences
+    if drill.differences:
+        more = f" (and {len(drill.differences) - 5} more)" if len(drill.differences) > 5 else ""
+        raise IntegrityError(
+            f"the restored copy of {record.id} differs from the backup: "
+            + "; ".join(drill.differences[:5])
+            + more
+        )
+
+
+# --- the record of the last drill --------------------------------------------------------
+
+
+def _record(ctx: Context, drill: Drill, started: str) -> None:
+    """Keep the last drill and the last successful one, for `statistics` and `health`."""
+    entry = {
+        "at": started,
+        "status": drill.status,
+        "backupId": drill.backupId,
+        "error": drill.error,
+        "timings": drill.timings,
+    }
+    record_drill(ctx.state_dir, entry, passed=drill.status == "passed")
+
+
+# --- verify --deep --restore -------------------------------------------------------------
+
+
+def verify_with_restore(
+    ctx: Context, backup_id: str | None, all_: bool, server: str | None
+) -> VerifyReport:
+    """`verify --deep --restore`: the deep check, then a drill of every backup that passed it."""
+    report = verify_backups(ctx, backup_id, all_, deep=True)
+    for result in report.results:
+        if not result.ok:
+            continue
+        drill = drill_backup(ctx, ctx.catalog.get(result.id), server)
+        result.restore = asdict(drill)
+        if drill.status != "passed":
+            result.ok, result.error, result.exitCode = False, drill.error, drill.code
+    return report

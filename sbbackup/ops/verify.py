@@ -1,0 +1,126 @@
+"""Use case: verify backups (the checksum, or with ``deep`` the whole dump), and the checks
+that every reader of a stored backup shares: the file's checksum, the key, the plaintext."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..catalog import STATUS_COMPLETED, STATUS_FAILED, BackupRecord
+from ..engines import IncompleteDumpError
+from ..errors import IntegrityError, SbbackupError, UsageError
+from ..pipeline import HashingReader, check_digest, iter_plaintext, sha256_of
+from .backups import show_backup
+from .context import Context
+
+
+@dataclass
+class VerifyResult:
+    id: str
+    filename: str | None
+    ok: bool
+    deep: bool
+    checksum: str | None = None
+    error: str | None = None
+    exitCode: int = 0
+    restore: dict[str, Any] | None = None  # the drill, with `verify --deep --restore`
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class VerifyReport:
+    results: list[VerifyResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[VerifyResult]:
+        return [r for r in self.results if not r.ok]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": not self.failed, "results": [r.to_json() for r in self.results]}
+
+
+def verify_backups(ctx: Context, backup_id: str | None, all_: bool, deep: bool) -> VerifyReport:
+    if backup_id is None and not all_:
+        raise UsageError("give a backup ID or --all")
+    if all_:
+        records = [r for r in ctx.catalog.list() if r.status != STATUS_FAILED]
+    else:
+        records = [show_backup(ctx, backup_id or "")]
+    report = VerifyReport()
+    for record in records:
+        report.results.append(_verify_one(ctx, record, deep))
+    return report
+
+
+def _verify_one(ctx: Context, record: BackupRecord, deep: bool) -> VerifyResult:
+    result = VerifyResult(record.id, record.filename, ok=False, deep=deep)
+    try:
+        if record.status != STATUS_COMPLETED or not record.filename:
+            raise IntegrityError(
+                f"{record.filename or record.id}: backup is {record.status}"
+                + (f" ({record.error})" if record.error else "")
+            )
+        if deep:
+            _deep_check(ctx, record)
+        else:
+            check_file(ctx, record)
+        result.ok, result.checksum = True, record.checksum
+    except FileNotFoundError:
+        result.error = f"{record.filename}: data file is missing"
+        result.exitCode = int(IntegrityError.exit_code)
+    except SbbackupError as exc:
+        result.error = exc.message
+        result.exitCode = int(exc.exit_code)
+    return result
+
+
+def _deep_check(ctx: Context, record: BackupRecord) -> None:
+    """Hash, decrypt, decompress and check the dump's structure, all in one pass."""
+    assert record.filename
+    with ctx.storage.open_read(record.filename) as fh:
+        raw = HashingReader(fh)
+        incomplete: IncompleteDumpError | None = None
+        try:
+            ctx.engine.check_structure(record.format, plaintext(ctx, record, raw))
+        except IncompleteDumpError as exc:  # the whole file was read: its digest comes first
+            incomplete = exc
+        check_digest(raw.hash.hexdigest(), record.checksum, record.filename)
+    if incomplete is not None:
+        raise IntegrityError(f"{record.filename}: {incomplete.message}")
+
+
+# --- what every reader of a stored backup checks -----------------------------------------
+
+
+def check_file(ctx: Context, record: BackupRecord) -> None:
+    """The data file is there and its SHA-256 is the manifest's (exit 13 otherwise)."""
+    assert record.filename
+    try:
+        with ctx.storage.open_read(record.filename) as fh:
+            digest, _ = sha256_of(fh)
+    except FileNotFoundError:
+        raise IntegrityError(f"{record.filename}: data file is missing") from None
+    check_digest(digest, record.checksum, record.filename)
+
+
+def check_key(ctx: Context, record: BackupRecord) -> None:
+    """Open the age header with the configured identities (exit 12 if none matches)."""
+    from ..encryption import decryptor
+
+    assert record.filename
+    opener = decryptor(ctx.settings, record.id, ctx.identities)
+    with ctx.storage.open_read(record.filename) as fh:
+        opener(fh)
+
+
+def plaintext(ctx: Context, record: BackupRecord, raw: HashingReader) -> Iterator[bytes]:
+    """The dump's bytes, decrypted and decompressed as the manifest says, from ``raw``."""
+    decrypt = None
+    if record.encryption:
+        from ..encryption import decryptor
+
+        decrypt = decryptor(ctx.settings, record.id, ctx.identities)
+    return iter_plaintext(raw, record.compression is not None, decrypt)
