@@ -1,4 +1,4 @@
-"""Backup records and the manifest catalog.
+"""The manifest catalog: backup records (``model``) stored as JSON beside their data files.
 
 A backup exists only when its JSON manifest exists and says ``completed``: the manifest
 is written last, atomically, and is the commit record. Listing reads manifests only,
@@ -8,154 +8,53 @@ never data files.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
 
-from .errors import IntegrityError, NotFoundError, StorageError, UsageError
+from .errors import IntegrityError, NotFoundError, StorageError
+from .model import (
+    BACKUP_ID_RE,
+    ID_PREFIX,
+    SCHEMA_VERSION,
+    STATUS_COMPLETED,
+    STATUS_CORRUPT,
+    STATUS_FAILED,
+    STATUS_IN_PROGRESS,
+    STATUS_MISSING,
+    BackupRecord,
+    NewerSchemaError,
+    Status,
+    iso,
+    new_backup_id,
+    parse_iso,
+    validate_backup_id,
+)
 from .storage import Storage
 
-SCHEMA_VERSION = 1
-ID_PREFIX = "streambuddy_backup_"
-# streambuddy_backup_2026-11-24T14-05-00-123Z, optionally -N for a same-millisecond clash.
-BACKUP_ID_RE = re.compile(
-    r"^streambuddy_backup_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-\d{3}Z(?:-\d{1,3})?$"
-)
+__all__ = [  # the records moved to ``model``; these names stay importable from here
+    "BACKUP_ID_RE",
+    "ID_PREFIX",
+    "MANIFEST_SUFFIX",
+    "PARTIAL_SUFFIX",
+    "SCHEMA_VERSION",
+    "STATUS_COMPLETED",
+    "STATUS_CORRUPT",
+    "STATUS_FAILED",
+    "STATUS_IN_PROGRESS",
+    "STATUS_MISSING",
+    "BackupRecord",
+    "Catalog",
+    "NewerSchemaError",
+    "Status",
+    "corrupt_placeholder",
+    "iso",
+    "new_backup_id",
+    "parse_iso",
+    "validate_backup_id",
+]
+
 MANIFEST_SUFFIX = ".json"
 PARTIAL_SUFFIX = ".partial"  # the storage backends' in-flight suffix
-
-STATUS_COMPLETED = "completed"
-STATUS_FAILED = "failed"
-STATUS_IN_PROGRESS = "in_progress"
-# Derived at list time, never stored:
-STATUS_MISSING = "missing"
-STATUS_CORRUPT = "corrupt"
-
-
-def validate_backup_id(backup_id: str) -> str:
-    """Refuse anything that is not a backup ID before it reaches a path."""
-    if not isinstance(backup_id, str) or not BACKUP_ID_RE.fullmatch(backup_id):
-        raise UsageError(
-            f"invalid backup ID {str(backup_id)[:80]!r}: "
-            f"expected {ID_PREFIX}YYYY-MM-DDTHH-MM-SS-sssZ"
-        )
-    return backup_id
-
-
-def new_backup_id(now: datetime) -> str:
-    now = now.astimezone(UTC)
-    return f"{ID_PREFIX}{now:%Y-%m-%dT%H-%M-%S}-{now.microsecond // 1000:03d}Z"
-
-
-def iso(dt: datetime | None) -> str | None:
-    if dt is None:
-        return None
-    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_iso(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-@dataclass
-class BackupRecord:
-    """One backup attempt. Field names are the camelCase JSON keys users see."""
-
-    id: str
-    filename: str | None
-    size: int
-    createdAt: str
-    checksum: str | None
-    status: str
-    duration: int
-    error: str | None = None
-    schemaVersion: int = SCHEMA_VERSION
-    scheduleId: str | None = None
-    completedAt: str | None = None
-    database: dict[str, Any] = field(default_factory=dict)
-    format: str = "plain"
-    compression: dict[str, Any] | None = None
-    encryption: dict[str, Any] | None = None
-    uncompressedSize: int = 0
-    checksumAlgorithm: str = "sha256"
-    toolVersion: str = ""
-    pgDumpVersion: str | None = None
-    contents: dict[str, Any] | None = None
-
-    @property
-    def created(self) -> datetime:
-        dt = parse_iso(self.createdAt)
-        assert dt is not None
-        return dt
-
-    def to_json(self) -> dict[str, Any]:
-        # Shallow on purpose: ``asdict`` deep-copies and dominates listing 10,000 backups.
-        return {name: getattr(self, name) for name in _FIELD_NAMES}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], source: str = "manifest") -> BackupRecord:
-        version = data.get("schemaVersion", 0)
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise NewerSchemaError(
-                f"{source}: schemaVersion {version} is newer than this sbbackup understands "
-                f"({SCHEMA_VERSION}); upgrade sbbackup to read it"
-            )
-        try:
-            record = cls(**{k: v for k, v in data.items() if k in _KNOWN})
-        except TypeError as exc:
-            raise IntegrityError(f"{source}: malformed manifest ({exc})") from None
-        problem = record._malformed()
-        if problem:
-            raise IntegrityError(f"{source}: malformed manifest ({problem})")
-        return record
-
-    def _malformed(self) -> str | None:
-        """Why a parsed manifest cannot be trusted, or None. Checked on every read, so an
-        edited or damaged manifest is listed as corrupt instead of crashing a command, and
-        its ``filename`` can never name another backup's file (``delete`` removes it)."""
-        for name, types in _FIELD_TYPES.items():
-            value = getattr(self, name)
-            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-                return f"{name} has the wrong type"
-        if not BACKUP_ID_RE.fullmatch(self.id):
-            return "invalid id"
-        if self.filename is not None and not (
-            self.filename.startswith(self.id + ".") and "/" not in self.filename
-        ):
-            return f"filename {self.filename[:80]!r} does not belong to backup {self.id}"
-        return None
-
-
-_FIELD_NAMES = tuple(f.name for f in fields(BackupRecord))
-_KNOWN = frozenset(_FIELD_NAMES)
-_OPT_STR = (str, type(None))
-_OPT_DICT = (dict, type(None))
-_FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "id": (str,),
-    "filename": _OPT_STR,
-    "size": (int,),
-    "createdAt": (str,),
-    "checksum": _OPT_STR,
-    "status": (str,),
-    "duration": (int,),
-    "error": _OPT_STR,
-    "scheduleId": _OPT_STR,
-    "completedAt": _OPT_STR,
-    "database": (dict,),
-    "format": (str,),
-    "compression": _OPT_DICT,
-    "encryption": _OPT_DICT,
-    "uncompressedSize": (int,),
-    "contents": _OPT_DICT,
-}
-
-
-class NewerSchemaError(IntegrityError):
-    """A manifest written by a newer sbbackup: readable by that version, so never removed."""
 
 
 class Catalog:
@@ -213,16 +112,16 @@ class Catalog:
     ) -> BackupRecord:
         """Mark a completed record ``missing`` or ``corrupt`` from its data file's presence and
         size (``sizes``: a listing already made, so 10,000 records cost one directory scan)."""
-        if record.status == STATUS_COMPLETED and record.filename:
+        if record.status == Status.COMPLETED and record.filename:
             if sizes is not None:
                 size = sizes.get(record.filename, -1)
             else:
                 size = self.storage.size(record.filename)
             if size < 0:
-                record.status = STATUS_MISSING
+                record.status = Status.MISSING
                 record.error = f"data file {record.filename} is missing"
             elif size != record.size:
-                record.status = STATUS_CORRUPT
+                record.status = Status.CORRUPT
                 record.error = f"data file {record.filename} has the wrong size"
         return record
 
@@ -263,7 +162,7 @@ def corrupt_placeholder(backup_id: str, error: str) -> BackupRecord:
         size=0,
         createdAt=_id_time(backup_id),
         checksum=None,
-        status=STATUS_CORRUPT,
+        status=Status.CORRUPT,
         duration=0,
         error=error,
     )

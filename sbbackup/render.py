@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .catalog import BackupRecord
 from .jsonable import to_jsonable
+from .model import BackupRecord, Status
 
 __all__ = ["human_size", "render", "render_error", "to_jsonable"]
 
@@ -60,7 +60,12 @@ def render(result: Any, as_json: bool, console: Console | None = None) -> None:
         console.print(Text(str(result)))
 
 
-STATUS_COLOUR = {"completed": "green", "failed": "red", "missing": "red", "corrupt": "red"}
+STATUS_COLOUR: dict[str, str] = {
+    Status.COMPLETED: "green",
+    Status.FAILED: "red",
+    Status.MISSING: "red",
+    Status.CORRUPT: "red",
+}
 
 
 def _backups(console: Console, records: Sequence[BackupRecord]) -> None:
@@ -351,6 +356,7 @@ def _write(console: Console, text: str) -> None:
 # Result type name -> human renderer (``--json`` needs none: every result has ``to_json``).
 RENDERERS: dict[str, Callable[[Console, Any], None]] = {
     "BackupRecord": lambda console, r: _mapping(console, r.to_json()),
+    "RestoreRecord": lambda console, r: _mapping(console, r.to_json()),
     "VerifyReport": _verify,
     "TestReport": _test_report,
     "RunResult": _run_result,

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from .catalog import STATUS_COMPLETED, STATUS_FAILED, BackupRecord, parse_iso
+from .model import BackupRecord, Status, parse_iso
 
 KEEP = "keep"
 REMOVE = "remove"
@@ -94,7 +94,7 @@ def plan(
     dated.sort(key=lambda tr: (tr[0], tr[1].id), reverse=True)
     cutoff = now - timedelta(days=policy.retentionDays)
     days = f"{policy.retentionDays}-day retention" + (f" ({label})" if label else "")
-    good = [r.id for _, r in dated if r.status == STATUS_COMPLETED][: policy.minKeep]
+    good = [r.id for _, r in dated if r.status == Status.COMPLETED][: policy.minKeep]
     decisions = []
     for created, r in dated:
         if r.id in good:
@@ -129,9 +129,9 @@ def _decision(r: BackupRecord, action: str, reason: str) -> Decision:
 
 
 def _what(r: BackupRecord) -> str:
-    if r.status == STATUS_COMPLETED:
+    if r.status == Status.COMPLETED:
         return "completed backup"
-    if r.status == STATUS_FAILED:
+    if r.status == Status.FAILED:
         return "failed attempt"
     return f"{r.status} backup"
 

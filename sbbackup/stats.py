@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .catalog import STATUS_COMPLETED, STATUS_FAILED, STATUS_IN_PROGRESS, BackupRecord, iso
+from .model import BackupRecord, Status, iso
 from .retention import record_time
 from .schedules import Schedule, due_after
 
@@ -33,11 +33,11 @@ def _rate(records: Iterable[BackupRecord], now: datetime, window: timedelta | No
     done = [
         r
         for r in records
-        if r.status != STATUS_IN_PROGRESS and (window is None or _time(r) > now - window)
+        if r.status != Status.IN_PROGRESS and (window is None or _time(r) > now - window)
     ]
     if not done:
         return None
-    return round(sum(r.status == STATUS_COMPLETED for r in done) / len(done), 4)
+    return round(sum(r.status == Status.COMPLETED for r in done) / len(done), 4)
 
 
 def _rates(records: Sequence[BackupRecord], now: datetime) -> dict[str, float | None]:
@@ -73,7 +73,7 @@ def overdue_info(
     hide a schedule that stopped running until the clock caught up with it.
     """
     mine = [r for r in records if r.scheduleId == schedule.id and _NEVER < _time(r) <= now + _SKEW]
-    last = _newest(mine, STATUS_COMPLETED)
+    last = _newest(mine, Status.COMPLETED)
     start = _time(last) if last else since
     if not schedule.enabled or start is None:
         return None
@@ -95,13 +95,13 @@ def _schedule_stats(
     # A record dated in the future (clock skew) is no one's last run until its time comes.
     current = [r for r in mine if _time(r) <= now + _SKEW]
     last_run = _newest(current)
-    last_ok = _newest(current, STATUS_COMPLETED)
+    last_ok = _newest(current, Status.COMPLETED)
     return {
         "scheduleId": sid,
         "enabled": s.enabled if s else None,
         "total": len(mine),
-        "completed": sum(r.status == STATUS_COMPLETED for r in mine),
-        "failed": sum(r.status == STATUS_FAILED for r in mine),
+        "completed": sum(r.status == Status.COMPLETED for r in mine),
+        "failed": sum(r.status == Status.FAILED for r in mine),
         "successRate": _rates(mine, now),
         "lastRun": last_run.createdAt if last_run else None,
         "lastRunStatus": last_run.status if last_run else None,
@@ -121,7 +121,7 @@ def statistics(
     last_restore_test: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything `sbbackup statistics` shows, as one JSON-ready mapping."""
-    done = [r for r in records if r.status == STATUS_COMPLETED]
+    done = [r for r in records if r.status == Status.COMPLETED]
     durations = [r.duration / 1000 for r in done]
     compressed = [r for r in done if r.compression and r.uncompressedSize and r.size]
     by_status: dict[str, int] = {}
@@ -137,7 +137,7 @@ def statistics(
         "generatedAt": iso(now),
         "total": len(records),
         "completed": len(done),
-        "failed": by_status.get(STATUS_FAILED, 0),
+        "failed": by_status.get(Status.FAILED, 0),
         "byStatus": dict(sorted(by_status.items())),
         "successRate": _rates(records, now),
         "duration": {
@@ -218,7 +218,7 @@ def health(
                 }
             )
         p = per.get(s.id, {})
-        if p.get("lastRunStatus") == STATUS_FAILED:
+        if p.get("lastRunStatus") == Status.FAILED:
             last = next(r for r in records if r.scheduleId == s.id and r.createdAt == p["lastRun"])
             report.problems.append(
                 {
@@ -337,7 +337,7 @@ def prometheus_text(
             f"{{{lab}}} {p['lastDurationSeconds'] or 0:.3f}"
         )
         samples["sbbackup_last_size_bytes"].append(f"{{{lab}}} {p['lastSizeBytes'] or 0}")
-        for status in ("completed", "failed", "missing", "corrupt"):
+        for status in (Status.COMPLETED, Status.FAILED, Status.MISSING, Status.CORRUPT):
             n = sum(
                 r.status == status for r in records if (r.scheduleId or MANUAL) == p["scheduleId"]
             )

@@ -8,8 +8,8 @@ from dataclasses import replace
 from typing import Any
 
 from .. import __version__, ops
-from ..catalog import STATUS_FAILED, BackupRecord, iso, validate_backup_id
 from ..errors import LockedError, NotFoundError, SbbackupError, UsageError, redact_secrets
+from ..model import BackupRecord, RestoreRecord, Status, iso, validate_backup_id
 from ..schedules import SCHEDULE_ID_RE
 from .app import Api
 from .context import Request, Response
@@ -55,7 +55,7 @@ def create_backup(api: Api, req: Request) -> Response:
         size=0,
         createdAt=iso(now) or "",
         checksum=None,
-        status="in_progress",
+        status=Status.IN_PROGRESS,
         duration=0,
         toolVersion=__version__,
     )
@@ -81,7 +81,7 @@ def list_backups(api: Api, req: Request) -> Response:
         validated(SCHEDULE_ID_RE, schedule, "schedule ID")
     limit = query_int(req.query, "limit", 1, 100_000)
     records = [r.to_json() for r in ops.list_backups(req.ctx, status, schedule, None)]
-    if status in (None, "in_progress") and schedule is None:
+    if status in (None, Status.IN_PROGRESS) and schedule is None:
         known = {r["id"] for r in records}
         running = [
             j.extra["record"].to_json() for j in api.jobs.running("backup") if j.id not in known
@@ -102,7 +102,7 @@ def show_backup(api: Api, req: Request) -> Response:
             raise
     # A job whose backup never got a manifest (it failed before dumping).
     record: BackupRecord = job.extra["record"]
-    failed = {**record.to_json(), "status": STATUS_FAILED, "completedAt": job.finishedAt}
+    failed = {**record.to_json(), "status": Status.FAILED, "completedAt": job.finishedAt}
     failed["error"] = redact_secrets(job.error.message) if job.error else None
     return Response(200, failed)
 
@@ -144,7 +144,7 @@ def get_restore(api: Api, req: Request) -> Response:
     return Response(200, _redacted_record(ops.get_restore(req.ctx, restore_id)))
 
 
-def _await_record(job: Job, read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _await_record(job: Job, read: Callable[[], RestoreRecord]) -> dict[str, Any]:
     """Wait until the operation has written its record, or has failed before it could."""
     while True:
         finished = job.done.wait(0.02)
@@ -155,8 +155,10 @@ def _await_record(job: Job, read: Callable[[], dict[str, Any]]) -> dict[str, Any
                 raise job.error or SbbackupError("the operation left no record") from None
 
 
-def _redacted_record(record: dict[str, Any]) -> dict[str, Any]:
-    """A restore record for a client: its error text with secrets masked."""
-    if isinstance(record.get("error"), str):
-        return {**record, "error": redact_secrets(record["error"])}
-    return record
+def _redacted_record(record: RestoreRecord) -> dict[str, Any]:
+    """A restore record for a client: its error text with secrets masked, its keys in the
+    record file's (sorted) order."""
+    data = dict(sorted(record.to_json().items()))
+    if isinstance(data["error"], str):
+        data["error"] = redact_secrets(data["error"])
+    return data

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..catalog import validate_backup_id
 from ..errors import NotFoundError, UsageError, redact_secrets
+from ..model import validate_backup_id
 from ..ops.monitoring import get_health, get_metrics
 from ..ops.selftest import TestOptions, run_self_test
 from .app import Api

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..catalog import iso
 from ..errors import InterruptedError_, SbbackupError
+from ..model import iso
 from .wire import HttpError, exc_body
 
 JOB_HISTORY = 500  # finished jobs remembered for their status URLs

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__
-from ..catalog import BACKUP_ID_RE
+from ..model import BACKUP_ID_RE
 from ..ops import RESTORE_ID_RE
 from ..schedules import SCHEDULE_ID_RE
 from .openapi_schemas import SCHEMAS, anchored, ref

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..catalog import BACKUP_ID_RE
 from ..config import TARGET_NAME_RE
+from ..model import BACKUP_ID_RE
 from ..schedules import SCHEDULE_ID_RE
 from .wire import (
     BACKUP_STATUSES,

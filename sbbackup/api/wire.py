@@ -21,12 +21,13 @@ from ..errors import (
     UsageError,
     error_json,
 )
+from ..model import Status
 
 MAX_BODY = 1 << 20  # 1 MiB
 MAX_ID = 200
 TEST_ID_RE = re.compile(r"test_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z_[0-9a-f]{6}")
 RUN_ID_RE = re.compile(r"run_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z_[0-9a-f]{6}")
-BACKUP_STATUSES = ("completed", "failed", "in_progress", "missing", "corrupt")
+BACKUP_STATUSES = tuple(s.value for s in Status)  # completed, failed, in_progress, missing, corrupt
 JOB_STATUSES = ("in_progress", "completed", "failed", "interrupted")
 # Every query parameter some route takes: the log shows these unmasked (see ``auth.scrub``).
 QUERY_PARAMS = frozenset({"wait", "status", "scheduleId", "limit", "count"})

@@ -9,11 +9,10 @@ from datetime import UTC, datetime
 
 from .. import __version__
 from ..catalog import (
-    STATUS_COMPLETED,
-    STATUS_FAILED,
     BackupRecord,
     Catalog,
     NewerSchemaError,
+    Status,
     iso,
     new_backup_id,
     validate_backup_id,
@@ -67,7 +66,7 @@ def create_backup(
         size=0,
         createdAt=iso(now) or "",
         checksum=None,
-        status="in_progress",
+        status=Status.IN_PROGRESS,
         duration=0,
         scheduleId=opts.schedule_id,
         database=ctx.engine.describe(),
@@ -80,7 +79,7 @@ def create_backup(
     stage = plan.stage if plan else None
     writer = BackupWriter(ctx.storage.open_write(record.filename), compression, stage)
     _write(ctx, record, writer, progress)
-    ctx.audit("create", record.id, "completed", size=record.size, scheduleId=record.scheduleId)
+    ctx.audit("create", record.id, Status.COMPLETED, size=record.size, scheduleId=record.scheduleId)
     return record
 
 
@@ -101,7 +100,7 @@ def _write(
         record.database = {**record.database, **dumped.database}
         record.pgDumpVersion = dumped.tool_version
         record.contents = dumped.contents
-        record.status = STATUS_COMPLETED
+        record.status = Status.COMPLETED
         record.completedAt = iso(datetime.now(UTC))
         record.duration = int((time.monotonic() - started) * 1000)
         ctx.catalog.save(record)  # the commit record
@@ -133,7 +132,7 @@ def _record_failure(ctx: Context, record: BackupRecord, exc: BaseException, star
         message = "interrupted"
     else:
         message = redact_secrets(getattr(exc, "message", None) or str(exc) or type(exc).__name__)
-    record.status = STATUS_FAILED
+    record.status = Status.FAILED
     record.error = message
     record.filename = None
     record.size, record.checksum, record.uncompressedSize = 0, None, 0
@@ -141,7 +140,7 @@ def _record_failure(ctx: Context, record: BackupRecord, exc: BaseException, star
     record.duration = int((time.monotonic() - started) * 1000)
     try:
         ctx.catalog.save(record)
-        ctx.audit("create", record.id, "failed", error=message)
+        ctx.audit("create", record.id, Status.FAILED, error=message)
     except (SbbackupError, OSError):
         pass
 

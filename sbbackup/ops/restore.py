@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from ..catalog import STATUS_COMPLETED, BackupRecord, iso
 from ..engines import compare_contents
 from ..errors import (
     IntegrityError,
@@ -25,6 +24,7 @@ from ..errors import (
     redact_secrets,
 )
 from ..locks import hold
+from ..model import BackupRecord, RestoreRecord, Status, iso
 from ..pipeline import HashingReader, check_digest
 from ..storage.local import LocalStorage, ensure_private_dir
 from .backups import show_backup
@@ -43,7 +43,7 @@ def new_restore_id(now: datetime | None = None) -> str:
     return f"restore_{now:%Y-%m-%dT%H-%M-%S}Z_{secrets.token_hex(3)}"
 
 
-def restore_backup(ctx: Context, opts: RestoreOptions) -> dict[str, Any]:
+def restore_backup(ctx: Context, opts: RestoreOptions) -> RestoreRecord:
     """The seed's five steps: verify, prepare, restore, validate, clean up. Returns the record.
 
     Before anything is written the target is resolved once (reached, pinned, identified):
@@ -72,49 +72,41 @@ def restore_backup(ctx: Context, opts: RestoreOptions) -> dict[str, Any]:
 
 def _restore_locked(
     ctx: Context, record: BackupRecord, opts: RestoreOptions, display: str
-) -> dict[str, Any]:
+) -> RestoreRecord:
     now = datetime.now(UTC)
-    rec: dict[str, Any] = {
-        "restoreId": opts.restore_id or new_restore_id(now),
-        "backupId": record.id,
-        "target": display,
-        "startedAt": iso(now),
-        "finishedAt": None,
-        "status": "in_progress",
-        "error": None,
-        "duration": 0,
-        "steps": {},
-        "validation": None,
-    }
+    rec = RestoreRecord(
+        restoreId=opts.restore_id or new_restore_id(now),
+        backupId=record.id,
+        target=display,
+        startedAt=iso(now),
+    )
     store = _restore_store(ctx)
-    store.write_bytes_atomic(rec["restoreId"] + ".json", _dumps(rec))
+    store.write_bytes_atomic(rec.restoreId + ".json", _dumps(rec))
     started = time.monotonic()
     try:
         fresh = opts.create_target or opts.clean or opts.must_be_new
         _restore_steps(ctx, record, opts, rec, fresh=fresh)
-        rec["status"] = "completed"
+        rec.status = Status.COMPLETED
     except BaseException as exc:
-        rec["status"] = "failed"
-        rec["error"] = (
+        rec.status = Status.FAILED
+        rec.error = (
             "interrupted" if isinstance(exc, KeyboardInterrupt) else redact_secrets(str(exc))
         )
         raise
     finally:
-        rec["finishedAt"] = iso(datetime.now(UTC))
-        rec["duration"] = int((time.monotonic() - started) * 1000)
-        store.write_bytes_atomic(rec["restoreId"] + ".json", _dumps(rec))
-        ctx.audit(
-            "restore", record.id, rec["status"], restoreId=rec["restoreId"], target=rec["target"]
-        )
+        rec.finishedAt = iso(datetime.now(UTC))
+        rec.duration = int((time.monotonic() - started) * 1000)
+        store.write_bytes_atomic(rec.restoreId + ".json", _dumps(rec))
+        ctx.audit("restore", record.id, rec.status, restoreId=rec.restoreId, target=rec.target)
     return rec
 
 
 def _restore_steps(
-    ctx: Context, record: BackupRecord, opts: RestoreOptions, rec: dict[str, Any], fresh: bool
+    ctx: Context, record: BackupRecord, opts: RestoreOptions, rec: RestoreRecord, fresh: bool
 ) -> None:
-    if record.status != STATUS_COMPLETED or not record.filename:
+    if record.status != Status.COMPLETED or not record.filename:
         raise IntegrityError(f"refusing to restore {record.id}: backup is {record.status}")
-    steps: dict[str, int] = rec["steps"]
+    steps = rec.steps
 
     def step(name: str, fn: Callable[[], T]) -> T:  # the record lists the steps that finished
         return timed(steps, name, fn, failed_too=False)
@@ -131,7 +123,7 @@ def _restore_steps(
             ctx, record, opts.target, opts.create_target, opts.clean, jobs, opts.must_be_new
         ),
     )
-    rec["validation"] = step(
+    rec.validation = step(
         "validate", lambda: validate_restore(ctx, record, opts.target, strict=fresh)
     )
 
@@ -229,17 +221,17 @@ def _restore_store(ctx: Context) -> LocalStorage:
     return store
 
 
-def get_restore(ctx: Context, restore_id: str) -> dict[str, Any]:
+def get_restore(ctx: Context, restore_id: str) -> RestoreRecord:
     if not isinstance(restore_id, str) or not re.fullmatch(RESTORE_ID_RE, restore_id):
         raise UsageError(f"invalid restore ID {restore_id[:80]!r}")
     try:
-        data: dict[str, Any] = json.loads(_restore_store(ctx).read_bytes(restore_id + ".json"))
+        raw = _restore_store(ctx).read_bytes(restore_id + ".json")
+        return RestoreRecord.from_json(json.loads(raw))
     except FileNotFoundError:
         raise NotFoundError(f"restore {restore_id} not found") from None
     except ValueError as exc:
         raise StorageError(f"restore record {restore_id} is unreadable: {exc}") from None
-    return data
 
 
-def _dumps(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
+def _dumps(rec: RestoreRecord) -> bytes:
+    return json.dumps(rec.to_json(), indent=2, sort_keys=True).encode() + b"\n"

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..catalog import STATUS_COMPLETED, BackupRecord, iso
 from ..locks import hold
+from ..model import BackupRecord, Status, iso
 from ..retention import RetentionPlan, RetentionPolicy, plan_all
 from ..schedule_store import ScheduleSet, change_schedule, load_schedules
 from ..schedules import Schedule, crontab_lines, next_runs, validate_schedule_id
@@ -186,7 +186,7 @@ class Crontab:
 def schedule_view(ctx: Context, s: Schedule, source: str, now: datetime) -> dict[str, Any]:
     """A schedule's settings with its last run, last success, next run, count and size."""
     mine = [r for r in ctx.catalog.list() if r.scheduleId == s.id]
-    done = [r for r in mine if r.status == STATUS_COMPLETED]
+    done = [r for r in mine if r.status == Status.COMPLETED]
     nxt = next_runs(s, now, 1) if s.enabled and ctx.settings.enabled else []
     return {
         **s.to_json(),

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..catalog import STATUS_COMPLETED, STATUS_FAILED, BackupRecord
 from ..engines import IncompleteDumpError
 from ..errors import IntegrityError, SbbackupError, UsageError
+from ..model import BackupRecord, Status
 from ..pipeline import HashingReader, check_digest, iter_plaintext, sha256_of
 from .backups import show_backup
 from .context import Context
@@ -46,7 +46,7 @@ def verify_backups(ctx: Context, backup_id: str | None, all_: bool, deep: bool) 
     if backup_id is None and not all_:
         raise UsageError("give a backup ID or --all")
     if all_:
-        records = [r for r in ctx.catalog.list() if r.status != STATUS_FAILED]
+        records = [r for r in ctx.catalog.list() if r.status != Status.FAILED]
     else:
         records = [show_backup(ctx, backup_id or "")]
     report = VerifyReport()
@@ -58,7 +58,7 @@ def verify_backups(ctx: Context, backup_id: str | None, all_: bool, deep: bool) 
 def _verify_one(ctx: Context, record: BackupRecord, deep: bool) -> VerifyResult:
     result = VerifyResult(record.id, record.filename, ok=False, deep=deep)
     try:
-        if record.status != STATUS_COMPLETED or not record.filename:
+        if record.status != Status.COMPLETED or not record.filename:
             raise IntegrityError(
                 f"{record.filename or record.id}: backup is {record.status}"
                 + (f" ({record.error})" if record.error else "")

@@ -15,10 +15,10 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from ...catalog import STATUS_COMPLETED, BackupRecord, iso
 from ...drills import record_drill
 from ...errors import DatabaseError, ExitCode, IntegrityError, NotFoundError, SbbackupError
 from ...locks import hold
+from ...model import BackupRecord, Status, iso
 from ..backups import create_backup, show_backup
 from ..context import Context
 from ..options import CreateOptions
@@ -75,7 +75,7 @@ def _pick_backup(ctx: Context, opts: TestOptions, drill: Drill) -> BackupRecord:
     if opts.backup_id:
         return show_backup(ctx, opts.backup_id)
     if opts.latest:
-        found = ctx.catalog.list(status=STATUS_COMPLETED, limit=1)
+        found = ctx.catalog.list(status=Status.COMPLETED, limit=1)
         if not found:
             raise NotFoundError("no completed backup to drill: run `sbbackup create` first")
         return found[0]
@@ -95,7 +95,7 @@ def _drill(
         _drop_leftovers(ctx, server, drill)
         record = pick(drill)
         drill.backupId = record.id
-        if record.status != STATUS_COMPLETED or not record.filename:
+        if record.status != Status.COMPLETED or not record.filename:
             raise IntegrityError(f"backup {record.id} is {record.status}: {record.error or ''}")
         timed(drill.timings, "verify", lambda: check_file(ctx, record))
         scratch = engine.scratch_target(SCRATCH_PREFIX + secrets.token_hex(4), server)

@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 from ... import state
-from ...catalog import STATUS_COMPLETED
 from ...errors import (
     ConfigError,
     DatabaseError,
@@ -20,6 +19,7 @@ from ...errors import (
     WrongKeyError,
 )
 from ...locks import hold
+from ...model import Status
 from ...schedule_store import load_schedules
 from ...storage.local import LocalStorage
 from ..context import Context
@@ -116,7 +116,7 @@ def _size(n: int) -> str:
 
 def _estimate(ctx: Context) -> tuple[int, str]:
     """The next backup's size: the last one's, or the database's times the last ratio."""
-    last = ctx.catalog.list(status=STATUS_COMPLETED, limit=1)
+    last = ctx.catalog.list(status=Status.COMPLETED, limit=1)
     if last and last[0].size > 0:
         return last[0].size, "the last backup's size"
     return ctx.engine.size_estimate(), "the database's size, uncompressed"

@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ...catalog import iso
 from ...errors import ConfigError, ExitCode
+from ...model import iso
 
 
 @dataclass
