@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .catalog import iso
+from .model import iso
 from .state import ensure_private_dir, open_append, storage_error
 
 AUDIT_FILE = "audit.log"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import TARGET_NAME_RE
-from ..model import BACKUP_ID_RE
+from ..model import BACKUP_ID_RE, Status
 from ..schedules import SCHEDULE_ID_RE
 from .wire import (
     BACKUP_STATUSES,
@@ -145,7 +145,10 @@ SCHEMAS: dict[str, Any] = {
             "restoreId": {"type": "string"},
             "backupId": {"type": "string"},
             "target": nullable("string"),
-            "status": {"type": "string", "enum": ["in_progress", "completed", "failed"]},
+            "status": {
+                "type": "string",
+                "enum": [str(s) for s in (Status.IN_PROGRESS, Status.COMPLETED, Status.FAILED)],
+            },
             "startedAt": {"type": "string"},
             "finishedAt": nullable("string"),
             "duration": {"type": "integer"},

@@ -8,6 +8,7 @@ import click
 
 from .. import ops
 from ..errors import ExitCode, UsageError, error_for_code
+from ..model import Status
 from ..render import render
 from .base import cli, command, get_ctx, json_option, progress_display
 
@@ -37,9 +38,7 @@ def create_cmd(
 
 
 @command(cli, "list")
-@click.option(
-    "--status", type=click.Choice(["completed", "failed", "in_progress", "missing", "corrupt"])
-)
+@click.option("--status", type=click.Choice([s.value for s in Status]))
 @click.option("--schedule", "schedule", help="Only this schedule ID.")
 @click.option("--limit", type=click.IntRange(1))
 @json_option
