@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from helpers.cli import Result  # noqa: E402
 from pgcluster import Cluster, create_cluster, destroy_cluster  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -53,18 +54,6 @@ def rich_db(pg: Cluster) -> str:
     pg.psql("CREATE DATABASE richsrc")
     pg.psql_file(HERE / "rich_schema.sql", "richsrc")
     return "richsrc"
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> object:
-        import json
-
-        return json.loads(self.out)
 
 
 @dataclass

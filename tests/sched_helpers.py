@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+from helpers.cli import Result
 
 from sbbackup.cli import main
 
 
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> Run:
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> Result:
     capsys.readouterr()
     try:
         main(list(args))
@@ -31,7 +19,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> Run:
     except SystemExit as exc:
         code = int(exc.code or 0)
     out, err = capsys.readouterr()
-    return Run(code, out, err)
+    return Result(code, out, err)
 
 
 def sqlite_db(path: Path, rows: int = 50) -> str:

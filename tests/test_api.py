@@ -10,117 +10,42 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.api_server import TOKEN, Client, api_servers, url_of
 from pgcluster import Cluster
 
 from sbbackup import api
 from sbbackup.config import load_settings
 from sbbackup.errors import ConfigError
 
-TOKEN = "test-token-0123456789abcdef"
 OTHER = "wrong-token-0123456789abcdef"
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: Any
-
-    @property
-    def error(self) -> dict[str, Any]:
-        err: dict[str, Any] = self.body["error"]
-        return err
-
-
-@dataclass
-class Client:
-    base: str
-    backup_path: Path
-    env: dict[str, str]
-    server: api.ApiServer
-
-    @property
-    def port(self) -> int:
-        return int(self.server.server_address[1])
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        token: str | None = TOKEN,
-        headers: dict[str, str] | None = None,
-        data: bytes | None = None,
-    ) -> Reply:
-        hdrs = dict(headers or {})
-        if token is not None:
-            hdrs.setdefault("Authorization", f"Bearer {token}")
-        if body is not None:
-            data = json.dumps(body).encode()
-            hdrs.setdefault("Content-Type", "application/json")
-        if data is None and method == "POST":
-            data = b""
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers=hdrs)
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                return _reply(resp.status, dict(resp.headers), resp.read(), resp.headers)
-        except urllib.error.HTTPError as exc:
-            return _reply(exc.code, dict(exc.headers), exc.read(), exc.headers)
-
-    def poll(self, path: str, done: Callable[[dict[str, Any]], bool], timeout: float = 60) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            reply = self.call("GET", path)
-            assert reply.status == 200, (path, reply)
-            if done(reply.body) or time.monotonic() > deadline:
-                return reply.body
-            time.sleep(0.05)
-
-
-def _reply(status: int, headers: dict[str, str], raw: bytes, msg: Any) -> Reply:
-    ctype = msg.get("Content-Type", "")
-    body: Any = json.loads(raw) if ctype.startswith("application/json") and raw else raw.decode()
-    return Reply(status, headers, body)
 
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., Client]]:
     """Start servers for a database URL; each one is shut down (and drained) afterwards."""
-    running: list[tuple[api.ApiServer, threading.Thread]] = []
+    with api_servers() as start:
 
-    def start(
-        database_url: str,
-        public_health: bool = False,
-        grace: float = 30,
-        log: Callable[[str], None] = lambda _: None,
-    ) -> Client:
-        env = {**os.environ, "DATABASE_URL": database_url}
-        env["DB_BACKUP_PATH"] = str(tmp_path / "backups")
-        env.pop("SBBACKUP_STATE_DIR", None)
-        settings = load_settings(env=env)
-        tokens = [api.Token("ci", TOKEN.encode())]
-        server = api.make_server(settings, "127.0.0.1", 0, tokens, public_health, log=log)
-        thread = threading.Thread(target=api.serve, args=(server, grace), daemon=True)
-        thread.start()
-        running.append((server, thread))
-        port = server.server_address[1]
-        return Client(f"http://127.0.0.1:{port}", tmp_path / "backups", env, server)
+        def serve_url(
+            database_url: str,
+            public_health: bool = False,
+            grace: float = 30,
+            log: Callable[[str], None] = lambda _: None,
+        ) -> Client:
+            env = {**os.environ, "DATABASE_URL": database_url}
+            env["DB_BACKUP_PATH"] = str(tmp_path / "backups")
+            env.pop("SBBACKUP_STATE_DIR", None)
+            settings = load_settings(env=env)
+            server = start(settings, public_health=public_health, grace=grace, log=log)
+            return Client(url_of(server), tmp_path / "backups", env, server)
 
-    yield start
-    for server, thread in running:
-        server.shutdown()
-        thread.join(60)
+        yield serve_url
 
 
 @pytest.fixture(scope="module")

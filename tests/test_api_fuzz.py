@@ -11,7 +11,6 @@ operation hypothesis could not generate for), fails: the test never passes witho
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.api_server import api_servers, url_of
 from hypothesis import HealthCheck, settings
 from pgcluster import Cluster
 
@@ -50,18 +50,8 @@ def base_url(pg: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     pg.psql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g", db=db)
     backups: Path = tmp_path_factory.mktemp("fuzz") / "backups"
     env = {"DATABASE_URL": pg.url(db), "DB_BACKUP_PATH": str(backups), "PATH": os.environ["PATH"]}
-    server = api.make_server(
-        load_settings(env=env),
-        "127.0.0.1",
-        0,
-        [api.Token("fuzz", TOKEN.encode())],
-        log=lambda _: None,
-    )
-    thread = threading.Thread(target=api.serve, args=(server, 60), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    thread.join(120)
+    with api_servers(join_timeout=120) as start:
+        yield url_of(start(load_settings(env=env), TOKEN, token_name="fuzz", grace=60))
     total = sum(sum(c.values()) for c in TALLY.values())
     statuses: Counter[int] = Counter()
     for c in TALLY.values():

@@ -17,7 +17,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,8 +24,9 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers.api_server import TOKEN, Client, Reply, api_servers, url_of
 from pgcluster import PASSWORD, Cluster
-from test_api import TOKEN, Client, Reply, audit_lines, read_response, small_table
+from test_api import audit_lines, read_response, small_table
 
 from sbbackup import api
 from sbbackup.config import load_settings
@@ -40,37 +40,32 @@ Start = Callable[..., Client]
 def server(tmp_path: Path) -> Iterator[Start]:
     """Start servers with an ``api:`` (and ``backup:``) configuration; each is shut down and
     drained afterwards."""
-    running: list[tuple[api.ApiServer, threading.Thread]] = []
+    with api_servers() as start:
+        count = 0
 
-    def start(
-        database_url: str,
-        api_cfg: dict[str, Any] | None = None,
-        backup_cfg: dict[str, Any] | None = None,
-        encryption_cfg: dict[str, Any] | None = None,
-        public_health: bool = False,
-        log: Callable[[str], None] = lambda _: None,
-    ) -> Client:
-        n = len(running)
-        config = tmp_path / f"config{n}.yaml"
-        doc = {"api": api_cfg or {}, "backup": backup_cfg or {}}
-        if encryption_cfg:
-            doc["encryption"] = encryption_cfg
-        config.write_text(yaml.safe_dump(doc))
-        backups = tmp_path / f"backups{n}"
-        env = {**os.environ, "DATABASE_URL": database_url, "DB_BACKUP_PATH": str(backups)}
-        env["SBBACKUP_CONFIG"] = str(config)
-        env.pop("SBBACKUP_STATE_DIR", None)
-        tokens = [api.Token("ci", TOKEN.encode())]
-        srv = api.make_server(load_settings(env=env), "127.0.0.1", 0, tokens, public_health, log)
-        thread = threading.Thread(target=api.serve, args=(srv, 30), daemon=True)
-        thread.start()
-        running.append((srv, thread))
-        return Client(f"http://127.0.0.1:{srv.server_address[1]}", backups, env, srv)
+        def start_with(
+            database_url: str,
+            api_cfg: dict[str, Any] | None = None,
+            backup_cfg: dict[str, Any] | None = None,
+            encryption_cfg: dict[str, Any] | None = None,
+            public_health: bool = False,
+            log: Callable[[str], None] = lambda _: None,
+        ) -> Client:
+            nonlocal count
+            n, count = count, count + 1
+            config = tmp_path / f"config{n}.yaml"
+            doc = {"api": api_cfg or {}, "backup": backup_cfg or {}}
+            if encryption_cfg:
+                doc["encryption"] = encryption_cfg
+            config.write_text(yaml.safe_dump(doc))
+            backups = tmp_path / f"backups{n}"
+            env = {**os.environ, "DATABASE_URL": database_url, "DB_BACKUP_PATH": str(backups)}
+            env["SBBACKUP_CONFIG"] = str(config)
+            env.pop("SBBACKUP_STATE_DIR", None)
+            srv = start(load_settings(env=env), public_health=public_health, log=log)
+            return Client(url_of(srv), backups, env, srv)
 
-    yield start
-    for srv, thread in running:
-        srv.shutdown()
-        thread.join(60)
+        yield start_with
 
 
 def databases(pg: Cluster) -> list[str]:
