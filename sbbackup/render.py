@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # result types are matched by name, so rendering imports no u
     from .ops import VerifyReport
     from .ops import schedules as sch
     from .ops.selftest import TestReport
-    from .stats import HealthReport
+    from .policy.stats import HealthReport
 
 
 def human_size(n: int | None) -> str:

@@ -758,7 +758,7 @@ def test_health_metrics_and_openapi_match_routes(
             params = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
             assert params == names, (path, op["operationId"])
     # The schedule fields the API type-checks are exactly the ones the store accepts.
-    from sbbackup.schedules import FIELDS
+    from sbbackup.policy.schedules import FIELDS
 
     assert set(api.SCHEDULE_FIELDS) == set(FIELDS)
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sbbackup.catalog import BackupRecord, iso, new_backup_id
-from sbbackup.retention import RetentionPolicy, plan, plan_all
+from sbbackup.policy.retention import RetentionPolicy, plan, plan_all
 
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
 

@@ -12,8 +12,7 @@ from sched_helpers import run, sqlite_db
 
 from sbbackup.config import load_settings
 from sbbackup.errors import ConfigError, UsageError
-from sbbackup.schedule_store import load_schedules
-from sbbackup.schedules import (
+from sbbackup.policy.schedules import (
     Schedule,
     due_after,
     next_runs,
@@ -22,6 +21,7 @@ from sbbackup.schedules import (
     validate_cron,
     validate_schedule_id,
 )
+from sbbackup.policy.sources import load_schedules
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE_CONFIG = ROOT / "examples" / "config.yaml"

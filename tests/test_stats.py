@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sched_helpers import run, sqlite_db
 
 from sbbackup.catalog import BackupRecord, iso, new_backup_id
-from sbbackup.schedules import DEFAULT_SCHEDULES, Schedule
-from sbbackup.stats import health, p95, prometheus_text, statistics
+from sbbackup.policy.schedules import DEFAULT_SCHEDULES, Schedule
+from sbbackup.policy.stats import health, p95, prometheus_text, statistics
 
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
 GRACE = timedelta(hours=1)

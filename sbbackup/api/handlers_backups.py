@@ -10,7 +10,7 @@ from typing import Any
 from .. import __version__, ops
 from ..errors import LockedError, NotFoundError, SbbackupError, UsageError, redact_secrets
 from ..model import BackupRecord, RestoreRecord, Status, iso, validate_backup_id
-from ..schedules import SCHEDULE_ID_RE
+from ..policy.schedules import SCHEDULE_ID_RE
 from .app import Api
 from .context import Request, Response
 from .jobs import Job, wait_for

@@ -14,7 +14,7 @@ from ..jsonable import to_jsonable
 from ..locks import LOCK_DIR
 from ..ops import monitoring
 from ..ops import schedules as schedule_ops
-from ..schedules import validate_schedule_id
+from ..policy.schedules import validate_schedule_id
 from .app import Api
 from .context import Request, Response
 from .policy import guard_schedule

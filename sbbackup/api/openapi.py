@@ -15,7 +15,7 @@ from typing import Any
 from .. import __version__
 from ..model import BACKUP_ID_RE
 from ..ops import RESTORE_ID_RE
-from ..schedules import SCHEDULE_ID_RE
+from ..policy.schedules import SCHEDULE_ID_RE
 from .openapi_schemas import SCHEMAS, anchored, ref
 from .routes import ROUTES, Route
 from .wire import BACKUP_STATUSES, MAX_BODY, MAX_ID, RUN_ID_RE, TEST_ID_RE

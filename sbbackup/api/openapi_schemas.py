@@ -7,7 +7,7 @@ from typing import Any
 
 from ..config import TARGET_NAME_RE
 from ..model import BACKUP_ID_RE, Status
-from ..schedules import SCHEDULE_ID_RE
+from ..policy.schedules import SCHEDULE_ID_RE
 from .wire import (
     BACKUP_STATUSES,
     DATABASE_NAME_RE,

@@ -1,5 +1,5 @@
 """Use cases: statistics, health and metrics, computed from the catalog, the schedules and the
-last restore drill (the pure computations are ``sbbackup.stats``)."""
+last restore drill (the pure computations are ``sbbackup.policy.stats``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 from ..config import DEFAULT_MIN_FREE
 from ..drills import last_restore_test
-from ..schedules import Schedule
-from ..stats import HealthReport, health, prometheus_text, statistics
+from ..policy.schedules import Schedule
+from ..policy.stats import HealthReport, health, prometheus_text, statistics
 from .context import Context
 from .schedules import schedules
 

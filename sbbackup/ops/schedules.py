@@ -1,7 +1,7 @@
 """Use cases for cron-driven schedules: run-schedule, schedules, prune, next, crontab.
 
-Pure policy lives in ``sbbackup.schedules`` and ``sbbackup.retention``; this module feeds them
-the catalog and ``now``, takes the locks, and applies plans.
+Pure policy lives in ``sbbackup.policy.schedules`` and ``sbbackup.policy.retention``; this
+module feeds them the catalog and ``now``, takes the locks, and applies plans.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 from ..locks import hold
 from ..model import BackupRecord, Status, iso
-from ..retention import RetentionPlan, RetentionPolicy, plan_all
-from ..schedule_store import ScheduleSet, change_schedule, load_schedules
-from ..schedules import Schedule, crontab_lines, next_runs, validate_schedule_id
+from ..policy.retention import RetentionPlan, RetentionPolicy, plan_all
+from ..policy.schedules import Schedule, crontab_lines, next_runs, validate_schedule_id
+from ..policy.sources import ScheduleSet, change_schedule, load_schedules
 from .backups import create_backup
 from .context import Context
 from .options import CreateOptions

@@ -20,7 +20,7 @@ from ...errors import (
 )
 from ...locks import hold
 from ...model import Status
-from ...schedule_store import load_schedules
+from ...policy.sources import load_schedules
 from ...storage.local import LocalStorage
 from ..context import Context
 from ..monitoring import get_statistics

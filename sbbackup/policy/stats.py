@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .model import BackupRecord, Status, iso
+from ..model import BackupRecord, Status, iso
 from .retention import record_time
 from .schedules import Schedule, due_after
 
@@ -276,7 +276,7 @@ def _record_warnings(report: HealthReport, records: Sequence[BackupRecord], now:
 def _restore_warning(
     report: HealthReport, last: Mapping[str, Any] | None, now: datetime, days: int
 ) -> None:
-    from .catalog import parse_iso
+    from ..catalog import parse_iso
 
     at = parse_iso(last.get("at")) if last else None
     if at is None or now - at > timedelta(days=days):

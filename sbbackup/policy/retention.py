@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from .model import BackupRecord, Status, parse_iso
+from ..model import BackupRecord, Status, parse_iso
 
 KEEP = "keep"
 REMOVE = "remove"

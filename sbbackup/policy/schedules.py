@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from .config import MAX_RETENTION_DAYS, int_range, parse_bool
-from .errors import ConfigError, UsageError
+from ..config import MAX_RETENTION_DAYS, int_range, parse_bool
+from ..errors import ConfigError, UsageError
 
 SCHEDULE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # ``manual`` labels backups without a schedule in statistics and metrics; ``test`` is the

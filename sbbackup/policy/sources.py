@@ -16,12 +16,12 @@ from typing import Any
 
 import tomli_w
 
-from .config import Settings
-from .errors import ConfigError, NotFoundError, UsageError
-from .locks import hold
+from ..config import Settings
+from ..errors import ConfigError, NotFoundError, UsageError
+from ..locks import hold
+from ..state import check_private_dir, read_bytes
+from ..storage.local import LocalStorage
 from .schedules import DEFAULT_SCHEDULES, Schedule, schedule_from_mapping, validate_schedule_id
-from .state import check_private_dir, read_bytes
-from .storage.local import LocalStorage
 
 STATE_FILE = "schedules.toml"
 SEED_IDS = ("daily", "weekly", "monthly")
