@@ -166,7 +166,7 @@ def main() -> None:
     cluster = None
     url = os.environ.get("DATABASE_URL")
     if not url:
-        from pgcluster import pgbench_cluster
+        from helpers.pgcluster import pgbench_cluster
 
         cluster = pgbench_cluster(args.scale)
         if args.noise_rows:
@@ -182,7 +182,7 @@ def main() -> None:
         run(url, args)
     finally:
         if cluster is not None:
-            from pgcluster import destroy_cluster
+            from helpers.pgcluster import destroy_cluster
 
             destroy_cluster(cluster)
 

@@ -290,7 +290,7 @@ def main() -> None:
     if url:
         run(url, args, None)
         return
-    from pgcluster import destroy_cluster, pgbench_cluster
+    from helpers.pgcluster import destroy_cluster, pgbench_cluster
 
     print(f"building pgbench -s {args.scale} + docs ({args.docs_rows} rows)", file=sys.stderr)
     cluster = pgbench_cluster(args.scale)

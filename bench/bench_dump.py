@@ -51,7 +51,7 @@ def main() -> None:
     cluster = None
     url = os.environ.get("DATABASE_URL")
     if not url:
-        from pgcluster import pgbench_cluster
+        from helpers.pgcluster import pgbench_cluster
 
         cluster = pgbench_cluster(args.scale)
         url = cluster.url("bench")
@@ -59,7 +59,7 @@ def main() -> None:
         run(url, args)
     finally:
         if cluster is not None:
-            from pgcluster import destroy_cluster
+            from helpers.pgcluster import destroy_cluster
 
             destroy_cluster(cluster)
 

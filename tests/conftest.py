@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers.cli import Result  # noqa: E402
-from pgcluster import Cluster, create_cluster, destroy_cluster  # noqa: E402
+from helpers.pgcluster import Cluster, create_cluster, destroy_cluster  # noqa: E402
 
 HERE = Path(__file__).parent
 CLEAN_PREFIXES = ("DB_BACKUP_", "SBBACKUP_", "PG", "DATABASE_URL")
@@ -52,7 +52,7 @@ def fresh_db(pg: Cluster) -> Iterator[str]:
 def rich_db(pg: Cluster) -> str:
     """A database with the rich-types schema (read-only for tests)."""
     pg.psql("CREATE DATABASE richsrc")
-    pg.psql_file(HERE / "rich_schema.sql", "richsrc")
+    pg.psql_file(HERE / "data" / "rich_schema.sql", "richsrc")
     return "richsrc"
 
 

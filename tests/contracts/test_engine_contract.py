@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pgcluster import PASSWORD, Cluster
+from helpers.pgcluster import PASSWORD, Cluster
 
 from sbbackup.config import load_settings
 from sbbackup.engines import (

@@ -6,8 +6,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from helpers.cli import Result
 
+from helpers.cli import Result
 from sbbackup.cli import main
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from helpers.pgcluster import Cluster
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from pgcluster import Cluster
 from psycopg import sql
 
 from sbbackup.engines.postgresql.copycount import (

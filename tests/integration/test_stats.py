@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from helpers.sched_helpers import run, sqlite_db
 from prometheus_client.parser import text_string_to_metric_families
-from sched_helpers import run, sqlite_db
 
 from sbbackup.catalog import BackupRecord, iso, new_backup_id
 from sbbackup.policy.schedules import DEFAULT_SCHEDULES, Schedule

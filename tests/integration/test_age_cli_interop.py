@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from age_cli import age_with_tty, require_age
+from helpers.age_cli import age_with_tty, require_age
 
 from sbbackup.crypto import age
 from sbbackup.errors import IntegrityError

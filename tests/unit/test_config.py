@@ -101,7 +101,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 
 def test_example_config_is_valid() -> None:
-    example = Path(__file__).parents[1] / "examples" / "config.yaml"
+    example = Path(__file__).parents[2] / "examples" / "config.yaml"
     s = load_settings(str(example), env={})
     assert s.backup_path
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SB
-from pgcluster import Cluster, create_cluster, destroy_cluster
+from helpers.pgcluster import Cluster, create_cluster, destroy_cluster
 
 SCRATCH_SQL = "SELECT datname FROM pg_database WHERE datname LIKE 'sbbackup\\_test\\_%' ORDER BY 1"
 

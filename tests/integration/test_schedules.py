@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sched_helpers import run, sqlite_db
+from helpers.sched_helpers import run, sqlite_db
 
 from sbbackup.config import load_settings
 from sbbackup.errors import ConfigError, UsageError
@@ -23,7 +23,7 @@ from sbbackup.policy.schedules import (
 )
 from sbbackup.policy.sources import load_schedules
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 EXAMPLE_CONFIG = ROOT / "examples" / "config.yaml"
 EXAMPLE_CRONTAB = ROOT / "examples" / "crontab"
 

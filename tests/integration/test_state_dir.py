@@ -30,7 +30,7 @@ PRECIOUS = b"root's precious file: must not be truncated, appended to or chmodde
 @pytest.fixture(autouse=True)
 def _as_root() -> None:
     if os.geteuid() != 0:
-        pytest.fail("tests/test_state_dir.py must run as root (it chowns files to nobody)")
+        pytest.fail("tests/integration/test_state_dir.py must run as root (it chowns to nobody)")
 
 
 @dataclass
@@ -100,7 +100,7 @@ def run_patched(sb: SB, env: dict[str, str], patch: str, *args: str) -> Result:
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, *args],
-        env={**sb.env, **env, "PYTHONPATH": str(Path(__file__).parents[1])},
+        env={**sb.env, **env, "PYTHONPATH": str(Path(__file__).parents[2])},
         capture_output=True,
         text=True,
         timeout=120,

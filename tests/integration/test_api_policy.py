@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 from helpers.api_server import TOKEN, Client, Reply, api_servers, url_of
-from pgcluster import PASSWORD, Cluster
+from helpers.pgcluster import PASSWORD, Cluster
 from test_api import audit_lines, read_response, small_table
 
 from sbbackup import api

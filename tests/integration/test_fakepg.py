@@ -1,4 +1,4 @@
-"""The fake PostgreSQL server (tests/fakepg.py) against real clients: psycopg 3, psql and
+"""The fake PostgreSQL server (tests/helpers/fakepg.py) against real clients: psycopg 3, psql and
 pg_restore from PostgreSQL 15. The hostile-server tests rely on it answering like a server."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from fakepg import (
+from helpers.fakepg import (
     HOST,
     Command,
     CopyIn,
@@ -26,7 +26,7 @@ from fakepg import (
     parse_select,
     split_statements,
 )
-from pgcluster import Cluster
+from helpers.pgcluster import Cluster
 
 CRAFTED = [
     ["x'; \\! touch CANARY; --", 1],

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import SB
-from pgcluster import Cluster
+from helpers.pgcluster import Cluster
 from psycopg import sql
 
 ROLE = "mallory"

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 from helpers.api_server import api_servers, url_of
+from helpers.pgcluster import Cluster
 from hypothesis import HealthCheck, settings
-from pgcluster import Cluster
 
 schemathesis = pytest.importorskip("schemathesis")
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from conftest import SB
-from pgcluster import Cluster
+from helpers.pgcluster import Cluster
 
 from sbbackup.catalog import iso, new_backup_id
 

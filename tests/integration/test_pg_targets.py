@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SB
-from pgcluster import PASSWORD, Cluster, free_port
+from helpers.pgcluster import PASSWORD, Cluster, free_port
 
 TOKEN = "sbb_api-token-never-in-a-child-0123456789"
 

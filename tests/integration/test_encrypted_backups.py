@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from age_cli import age_with_tty, require_age
 from conftest import SB
-from pgcluster import Cluster
+from helpers.age_cli import age_with_tty, require_age
+from helpers.pgcluster import Cluster
 
 from sbbackup.crypto import age
 

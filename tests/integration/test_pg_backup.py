@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SB
-from pgcluster import PASSWORD, Cluster, create_cluster, destroy_cluster
+from helpers.pgcluster import PASSWORD, Cluster, create_cluster, destroy_cluster
 
 
 def plain_dump(pg: Cluster, db: str, *extra: str) -> str:
@@ -240,7 +240,7 @@ def test_read_only_backup_path(tmp_path: Path) -> None:
             "DATABASE_URL": f"sqlite:///{db}",
             "DB_BACKUP_PATH": str(ro / "backups"),
             "HOME": str(base),
-            "PYTHONPATH": str(Path(__file__).parents[1]),
+            "PYTHONPATH": str(Path(__file__).parents[2]),
         }
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=base)
         assert res.returncode == 4, res.stderr

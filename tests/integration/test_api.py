@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from helpers.api_server import TOKEN, Client, api_servers, url_of
-from pgcluster import Cluster
+from helpers.pgcluster import Cluster
 
 from sbbackup import api
 from sbbackup.config import load_settings

@@ -1,9 +1,9 @@
-"""A hostile PostgreSQL server as the restore target: the real ``sbbackup`` command line restores
-a real backup into tests/fakepg.py on 127.0.0.2, whose catalog answers are names built to become
-psql meta-commands (``\\!``, ``\\o |``, ``\\copy ... program``, ``\\i``, ``\\e``, ``\\connect``
-...), to break line parsing (newline, ``\\x1f``, NUL, sbbackup's own end marker), or to confuse a
-terminal. Nothing may run: no canary file appears, no other server is contacted; sbbackup ends,
-in time, with a documented exit code and one line per error, no traceback.
+"""A hostile PostgreSQL server as the restore target: the real ``sbbackup`` command line restores a
+real backup into tests/helpers/fakepg.py on 127.0.0.2, whose catalog answers are names built to
+become psql meta-commands (``\\!``, ``\\o |``, ``\\copy ... program``, ``\\i``, ``\\e``,
+``\\connect`` ...), to break line parsing (newline, ``\\x1f``, NUL, sbbackup's own end marker),
+or to confuse a terminal. Nothing may run: no canary file appears, no other server is contacted;
+sbbackup ends, in time, with a documented exit code and one line per error, no traceback.
 
 And a password goes only where it was named: not the source's URL password, not ``PGPASSWORD``,
 not a ``~/.pgpass`` entry for another host, to a target URL that names none.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SB, Result
-from fakepg import (
+from helpers.fakepg import (
     BOOL,
     FLOAT8,
     INT2,
@@ -36,7 +36,7 @@ from fakepg import (
     parse_select,
     subquery,
 )
-from pgcluster import PASSWORD, Cluster
+from helpers.pgcluster import PASSWORD, Cluster
 
 from sbbackup.errors import ExitCode
 
