@@ -86,6 +86,9 @@ class BackupRecord:
     encryption: dict[str, Any] | None = None
     uncompressedSize: int = 0
     checksumAlgorithm: str = "sha256"
+    # SHA-256 of the dump stream itself (before zstd and age): ``verify --deep`` and restore
+    # check it, so a stored file rewritten together with ``checksum`` is still caught.
+    contentChecksum: str | None = None
     toolVersion: str = ""
     pgDumpVersion: str | None = None
     contents: dict[str, Any] | None = None
@@ -154,6 +157,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "compression": _OPT_DICT,
     "encryption": _OPT_DICT,
     "uncompressedSize": (int,),
+    "contentChecksum": _OPT_STR,
     "contents": _OPT_DICT,
 }
 

@@ -15,12 +15,13 @@ import hmac
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 import zstandard
 
 from .errors import IntegrityError
 from .storage import AtomicWriter
+from .zstdframes import FrameWalker
 
 BLOCK = 1 << 20
 PIPE_SIZE = 1 << 20
@@ -29,6 +30,14 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 class Writer(Protocol):
     def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
+
+
+class Digest(Protocol):
+    """A hashlib object."""
+
+    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
 
 
 class Stage(Writer, Protocol):
@@ -54,8 +63,9 @@ class Compression:
 @dataclass(frozen=True)
 class PipelineResult:
     size: int
-    checksum: str
+    checksum: str  # SHA-256 of the stored bytes
     uncompressed_size: int
+    content_checksum: str  # SHA-256 of the dump stream itself, before zstd and age
 
 
 class HashingWriter:
@@ -103,9 +113,13 @@ class BackupWriter:
             head = zw
         self.head = head
         self.uncompressed = 0
+        # Stored bytes == dump bytes without stages: the stored hash is the content hash.
+        self.content: Digest | None = hashlib.sha256() if self.stages else None
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
         self.uncompressed += len(data)
+        if self.content is not None:
+            self.content.update(data)
         self.head.write(data)
         return len(data)
 
@@ -114,7 +128,9 @@ class BackupWriter:
         for stage in reversed(self.stages):
             stage.close()
         self.dest.commit()
-        return PipelineResult(self.hashing.size, self.hashing.hash.hexdigest(), self.uncompressed)
+        stored = self.hashing.hash.hexdigest()
+        content = self.content.hexdigest() if self.content is not None else stored
+        return PipelineResult(self.hashing.size, stored, self.uncompressed, content)
 
     def abort(self) -> None:
         for stage in reversed(self.stages):
@@ -192,32 +208,58 @@ def sha256_of(fh: BinaryIO) -> tuple[str, int]:
         size += n
 
 
+class _WalkedReader:
+    """Hands the compressed bytes to the decompressor and, on the way, to a FrameWalker."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        self.src = src
+        self.walker = FrameWalker()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.src.read(n)
+        self.walker.feed(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
 def iter_plaintext(
-    raw: HashingReader, compressed: bool, decrypt: ReaderFactory | None = None
+    raw: HashingReader,
+    compressed: bool,
+    decrypt: ReaderFactory | None = None,
+    content: Digest | None = None,
 ) -> Iterator[bytes]:
-    """Yield the dump bytes, block by block. Afterwards ``raw`` holds the stored file's hash."""
+    """Yield the dump bytes, block by block, and feed them to ``content`` (a hashlib object)
+    when given. Afterwards ``raw`` holds the stored file's hash. A zstd stream must be one
+    whole frame with nothing after it (see ``zstdframes``), else IntegrityError."""
     src: BinaryIO = raw  # type: ignore[assignment]
     if decrypt is not None:
         src = decrypt(src)
     if compressed:
+        walked = _WalkedReader(src)
         reader = zstandard.ZstdDecompressor().stream_reader(
-            src, read_across_frames=True, read_size=BLOCK, closefd=False
+            cast(BinaryIO, walked), read_across_frames=True, read_size=BLOCK, closefd=False
         )
         try:
             while True:
                 chunk = reader.read(BLOCK)
                 if not chunk:
                     break
+                if content is not None:
+                    content.update(chunk)
                 yield chunk
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"compressed stream is corrupt ({exc})") from None
-        # Anything after the last frame is not ours.
-        if src.read(1):
-            raise IntegrityError("unexpected data after the end of the compressed stream")
+        while walked.read(BLOCK):  # anything after the last frame is not ours
+            pass
+        walked.walker.finish()
     else:
         while True:
             chunk = src.read(BLOCK)
             if not chunk:
                 break
+            if content is not None:
+                content.update(chunk)
             yield chunk
     raw.drain()

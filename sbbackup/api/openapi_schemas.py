@@ -79,6 +79,9 @@ SCHEMAS: dict[str, Any] = {
             "completedAt": nullable("string"),
             "checksum": nullable("string"),
             "checksumAlgorithm": {"type": "string"},
+            "contentChecksum": nullable(
+                "string", description="SHA-256 of the dump stream itself, before zstd and age."
+            ),
             "status": {"type": "string", "enum": list(BACKUP_STATUSES)},
             "duration": {"type": "integer", "description": "Milliseconds."},
             "error": nullable("string"),

@@ -77,26 +77,38 @@ def create_backup(
     )
     assert record.filename
     stage = plan.stage if plan else None
-    writer = BackupWriter(ctx.storage.open_write(record.filename), compression, stage)
-    _write(ctx, record, writer, progress)
+    _write(
+        ctx,
+        record,
+        lambda name: BackupWriter(ctx.storage.open_write(name), compression, stage),
+        progress,
+    )
     ctx.audit("create", record.id, Status.COMPLETED, size=record.size, scheduleId=record.scheduleId)
     return record
 
 
 def _write(
-    ctx: Context, record: BackupRecord, writer: BackupWriter, progress: Progress | None
+    ctx: Context,
+    record: BackupRecord,
+    open_writer: Callable[[str], BackupWriter],
+    progress: Progress | None,
 ) -> None:
-    """Dump into ``writer``, commit it, then save the manifest; undo everything on failure."""
+    """Dump into a new writer, commit it, then save the manifest; undo everything on failure
+    (the writer is opened inside the ``try``: an interrupt just after the partial file appears
+    still removes it and records the attempt)."""
     assert record.filename
     started = time.monotonic()
     committed = False
+    writer: BackupWriter | None = None
     try:
+        writer = open_writer(record.filename)
         dumped = ctx.engine.dump(record.format, writer, ctx.settings.row_counts, progress)
         result = writer.finish()
         committed = True
         record.size = result.size
         record.checksum = result.checksum
         record.uncompressedSize = result.uncompressed_size
+        record.contentChecksum = result.content_checksum
         record.database = {**record.database, **dumped.database}
         record.pgDumpVersion = dumped.tool_version
         record.contents = dumped.contents
@@ -105,7 +117,8 @@ def _write(
         record.duration = int((time.monotonic() - started) * 1000)
         ctx.catalog.save(record)  # the commit record
     except BaseException as exc:
-        writer.abort()
+        if writer is not None:
+            writer.abort()
         if committed:
             # The data file made it but its manifest did not (disk full, Ctrl-C): without a
             # manifest it is no backup, so it must not sit there looking like one.
@@ -136,6 +149,7 @@ def _record_failure(ctx: Context, record: BackupRecord, exc: BaseException, star
     record.error = message
     record.filename = None
     record.size, record.checksum, record.uncompressedSize = 0, None, 0
+    record.contentChecksum = None
     record.completedAt = iso(datetime.now(UTC))
     record.duration = int((time.monotonic() - started) * 1000)
     try:

@@ -3,6 +3,7 @@ that every reader of a stored backup shares: the file's checksum, the key, the p
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from ..engines import IncompleteDumpError
 from ..errors import IntegrityError, SbbackupError, UsageError
 from ..model import BackupRecord, Status
-from ..pipeline import HashingReader, check_digest, iter_plaintext, sha256_of
+from ..pipeline import Digest, HashingReader, check_digest, iter_plaintext, sha256_of
 from .backups import show_backup
 from .context import Context
 
@@ -78,16 +79,22 @@ def _verify_one(ctx: Context, record: BackupRecord, deep: bool) -> VerifyResult:
 
 
 def _deep_check(ctx: Context, record: BackupRecord) -> None:
-    """Hash, decrypt, decompress and check the dump's structure, all in one pass."""
+    """Hash, decrypt, decompress and check the dump's structure, all in one pass; then the
+    stored file's digest, the dump stream's own digest, and only then the structure verdict."""
     assert record.filename
+    content = hashlib.sha256()
     with ctx.storage.open_read(record.filename) as fh:
         raw = HashingReader(fh)
         incomplete: IncompleteDumpError | None = None
+        chunks = plaintext(ctx, record, raw, content)
         try:
-            ctx.engine.check_structure(record.format, plaintext(ctx, record, raw))
+            ctx.engine.check_structure(record.format, chunks)
         except IncompleteDumpError as exc:  # the whole file was read: its digest comes first
             incomplete = exc
+        for _ in chunks:  # what the structure check left unread still counts
+            pass
         check_digest(raw.hash.hexdigest(), record.checksum, record.filename)
+    check_content(record, content.hexdigest())
     if incomplete is not None:
         raise IntegrityError(f"{record.filename}: {incomplete.message}")
 
@@ -116,11 +123,20 @@ def check_key(ctx: Context, record: BackupRecord) -> None:
         opener(fh)
 
 
-def plaintext(ctx: Context, record: BackupRecord, raw: HashingReader) -> Iterator[bytes]:
+def check_content(record: BackupRecord, actual: str) -> None:
+    """The dump stream's SHA-256 is the manifest's ``contentChecksum`` (older manifests have
+    none: their stored checksum and the format's own checks are all there is)."""
+    if record.contentChecksum is not None:
+        check_digest(actual, record.contentChecksum, f"the dump stream of {record.filename}")
+
+
+def plaintext(
+    ctx: Context, record: BackupRecord, raw: HashingReader, content: Digest | None = None
+) -> Iterator[bytes]:
     """The dump's bytes, decrypted and decompressed as the manifest says, from ``raw``."""
     decrypt = None
     if record.encryption:
         from ..encryption import decryptor
 
         decrypt = decryptor(ctx.settings, record.id, ctx.identities)
-    return iter_plaintext(raw, record.compression is not None, decrypt)
+    return iter_plaintext(raw, record.compression is not None, decrypt, content)

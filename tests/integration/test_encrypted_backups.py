@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import tempfile
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 from conftest import SB
 from helpers.age_cli import age_with_tty, require_age
+from helpers.manifests import replace_data
 from helpers.pgcluster import Cluster
 
 from sbbackup.crypto import age
@@ -51,12 +51,7 @@ def database_exists(pg: Cluster, name: str) -> bool:
 
 def replace_data_file(sb: SB, rec: dict[str, Any], data: bytes, **manifest: Any) -> None:
     """Store new bytes and fix the manifest's checksum, so only the age layer can object."""
-    stored = sb.backup_path / rec["filename"]
-    stored.write_bytes(data)
-    path = sb.backup_path / f"{rec['id']}.json"
-    doc = json.loads(path.read_text())
-    doc.update(checksum=hashlib.sha256(data).hexdigest(), size=len(data), **manifest)
-    path.write_text(json.dumps(doc))
+    replace_data(sb.backup_path, rec["id"], data, **manifest)
 
 
 def test_encrypted_round_trip_and_age_cli(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SB
+from helpers.manifests import edit_manifest
 
 from sbbackup.catalog import BACKUP_ID_RE, SCHEMA_VERSION, validate_backup_id
 from sbbackup.errors import UsageError
@@ -194,10 +195,7 @@ def test_listing_reads_manifests_never_data_files(tmp_path: Path) -> None:
 
 
 def _edit_manifest(sb: SB, backup_id: str, **changes: object) -> None:
-    manifest = sb.backup_path / (backup_id + ".json")
-    data = json.loads(manifest.read_text())
-    data.update(changes)
-    manifest.write_text(json.dumps(data))
+    edit_manifest(sb.backup_path, backup_id, **changes)
 
 
 def test_a_manifest_with_wrong_types_is_corrupt_not_a_crash(sb: SB, demo_db: Path) -> None:
