@@ -55,6 +55,10 @@ __all__ = [  # the records moved to ``model``; these names stay importable from 
 
 MANIFEST_SUFFIX = ".json"
 PARTIAL_SUFFIX = ".partial"  # the storage backends' in-flight suffix
+# A manifest is a few KiB; the bounds keep a damaged or planted one from costing memory or
+# blowing the stack of every command that lists (it is listed as corrupt instead).
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_MANIFEST_DEPTH = 32
 
 
 class Catalog:
@@ -80,12 +84,18 @@ class Catalog:
         return self._parse(name, raw)
 
     def _parse(self, name: str, raw: bytes) -> BackupRecord:
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise IntegrityError(f"{name}: manifest is too large ({len(raw)} bytes)")
         try:
             data = json.loads(raw)
         except ValueError as exc:
             raise IntegrityError(f"{name}: manifest is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise IntegrityError(f"{name}: manifest is nested too deeply") from None
         if not isinstance(data, dict):
             raise IntegrityError(f"{name}: manifest is not a JSON object")
+        if _depth(data) > MAX_MANIFEST_DEPTH:
+            raise IntegrityError(f"{name}: manifest is nested too deeply")
         record = BackupRecord.from_json(data, source=name)
         if record.id + MANIFEST_SUFFIX != name:
             raise IntegrityError(f"{name}: malformed manifest (it describes backup {record.id})")
@@ -152,6 +162,25 @@ class Catalog:
                 self.storage.delete(name)
         self.storage.delete(manifest)
         return corrupt_placeholder(backup_id, reason)
+
+
+def _depth(value: object) -> int:
+    """How deeply JSON containers nest in ``value`` (iterative: no recursion to exhaust)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: list[object] = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_MANIFEST_DEPTH:
+            return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def corrupt_placeholder(backup_id: str, error: str) -> BackupRecord:

@@ -361,3 +361,37 @@ def test_compare_contents_reports_every_difference() -> None:
         "views: 2 in the backup, 1 restored",
     ]
     assert compare_contents(expected, expected) == []
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["nested 100,000 deep", "nested 40 deep in a field", "over 1 MiB"],
+)
+def test_a_pathological_manifest_is_corrupt_never_a_traceback(
+    sb: SB, demo_db: Path, damage: str
+) -> None:
+    """Before, one manifest nested 100,000 deep made list, verify --all, prune, delete ... die
+    with an uncaught RecursionError; only a manual rm recovered."""
+    env = {"DATABASE_URL": f"sqlite:///{demo_db}"}
+    good = sb.ok("create", "--json", env=env).json()
+    bad = sb.ok("create", "--json", env=env).json()
+    manifest = sb.backup_path / f"{bad['id']}.json"
+    if damage == "nested 100,000 deep":
+        manifest.write_text("[" * 100_000 + "]" * 100_000)
+    elif damage == "nested 40 deep in a field":
+        doc = json.loads(manifest.read_text())
+        doc["contents"] = json.loads('{"a": ' * 40 + "1" + "}" * 40)
+        manifest.write_text(json.dumps(doc))
+    else:
+        doc = json.loads(manifest.read_text())
+        doc["error"] = "x" * (1 << 20)
+        manifest.write_text(json.dumps(doc))
+    listed = {r["id"]: r["status"] for r in sb.ok("list", "--json", env=env).json()}
+    assert listed == {good["id"]: "completed", bad["id"]: "corrupt"}
+    res = sb("verify", "--all", env=env)
+    assert res.code == 13 and "Traceback" not in res.err, res.err
+    res = sb("show", bad["id"], env=env)
+    assert res.code == 13 and len(res.err.strip().splitlines()) == 1, res.err
+    sb.ok("delete", bad["id"], "--yes", env=env)
+    assert not manifest.exists()
+    assert [r["id"] for r in sb.ok("list", "--json", env=env).json()] == [good["id"]]
