@@ -118,7 +118,8 @@ class LocalStorage:
     def open_write(self, name: str) -> LocalWriter:
         self.ensure()
         if not os.access(self.root, os.W_OK):
-            raise StorageError(f"cannot write to backup directory {self.root}: permission denied")
+            reason = "read-only file system" if _read_only(self.root) else "permission denied"
+            raise StorageError(f"cannot write to backup directory {self.root}: {reason}")
         return LocalWriter(self.root, self._path(name).name)
 
     def open_read(self, name: str) -> BinaryIO:
@@ -233,6 +234,13 @@ class LocalStorage:
         except OSError:
             free = None
         return used, free
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _write_all(fd: int, data: bytes) -> None:

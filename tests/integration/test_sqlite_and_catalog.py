@@ -6,6 +6,7 @@ import json
 import os
 import sqlite3
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -395,3 +396,30 @@ def test_a_pathological_manifest_is_corrupt_never_a_traceback(
     sb.ok("delete", bad["id"], "--yes", env=env)
     assert not manifest.exists()
     assert [r["id"] for r in sb.ok("list", "--json", env=env).json()] == [good["id"]]
+
+
+def test_a_read_only_backup_path_says_so_before_dumping(
+    sb: SB, demo_db: Path, tmp_path: Path
+) -> None:
+    """A real read-only mount (tmpfs, remounted ro): exit 4 naming the cause, not "permission
+    denied", and nothing written."""
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a tmpfs: run it as root (CI does)")
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)], check=True
+    )
+    try:
+        (mnt / "backups").mkdir(mode=0o700)
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        env = {"DATABASE_URL": f"sqlite:///{demo_db}", "DB_BACKUP_PATH": str(mnt / "backups")}
+        res = sb("create", env=env)
+        assert res.code == 4, (res.code, res.err)
+        assert res.err.strip().splitlines() == [
+            f"sbbackup: error: cannot write to backup directory {mnt / 'backups'}: "
+            "read-only file system"
+        ], res.err
+        assert list((mnt / "backups").iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
