@@ -138,12 +138,14 @@ def _apply_retention(
     dry_run: bool,
     wait: float,
 ) -> tuple[RetentionPlan, list[str]]:
-    """One prune lock for every schedule: two prunes never race over the same manifests."""
+    """One prune lock for every schedule: two prunes never race over the same manifests. A
+    dry run only plans: it takes no lock, so it writes nothing (a read-only path works)."""
+    if dry_run:
+        records = ctx.catalog.list()
+        return plan_all(records, policies(ctx, sset), now, only_schedule=schedule_id), []
     with hold(ctx.state_dir, PRUNE_LOCK, "a prune", wait=wait):
         records = ctx.catalog.list()
         plan = plan_all(records, policies(ctx, sset), now, only_schedule=schedule_id)
-        if dry_run:
-            return plan, []
         by_id = {r.id: r for r in records}
         removed = []
         for decision in plan.remove:

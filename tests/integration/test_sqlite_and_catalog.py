@@ -401,8 +401,8 @@ def test_a_pathological_manifest_is_corrupt_never_a_traceback(
 def test_a_read_only_backup_path_says_so_before_dumping(
     sb: SB, demo_db: Path, tmp_path: Path
 ) -> None:
-    """A real read-only mount (tmpfs, remounted ro): exit 4 naming the cause, not "permission
-    denied", and nothing written."""
+    """A real read-only mount (tmpfs, remounted ro): create exits 4 naming the cause, not
+    "permission denied"; prune --dry-run still plans (it takes no lock); nothing is written."""
     if os.geteuid() != 0:
         pytest.fail("this test mounts a tmpfs: run it as root (CI does)")
     mnt = tmp_path / "ro"
@@ -420,6 +420,9 @@ def test_a_read_only_backup_path_says_so_before_dumping(
             f"sbbackup: error: cannot write to backup directory {mnt / 'backups'}: "
             "read-only file system"
         ], res.err
+        assert list((mnt / "backups").iterdir()) == []
+        res = sb("prune", "--dry-run", env=env)  # a plan only: it never writes
+        assert res.code == 0, (res.code, res.err)
         assert list((mnt / "backups").iterdir()) == []
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
