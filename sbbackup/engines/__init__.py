@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 from ..errors import ConfigError
 from .base import (
-    ClientTools,
     DumpResult,
     Engine,
+    EngineCheck,
     EngineSettings,
     IncompleteDumpError,
     Target,
@@ -20,9 +20,9 @@ from .base import (
 )
 
 __all__ = [
-    "ClientTools",
     "DumpResult",
     "Engine",
+    "EngineCheck",
     "EngineSettings",
     "IncompleteDumpError",
     "Target",

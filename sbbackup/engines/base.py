@@ -29,17 +29,20 @@ class Target:
     """A restore target after resolution: what it is, for the checks made before a restore."""
 
     key: str  # one identity however the target is spelled (locks are named by it)
-    display: str  # as it may be logged: never with a password
+    display: str  # as it may be logged and recorded: never with a password
     exists: bool
-    is_source: bool
+    is_source: bool  # the source database however it is spelled (a restore over it confirms)
 
 
 @dataclass(frozen=True)
-class ClientTools:
-    """The client tools an engine runs, as ``tools()`` found them."""
+class EngineCheck:
+    """What ``check()`` found: the source, its server, and the client tools compared with it."""
 
-    versions: dict[str, str]  # tool name -> version; empty for an engine that needs none
-    server_major: int | None  # the server major they were compared with; None: unreachable
+    source: str  # the source as it may be logged: never with a password
+    tools: dict[str, str]  # client tool -> version; empty for an engine that needs none
+    server_version: str | None = None  # "15.18"; None: the server did not answer
+    server_major: int | None = None  # the major the tools were compared with; None: not compared
+    unreachable: str | None = None  # why the server did not answer (a DatabaseError's message)
 
 
 class IncompleteDumpError(IntegrityError):
@@ -71,12 +74,10 @@ class Engine(Protocol):
     def describe(self) -> dict[str, Any]:
         """engine, name, and the source URL with no password."""
 
-    def check(self) -> dict[str, Any]:
-        """Find the client tools, connect, compare versions. Raise DatabaseError."""
-
-    def tools(self) -> ClientTools:
-        """The client tools' versions (DatabaseError when one is missing), compared with the
-        server's when it answers (DatabaseError when one is older)."""
+    def check(self) -> EngineCheck:
+        """Find the client tools and reach the source: DatabaseError when a tool is missing or
+        older than the server. A server that does not answer is reported (``unreachable``),
+        not raised: the tools are still checked."""
 
     def dump(
         self, fmt: str, out: Writer, row_counts: bool, progress: Callable[[int], None] | None = None
@@ -103,15 +104,12 @@ class Engine(Protocol):
 
     def resolve_target(self, target: str | None) -> Target:
         """Reach ``target`` once (DatabaseError when it cannot be reached; ConfigError for a
-        refused form) and pin it for every later call with the same ``target``."""
+        refused form) and pin it for every later call with the same ``target``. What it says
+        is all a caller learns of a target: its identity, how it may be logged, whether it
+        exists, whether it is the source however it is spelled."""
 
     def inventory(self, target: str | None) -> dict[str, Any]:
         """Tables with exact row counts and object counts, as ``DumpResult.contents``."""
-
-    def redact(self, target: str | None) -> str:
-        """The target as it may be logged and recorded: never with a password."""
-
-    def is_source(self, target: str | None) -> bool: ...
 
     def scratch_target(self, name: str, server: str | None) -> str:
         """A throwaway target called ``name`` beside ``server`` (default: the source)."""

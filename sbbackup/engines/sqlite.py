@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import ConfigError, DatabaseError, TargetExistsError
 from ..pipeline import Writer
-from .base import ClientTools, DumpResult, IncompleteDumpError, Target, read_tail
+from .base import DumpResult, EngineCheck, IncompleteDumpError, Target, read_tail
 
 FLUSH = 1 << 20
 DUMP_COMPLETE = b"-- sbbackup SQLite dump complete"
@@ -47,13 +47,10 @@ class SQLiteEngine:
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "name": self.path.name, "url": self.url}
 
-    def redact(self, target: str | None) -> str:
-        return str(self._target(target))
-
     def cancel(self) -> None:
         """Nothing to stop: SQLite runs in-process, between bytecodes an interrupt lands."""
 
-    def is_source(self, target: str | None) -> bool:
+    def _is_source(self, target: str | None) -> bool:
         """The same file however it is spelled (``..``, symlinks, hard links)."""
         mine, theirs = self.path, self._target(target)
         try:
@@ -75,15 +72,22 @@ class SQLiteEngine:
         except sqlite3.Error as exc:
             raise DatabaseError(f"cannot open SQLite database {path}: {exc}") from None
 
-    def check(self) -> dict[str, Any]:
-        con = self._connect(self.path)
+    def check(self) -> EngineCheck:
+        """No client tools (SQLite runs in this process); the file must open and read."""
+        source = str(self.path)
+        try:
+            con = self._connect(self.path)
+        except DatabaseError as exc:
+            return EngineCheck(source, {}, unreachable=exc.message)
         try:
             con.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.Error as exc:
-            raise DatabaseError(f"cannot read SQLite database {self.path}: {exc}") from None
+            return EngineCheck(
+                source, {}, unreachable=f"cannot read SQLite database {source}: {exc}"
+            )
         finally:
             con.close()
-        return {"serverVersion": sqlite3.sqlite_version, "pgDumpVersion": None, "tools": {}}
+        return EngineCheck(source, {}, server_version=sqlite3.sqlite_version)
 
     def dump(
         self, fmt: str, out: Writer, row_counts: bool, progress: Callable[[int], None] | None = None
@@ -129,7 +133,7 @@ class SQLiteEngine:
             key=f"sqlite:{os.path.realpath(path)}",
             display=str(path),
             exists=os.path.lexists(path),
-            is_source=self.is_source(target),
+            is_source=self._is_source(target),
         )
 
     def restore(
@@ -218,10 +222,6 @@ class SQLiteEngine:
 
     def size_estimate(self) -> int:
         return self.path.stat().st_size
-
-    def tools(self) -> ClientTools:
-        """None: SQLite runs in this process."""
-        return ClientTools({}, None)
 
     def check_structure(self, fmt: str, chunks: Iterable[bytes]) -> None:
         """The dump must end with the completion marker ``dump`` writes."""

@@ -61,7 +61,7 @@ def restore_backup(ctx: Context, opts: RestoreOptions) -> RestoreRecord:
     if target.is_source and not opts.confirmed:
         raise UsageError(
             f"restoring {record.id} over the source database "
-            f"{engine.redact(None)} is destructive: pass --yes to confirm"
+            f"{target.display} is destructive: pass --yes to confirm"
         )
     if opts.must_be_new and target.exists:
         raise TargetExistsError(f"target {target.display} already exists")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigError, DatabaseError, SbbackupError, TargetExistsError
 from ...pipeline import Writer
-from ..base import ClientTools, DumpResult, IncompleteDumpError, Target, read_tail
+from ..base import DumpResult, EngineCheck, IncompleteDumpError, Target, read_tail
 from .client import TOOLS, Client, control_free, pinned_params, scalar
 from .conn import PgConn
 from .dump import DUMP_COMPLETE, SNAPSHOT_RE, PgDump
@@ -112,10 +112,10 @@ class PostgreSQLEngine:
             key=f"postgresql:{r.system_id}:{r.conn.dbname}",
             display=r.conn.redacted(),
             exists=r.exists,
-            is_source=self.is_source(target),
+            is_source=self._is_source(target),
         )
 
-    def is_source(self, target: str | None) -> bool:
+    def _is_source(self, target: str | None) -> bool:
         """Is ``target`` the source database, however it is spelled?
 
         Names are unique within a cluster, so a different (decoded) name is never the source.
@@ -135,9 +135,6 @@ class PostgreSQLEngine:
         except DatabaseError:
             return True
         return theirs == ours
-
-    def redact(self, target: str | None) -> str:
-        return self._parse(target).redacted()
 
     def scratch_target(self, name: str, server: str | None) -> str:
         """A database called ``name`` on ``server`` (default: the source's server)."""
@@ -205,37 +202,30 @@ class PostgreSQLEngine:
         with self.client.session(self.conn, f"cannot query {self.conn.redacted()}") as session:
             return int(session.info.server_version)
 
-    def check(self) -> dict[str, Any]:
+    def check(self) -> EngineCheck:
+        """pg_dump, psql and pg_restore: found, and no older than the server when it answers."""
+        source = self.conn.redacted()
         for name in TOOLS:
             self.client.tool(name)  # "pg_dump not found: ..." before anything runs
         # Three short-lived children at once while the session connects.
         with ThreadPoolExecutor(max_workers=len(TOOLS)) as pool:
             futures = {name: pool.submit(self.client.client_version, name) for name in TOOLS}
-            server_num = self.server_version_num()
+            server_num: int | None = None
+            unreachable: str | None = None
+            try:
+                server_num = self.server_version_num()
+            except DatabaseError as exc:
+                unreachable = exc.message
             versions = {name: f.result() for name, f in futures.items()}
-        return self._compare_versions(versions, server_num)
+        tools = {name: full for name, (_, full) in versions.items()}
+        if server_num is None:
+            return EngineCheck(source, tools, unreachable=unreachable)
+        server_version = self._compare_versions(versions, server_num)
+        return EngineCheck(source, tools, server_version, server_major=server_num // 10000)
 
-    def tools(self) -> ClientTools:
-        """pg_dump, psql and pg_restore: found, and no older than the server when it answers."""
-        versions = {
-            name: self.client.client_version(name) for name in TOOLS
-        }  # DatabaseError if missing
-        found = {name: full for name, (_, full) in versions.items()}
-        try:
-            server = self.server_version_num() // 10000
-        except DatabaseError:
-            return ClientTools(found, None)
-        older = [f"{name} {full}" for name, (major, full) in versions.items() if major < server]
-        if older:
-            raise DatabaseError(
-                f"{', '.join(older)} older than the server ({server}): install "
-                f"postgresql-client-{server} or newer and put it first on PATH"
-            )
-        return ClientTools(found, server)
-
-    def _compare_versions(
-        self, versions: dict[str, tuple[int, str]], server_num: int
-    ) -> dict[str, Any]:
+    @staticmethod
+    def _compare_versions(versions: dict[str, tuple[int, str]], server_num: int) -> str:
+        """The server's version ("15.18"); DatabaseError naming a client tool older than it."""
         server_major = server_num // 10000
         server_version = f"{server_major}.{server_num % 10000}"
         for name, (major, full) in versions.items():
@@ -244,12 +234,7 @@ class PostgreSQLEngine:
                     f"{name} {full} is older than the server ({server_version}): install "
                     f"postgresql-client-{server_major} or newer and put it first on PATH"
                 )
-        return {
-            "serverVersion": server_version,
-            "serverMajor": server_major,
-            "pgDumpVersion": versions["pg_dump"][1],
-            "tools": {n: self.client.tool(n) for n in TOOLS},
-        }
+        return server_version
 
     # --- dump --------------------------------------------------------------------------
     def dump(
@@ -270,7 +255,7 @@ class PostgreSQLEngine:
                 raise
         what = f"cannot read the catalog of {self.conn.redacted()}"
         try:
-            info = self._compare_versions(versions, int(snap.info.server_version))
+            server_version = self._compare_versions(versions, int(snap.info.server_version))
             snapshot = str(scalar(snap, "SELECT pg_export_snapshot()"))
             if not SNAPSHOT_RE.fullmatch(snapshot):
                 raise DatabaseError(f"the server sent an invalid snapshot name {snapshot[:40]!r}")
@@ -286,12 +271,8 @@ class PostgreSQLEngine:
         finally:
             with contextlib.suppress(Exception):
                 snap.close()
-        database = {
-            "engine": self.name,
-            "name": self.conn.dbname,
-            "serverVersion": info["serverVersion"],
-        }
-        return DumpResult(database=database, tool_version=info["pgDumpVersion"], contents=contents)
+        database = {"engine": self.name, "name": self.conn.dbname, "serverVersion": server_version}
+        return DumpResult(database=database, tool_version=versions["pg_dump"][1], contents=contents)
 
     # --- restore -----------------------------------------------------------------------
     def prepare_target(

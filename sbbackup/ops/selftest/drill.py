@@ -99,7 +99,7 @@ def _drill(
             raise IntegrityError(f"backup {record.id} is {record.status}: {record.error or ''}")
         timed(drill.timings, "verify", lambda: check_file(ctx, record))
         scratch = engine.scratch_target(SCRATCH_PREFIX + secrets.token_hex(4), server)
-        drill.target = engine.redact(scratch)
+        drill.target = engine.resolve_target(scratch).display
         target = scratch
         timed(drill.timings, "restore", lambda: _restore(ctx, record, target))
         timed(drill.timings, "compare", lambda: _compare(ctx, record, target, drill))
@@ -125,7 +125,7 @@ def _drop_leftovers(ctx: Context, server: str | None, drill: Drill) -> None:
             engine.drop_target(leftover, force=False)
         except DatabaseError:
             continue  # a concurrent drill (another configuration) is using it
-        drill.leftoversDropped.append(engine.redact(leftover))
+        drill.leftoversDropped.append(engine.resolve_target(leftover).display)
 
 
 @contextlib.contextmanager
