@@ -35,6 +35,17 @@ class Target:
 
 
 @dataclass(frozen=True)
+class RestoreRequest:
+    """Where ``restore`` loads a dump, and what it does with what is there."""
+
+    target: str | None  # a URL, a path or a name, as ``resolve_target`` takes; None: the source
+    create_target: bool = False  # create the target when it does not exist
+    clean: bool = False  # drop and recreate it first
+    jobs: int = 1  # parallel loaders, where the format allows (PostgreSQL custom, unencrypted)
+    must_be_new: bool = False  # this restore creates it: TargetExistsError if it exists
+
+
+@dataclass(frozen=True)
 class EngineCheck:
     """What ``check()`` found: the source, its server, and the client tools compared with it."""
 
@@ -54,14 +65,13 @@ class IncompleteDumpError(IntegrityError):
         super().__init__(message)
 
 
-class EngineSettings(Protocol):
-    """What an engine takes from the settings: nothing else reaches it."""
+@dataclass(frozen=True)
+class EngineSettings:
+    """What an engine is built from: nothing else of the settings reaches it."""
 
-    @property
-    def env(self) -> Mapping[str, str]: ...  # the environment (empty: the process's own)
-
-    @property
-    def lock_wait_timeout(self) -> int: ...  # seconds pg_dump waits for a table lock
+    url: str | None  # the database URL; None: PostgreSQL through the libpq PG* environment
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)  # empty: the process's
+    lock_wait_timeout: int = 300  # seconds pg_dump waits for a table lock
 
 
 class Engine(Protocol):
@@ -88,19 +98,8 @@ class Engine(Protocol):
         """Read a whole dump and check its structure: IntegrityError when a tool rejects it,
         IncompleteDumpError (after the last chunk) when it lacks the completion marker."""
 
-    def restore(
-        self,
-        fmt: str,
-        chunks: Iterable[bytes],
-        target: str | None,
-        *,
-        create_target: bool,
-        clean: bool,
-        jobs: int,
-        must_be_new: bool = False,
-    ) -> None:
-        """Load a dump into ``target`` atomically where the format allows. ``must_be_new``:
-        this restore creates the target, and TargetExistsError if it exists."""
+    def restore(self, fmt: str, chunks: Iterable[bytes], request: RestoreRequest) -> None:
+        """Load a dump into ``request.target`` atomically where the format allows."""
 
     def resolve_target(self, target: str | None) -> Target:
         """Reach ``target`` once (DatabaseError when it cannot be reached; ConfigError for a

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import ConfigError, DatabaseError, TargetExistsError
 from ..pipeline import Writer
-from .base import DumpResult, EngineCheck, IncompleteDumpError, Target, read_tail
+from .base import DumpResult, EngineCheck, IncompleteDumpError, RestoreRequest, Target, read_tail
 
 FLUSH = 1 << 20
 DUMP_COMPLETE = b"-- sbbackup SQLite dump complete"
@@ -136,22 +136,13 @@ class SQLiteEngine:
             is_source=self._is_source(target),
         )
 
-    def restore(
-        self,
-        fmt: str,
-        chunks: Iterable[bytes],
-        target: str | None,
-        *,
-        create_target: bool,
-        clean: bool,
-        jobs: int,
-        must_be_new: bool = False,
-    ) -> None:
+    def restore(self, fmt: str, chunks: Iterable[bytes], request: RestoreRequest) -> None:
         """Replay into a private (0600) file beside the target, then move it into place: a
         new target is linked in only if the name is still free (never over a file or a
         symlink that appeared meanwhile); ``clean`` replaces the name itself, never a file
-        a symlink points to."""
-        dest = self._target(target)
+        a symlink points to. A missing target is always created; ``jobs`` is ignored."""
+        dest = self._target(request.target)
+        clean, must_be_new = request.clean, request.must_be_new
         if os.path.lexists(dest) and (must_be_new or not clean):
             if must_be_new:
                 raise TargetExistsError(f"target {dest.name} already exists")

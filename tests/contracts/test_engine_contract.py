@@ -29,7 +29,9 @@ from sbbackup.engines import (
     DumpResult,
     Engine,
     EngineCheck,
+    EngineSettings,
     IncompleteDumpError,
+    RestoreRequest,
     compare_contents,
     engine_for,
 )
@@ -114,8 +116,8 @@ def settings_env(url: str) -> dict[str, str]:
 
 
 def make_engine(url: str) -> Engine:
-    settings = load_settings(env=settings_env(url))
-    return engine_for(settings.database_url, settings)
+    s = load_settings(env=settings_env(url))
+    return engine_for(EngineSettings(s.database_url, s.env, s.lock_wait_timeout))
 
 
 def sqlite_case(tmp_path: Path) -> Case:
@@ -240,9 +242,8 @@ def chunks(data: bytes) -> Iterator[bytes]:
         yield data[i : i + CHUNK]
 
 
-def restore_new(engine: Engine, fmt: str, data: bytes, target: str | None, **kw: Any) -> None:
-    opts: dict[str, Any] = {"create_target": True, "clean": False, "jobs": 1, "must_be_new": True}
-    engine.restore(fmt, chunks(data), target, **{**opts, **kw})
+def restore_new(engine: Engine, fmt: str, data: bytes, target: str | None) -> None:
+    engine.restore(fmt, chunks(data), RestoreRequest(target, create_target=True, must_be_new=True))
 
 
 def inventory(case: Case, target: str | None) -> dict[str, Any]:
@@ -349,7 +350,7 @@ def test_restore_into_a_full_target_without_clean_fails_and_keeps_it(case: Case)
     for create in (False, True):
         with pytest.raises(DatabaseError):
             case.make_engine().restore(
-                "plain", chunks(data), target, create_target=create, clean=False, jobs=1
+                "plain", chunks(data), RestoreRequest(target, create_target=create)
             )
         assert inventory(case, target) == result.contents
 
@@ -358,9 +359,7 @@ def test_restore_with_clean_replaces_an_existing_target(case: Case) -> None:
     data, result = dump(case.engine, "plain")
     target = case.scratch()
     restore_new(case.engine, "plain", data, target)
-    case.make_engine().restore(
-        "plain", chunks(data), target, create_target=False, clean=True, jobs=1
-    )
+    case.make_engine().restore("plain", chunks(data), RestoreRequest(target, clean=True))
     assert inventory(case, target) == result.contents
 
 
@@ -371,11 +370,11 @@ def test_restore_into_an_existing_empty_target_without_clean(case: Case) -> None
     assert case.exists(target)
     restore = case.make_engine().restore
     if case.promises.loads_into_existing_target:
-        restore("plain", chunks(data), target, create_target=False, clean=False, jobs=1)
+        restore("plain", chunks(data), RestoreRequest(target))
         assert inventory(case, target) == result.contents
     else:
         with pytest.raises(DatabaseError):
-            restore("plain", chunks(data), target, create_target=False, clean=False, jobs=1)
+            restore("plain", chunks(data), RestoreRequest(target))
         assert inventory(case, target)["tables"] == {}  # still empty: nothing half-restored
 
 
@@ -384,11 +383,11 @@ def test_restore_into_a_missing_target_without_create_target(case: Case) -> None
     target = case.scratch()
     restore = case.make_engine().restore
     if case.promises.creates_missing_target_anyway:
-        restore("plain", chunks(data), target, create_target=False, clean=False, jobs=1)
+        restore("plain", chunks(data), RestoreRequest(target))
         assert inventory(case, target) == result.contents
     else:
         with pytest.raises(DatabaseError):
-            restore("plain", chunks(data), target, create_target=False, clean=False, jobs=1)
+            restore("plain", chunks(data), RestoreRequest(target))
         assert not case.exists(target)
 
 

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigError, DatabaseError, SbbackupError, TargetExistsError
 from ...pipeline import Writer
-from ..base import DumpResult, EngineCheck, IncompleteDumpError, Target, read_tail
+from ..base import (
+    DumpResult,
+    EngineCheck,
+    IncompleteDumpError,
+    RestoreRequest,
+    Target,
+    read_tail,
+)
 from .client import TOOLS, Client, control_free, pinned_params, scalar
 from .conn import PgConn
 from .dump import DUMP_COMPLETE, SNAPSHOT_RE, PgDump
@@ -275,16 +282,15 @@ class PostgreSQLEngine:
         return DumpResult(database=database, tool_version=versions["pg_dump"][1], contents=contents)
 
     # --- restore -----------------------------------------------------------------------
-    def prepare_target(
-        self, target: str | None, create_target: bool, clean: bool, must_be_new: bool = False
-    ) -> tuple[_Resolved, bool]:
+    def prepare_target(self, request: RestoreRequest) -> tuple[_Resolved, bool]:
         """The target, reachable; and whether this restore created it (so owns it)."""
         from psycopg import errors as pgerrors
         from psycopg import sql
 
-        r = self._resolve(target)
+        r = self._resolve(request.target)
         name = r.conn.dbname
-        if not (create_target or clean or must_be_new):
+        must_be_new, clean = request.must_be_new, request.clean
+        if not (request.create_target or clean or must_be_new):
             if not r.exists:
                 raise DatabaseError(f"target database {control_free(name)} does not exist")
             return r, False
@@ -311,20 +317,10 @@ class PostgreSQLEngine:
         r.exists = True
         return r, True
 
-    def restore(
-        self,
-        fmt: str,
-        chunks: Iterable[bytes],
-        target: str | None,
-        *,
-        create_target: bool,
-        clean: bool,
-        jobs: int,
-        must_be_new: bool = False,
-    ) -> None:
-        r, created = self.prepare_target(target, create_target, clean, must_be_new)
+    def restore(self, fmt: str, chunks: Iterable[bytes], request: RestoreRequest) -> None:
+        r, created = self.prepare_target(request)
         try:
-            load(self.client, fmt, r.conn, chunks, jobs)
+            load(self.client, fmt, r.conn, chunks, request.jobs)
         except BaseException:
             # A database this restore created holds nothing worth keeping after a failure (a
             # parallel pg_restore is not one transaction): drop it rather than leave a half.

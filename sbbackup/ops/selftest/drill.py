@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ...drills import record_drill
+from ...engines import RestoreRequest
 from ...errors import DatabaseError, ExitCode, IntegrityError, NotFoundError, SbbackupError
 from ...locks import hold
 from ...model import BackupRecord, Status, iso
@@ -156,7 +157,7 @@ def _signals_deferred() -> Iterator[None]:
 def _restore(ctx: Context, record: BackupRecord, scratch: str) -> None:
     if record.encryption:
         check_key(ctx, record)  # a wrong key fails here (exit 12), before anything is created
-    load_backup(ctx, record, scratch, create_target=True, clean=False, jobs=1)
+    load_backup(ctx, record, RestoreRequest(scratch, create_target=True))
 
 
 def _compare(ctx: Context, record: BackupRecord, scratch: str, drill: Drill) -> None:
