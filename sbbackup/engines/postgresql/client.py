@@ -251,11 +251,14 @@ class Client:
         return session
 
     @contextlib.contextmanager
-    def session(self, conn: PgConn, what: str) -> Iterator[psycopg.Connection[Any]]:
-        """A session whose errors become DatabaseError naming ``what``; always closed."""
+    def session(
+        self, conn: PgConn, what: str, snapshot: bool = False
+    ) -> Iterator[psycopg.Connection[Any]]:
+        """A session whose errors become DatabaseError naming ``what``; always closed.
+        ``snapshot``: a ``snapshot_session``."""
         import psycopg
 
-        session = self.connect(conn)
+        session = self.snapshot_session(conn) if snapshot else self.connect(conn)
         try:
             yield session
         except psycopg.Error as exc:

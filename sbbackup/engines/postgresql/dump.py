@@ -143,18 +143,20 @@ class PgDump:
             return self.client.run(self.args(fmt), self.conn, talk, stdout=subprocess.PIPE)
         except BaseException:
             if scan is not None and scan.ident is not None:  # started: pg_dump is killed
-                with contextlib.suppress(Exception):
-                    self.snap.cancel_safe(timeout=2)
-                scan.join()
+                self._stop(scan)
             raise
+
+    def _stop(self, scan: SnapshotCounts) -> None:
+        """Cancel the snapshot's count query if it still runs, and wait for the thread."""
+        if scan.is_alive():
+            with contextlib.suppress(Exception):
+                self.snap.cancel_safe(timeout=2)
+        scan.join()
 
     def _failed(self, code: int, stderr: str, scan: SnapshotCounts | None) -> NoReturn:
         if scan is not None:
             failed_first = not scan.is_alive() and scan.error is not None
-            if scan.is_alive():
-                with contextlib.suppress(Exception):
-                    self.snap.cancel_safe(timeout=2)
-            scan.join()
+            self._stop(scan)
             if failed_first:  # its failure ended the snapshot pg_dump wanted to import
                 scan.result()
         msg = first_error(stderr)

@@ -24,7 +24,7 @@ from ..base import (
     read_tail,
 )
 from .client import TOOLS, Client, control_free, pinned_params, scalar
-from .conn import PgConn
+from .conn import PgConn, url_with_db
 from .dump import DUMP_COMPLETE, SNAPSHOT_RE, PgDump
 from .inventory import CLUSTER_ID_SQL, catalog_tables, count_rows, object_counts
 from .restore import list_custom, load
@@ -147,13 +147,8 @@ class PostgreSQLEngine:
         """A database called ``name`` on ``server`` (default: the source's server)."""
         if server is None or "://" not in server:
             return name
-        conn = self._parse(server).with_db(name)
-        scheme, rest = server.split("://", 1)
-        netloc, _, tail = rest.partition("/")
-        _, q, query = tail.partition("?")
-        from urllib.parse import quote
-
-        return f"{scheme}://{netloc}/{quote(conn.dbname)}{q}{query}"
+        self._parse(server)  # ConfigError for a refused form
+        return url_with_db(server, name)
 
     def drop_target(self, target: str, force: bool = True) -> None:
         """Drop a scratch database. Without ``force`` one that has sessions is left alone
@@ -331,20 +326,13 @@ class PostgreSQLEngine:
 
     def inventory(self, target: str | None) -> dict[str, Any]:
         """Tables with exact row counts and object counts, in one REPEATABLE READ snapshot."""
-        import psycopg
-
         conn = self._resolve(target).conn
-        session = self.client.snapshot_session(conn)
-        try:
+        what = f"cannot count rows in {conn.redacted()}"
+        with self.client.session(conn, what, snapshot=True) as session:
             tables = catalog_tables(session)
             result = {"tables": count_rows(session, tables), "objects": object_counts(session)}
             session.rollback()
             return result
-        except psycopg.Error as exc:
-            raise self.client.failure(exc, f"cannot count rows in {conn.redacted()}") from None
-        finally:
-            with contextlib.suppress(Exception):
-                session.close()
 
     def check_structure(self, fmt: str, chunks: Iterable[bytes]) -> None:
         """Custom: ``pg_restore --list`` must parse the TOC. Plain: the completion marker."""
