@@ -113,10 +113,12 @@ def restore_cmd(
 ) -> None:
     """Verify, prepare, restore, validate and clean up (the five restore steps)."""
     ctx = get_ctx()
-    if not yes and ctx.engine.is_source(target_url) and sys.stdin.isatty():
-        yes = click.confirm(
-            f"Restore {backup_id} over the source database {ctx.engine.redact(None)}?", err=True
-        )
+    if not yes and sys.stdin.isatty():
+        target = ctx.engine.resolve_target(target_url)
+        if target.is_source:
+            yes = click.confirm(
+                f"Restore {backup_id} over the source database {target.display}?", err=True
+            )
     opts = ops.RestoreOptions(backup_id, target_url, create_target, clean, yes, jobs)
     render(ops.restore_backup(ctx, opts), as_json)
 

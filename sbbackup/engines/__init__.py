@@ -10,51 +10,56 @@ from collections.abc import Callable
 
 from ..errors import ConfigError
 from .base import (
-    ClientTools,
     DumpResult,
     Engine,
+    EngineCheck,
     EngineSettings,
     IncompleteDumpError,
+    RestoreRequest,
     Target,
     compare_contents,
 )
 
 __all__ = [
-    "ClientTools",
     "DumpResult",
     "Engine",
+    "EngineCheck",
     "EngineSettings",
     "IncompleteDumpError",
+    "RestoreRequest",
     "Target",
     "compare_contents",
     "engine_for",
 ]
 
 
-def _sqlite(url: str | None, settings: EngineSettings) -> Engine:
+def _sqlite(settings: EngineSettings) -> Engine:
     from .sqlite import SQLiteEngine
 
-    assert url is not None
-    return SQLiteEngine(url)
+    assert settings.url is not None
+    return SQLiteEngine(settings.url)
 
 
-def _postgresql(url: str | None, settings: EngineSettings) -> Engine:
+def _postgresql(settings: EngineSettings) -> Engine:
     from .postgresql import PostgreSQLEngine
 
-    return PostgreSQLEngine(url, env=settings.env, lock_wait_timeout=settings.lock_wait_timeout)
+    return PostgreSQLEngine(
+        settings.url, env=settings.env, lock_wait_timeout=settings.lock_wait_timeout
+    )
 
 
 # URL scheme -> the engine it selects.
-ENGINES: dict[str, Callable[[str | None, EngineSettings], Engine]] = {
+ENGINES: dict[str, Callable[[EngineSettings], Engine]] = {
     "sqlite": _sqlite,
     "postgresql": _postgresql,
     "postgres": _postgresql,
 }
 
 
-def engine_for(url: str | None, settings: EngineSettings) -> Engine:
+def engine_for(settings: EngineSettings) -> Engine:
     """``sqlite:///path`` selects SQLite; ``postgresql://``, ``postgres://``, a libpq
     ``key=value`` string or no URL (libpq ``PG*`` variables) select PostgreSQL."""
+    url = settings.url
     scheme = _scheme(url)
     if scheme is None:
         assert url is not None
@@ -62,7 +67,7 @@ def engine_for(url: str | None, settings: EngineSettings) -> Engine:
             f"unsupported database URL scheme in {url.split('://')[0]!r}: "
             "expected postgresql:// or sqlite:///path"
         )
-    return ENGINES[scheme](url, settings)
+    return ENGINES[scheme](settings)
 
 
 def _scheme(url: str | None) -> str | None:

@@ -29,17 +29,31 @@ class Target:
     """A restore target after resolution: what it is, for the checks made before a restore."""
 
     key: str  # one identity however the target is spelled (locks are named by it)
-    display: str  # as it may be logged: never with a password
+    display: str  # as it may be logged and recorded: never with a password
     exists: bool
-    is_source: bool
+    is_source: bool  # the source database however it is spelled (a restore over it confirms)
 
 
 @dataclass(frozen=True)
-class ClientTools:
-    """The client tools an engine runs, as ``tools()`` found them."""
+class RestoreRequest:
+    """Where ``restore`` loads a dump, and what it does with what is there."""
 
-    versions: dict[str, str]  # tool name -> version; empty for an engine that needs none
-    server_major: int | None  # the server major they were compared with; None: unreachable
+    target: str | None  # a URL, a path or a name, as ``resolve_target`` takes; None: the source
+    create_target: bool = False  # create the target when it does not exist
+    clean: bool = False  # drop and recreate it first
+    jobs: int = 1  # parallel loaders, where the format allows (PostgreSQL custom, unencrypted)
+    must_be_new: bool = False  # this restore creates it: TargetExistsError if it exists
+
+
+@dataclass(frozen=True)
+class EngineCheck:
+    """What ``check()`` found: the source, its server, and the client tools compared with it."""
+
+    source: str  # the source as it may be logged: never with a password
+    tools: dict[str, str]  # client tool -> version; empty for an engine that needs none
+    server_version: str | None = None  # "15.18"; None: the server did not answer
+    server_major: int | None = None  # the major the tools were compared with; None: not compared
+    unreachable: str | None = None  # why the server did not answer (a DatabaseError's message)
 
 
 class IncompleteDumpError(IntegrityError):
@@ -51,14 +65,13 @@ class IncompleteDumpError(IntegrityError):
         super().__init__(message)
 
 
-class EngineSettings(Protocol):
-    """What an engine takes from the settings: nothing else reaches it."""
+@dataclass(frozen=True)
+class EngineSettings:
+    """What an engine is built from: nothing else of the settings reaches it."""
 
-    @property
-    def env(self) -> Mapping[str, str]: ...  # the environment (empty: the process's own)
-
-    @property
-    def lock_wait_timeout(self) -> int: ...  # seconds pg_dump waits for a table lock
+    url: str | None  # the database URL; None: PostgreSQL through the libpq PG* environment
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)  # empty: the process's
+    lock_wait_timeout: int = 300  # seconds pg_dump waits for a table lock
 
 
 class Engine(Protocol):
@@ -71,12 +84,10 @@ class Engine(Protocol):
     def describe(self) -> dict[str, Any]:
         """engine, name, and the source URL with no password."""
 
-    def check(self) -> dict[str, Any]:
-        """Find the client tools, connect, compare versions. Raise DatabaseError."""
-
-    def tools(self) -> ClientTools:
-        """The client tools' versions (DatabaseError when one is missing), compared with the
-        server's when it answers (DatabaseError when one is older)."""
+    def check(self) -> EngineCheck:
+        """Find the client tools and reach the source: DatabaseError when a tool is missing or
+        older than the server. A server that does not answer is reported (``unreachable``),
+        not raised: the tools are still checked."""
 
     def dump(
         self, fmt: str, out: Writer, row_counts: bool, progress: Callable[[int], None] | None = None
@@ -87,31 +98,17 @@ class Engine(Protocol):
         """Read a whole dump and check its structure: IntegrityError when a tool rejects it,
         IncompleteDumpError (after the last chunk) when it lacks the completion marker."""
 
-    def restore(
-        self,
-        fmt: str,
-        chunks: Iterable[bytes],
-        target: str | None,
-        *,
-        create_target: bool,
-        clean: bool,
-        jobs: int,
-        must_be_new: bool = False,
-    ) -> None:
-        """Load a dump into ``target`` atomically where the format allows. ``must_be_new``:
-        this restore creates the target, and TargetExistsError if it exists."""
+    def restore(self, fmt: str, chunks: Iterable[bytes], request: RestoreRequest) -> None:
+        """Load a dump into ``request.target`` atomically where the format allows."""
 
     def resolve_target(self, target: str | None) -> Target:
         """Reach ``target`` once (DatabaseError when it cannot be reached; ConfigError for a
-        refused form) and pin it for every later call with the same ``target``."""
+        refused form) and pin it for every later call with the same ``target``. What it says
+        is all a caller learns of a target: its identity, how it may be logged, whether it
+        exists, whether it is the source however it is spelled."""
 
     def inventory(self, target: str | None) -> dict[str, Any]:
         """Tables with exact row counts and object counts, as ``DumpResult.contents``."""
-
-    def redact(self, target: str | None) -> str:
-        """The target as it may be logged and recorded: never with a password."""
-
-    def is_source(self, target: str | None) -> bool: ...
 
     def scratch_target(self, name: str, server: str | None) -> str:
         """A throwaway target called ``name`` beside ``server`` (default: the source)."""

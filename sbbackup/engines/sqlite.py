@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import ConfigError, DatabaseError, TargetExistsError
 from ..pipeline import Writer
-from .base import ClientTools, DumpResult, IncompleteDumpError, Target, read_tail
+from .base import DumpResult, EngineCheck, IncompleteDumpError, RestoreRequest, Target, read_tail
 
 FLUSH = 1 << 20
 DUMP_COMPLETE = b"-- sbbackup SQLite dump complete"
@@ -47,13 +47,10 @@ class SQLiteEngine:
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "name": self.path.name, "url": self.url}
 
-    def redact(self, target: str | None) -> str:
-        return str(self._target(target))
-
     def cancel(self) -> None:
         """Nothing to stop: SQLite runs in-process, between bytecodes an interrupt lands."""
 
-    def is_source(self, target: str | None) -> bool:
+    def _is_source(self, target: str | None) -> bool:
         """The same file however it is spelled (``..``, symlinks, hard links)."""
         mine, theirs = self.path, self._target(target)
         try:
@@ -75,15 +72,22 @@ class SQLiteEngine:
         except sqlite3.Error as exc:
             raise DatabaseError(f"cannot open SQLite database {path}: {exc}") from None
 
-    def check(self) -> dict[str, Any]:
-        con = self._connect(self.path)
+    def check(self) -> EngineCheck:
+        """No client tools (SQLite runs in this process); the file must open and read."""
+        source = str(self.path)
+        try:
+            con = self._connect(self.path)
+        except DatabaseError as exc:
+            return EngineCheck(source, {}, unreachable=exc.message)
         try:
             con.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.Error as exc:
-            raise DatabaseError(f"cannot read SQLite database {self.path}: {exc}") from None
+            return EngineCheck(
+                source, {}, unreachable=f"cannot read SQLite database {source}: {exc}"
+            )
         finally:
             con.close()
-        return {"serverVersion": sqlite3.sqlite_version, "pgDumpVersion": None, "tools": {}}
+        return EngineCheck(source, {}, server_version=sqlite3.sqlite_version)
 
     def dump(
         self, fmt: str, out: Writer, row_counts: bool, progress: Callable[[int], None] | None = None
@@ -129,25 +133,16 @@ class SQLiteEngine:
             key=f"sqlite:{os.path.realpath(path)}",
             display=str(path),
             exists=os.path.lexists(path),
-            is_source=self.is_source(target),
+            is_source=self._is_source(target),
         )
 
-    def restore(
-        self,
-        fmt: str,
-        chunks: Iterable[bytes],
-        target: str | None,
-        *,
-        create_target: bool,
-        clean: bool,
-        jobs: int,
-        must_be_new: bool = False,
-    ) -> None:
+    def restore(self, fmt: str, chunks: Iterable[bytes], request: RestoreRequest) -> None:
         """Replay into a private (0600) file beside the target, then move it into place: a
         new target is linked in only if the name is still free (never over a file or a
         symlink that appeared meanwhile); ``clean`` replaces the name itself, never a file
-        a symlink points to."""
-        dest = self._target(target)
+        a symlink points to. A missing target is always created; ``jobs`` is ignored."""
+        dest = self._target(request.target)
+        clean, must_be_new = request.clean, request.must_be_new
         if os.path.lexists(dest) and (must_be_new or not clean):
             if must_be_new:
                 raise TargetExistsError(f"target {dest.name} already exists")
@@ -218,10 +213,6 @@ class SQLiteEngine:
 
     def size_estimate(self) -> int:
         return self.path.stat().st_size
-
-    def tools(self) -> ClientTools:
-        """None: SQLite runs in this process."""
-        return ClientTools({}, None)
 
     def check_structure(self, fmt: str, chunks: Iterable[bytes]) -> None:
         """The dump must end with the completion marker ``dump`` writes."""

@@ -10,7 +10,7 @@ from typing import Any
 from ..audit import append_audit
 from ..catalog import Catalog
 from ..config import Settings
-from ..engines import Engine, engine_for
+from ..engines import Engine, EngineSettings, engine_for
 from ..storage import Storage
 from ..storage.local import LocalStorage
 
@@ -34,7 +34,8 @@ class Context:
 
     @cached_property
     def engine(self) -> Engine:
-        return engine_for(self.settings.database_url, self.settings)
+        s = self.settings
+        return engine_for(EngineSettings(s.database_url, s.env, s.lock_wait_timeout))
 
     @property
     def state_dir(self) -> Path:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from ..engines import compare_contents
+from ..engines import RestoreRequest, compare_contents
 from ..errors import (
     IntegrityError,
     NotFoundError,
@@ -61,7 +61,7 @@ def restore_backup(ctx: Context, opts: RestoreOptions) -> RestoreRecord:
     if target.is_source and not opts.confirmed:
         raise UsageError(
             f"restoring {record.id} over the source database "
-            f"{engine.redact(None)} is destructive: pass --yes to confirm"
+            f"{target.display} is destructive: pass --yes to confirm"
         )
     if opts.must_be_new and target.exists:
         raise TargetExistsError(f"target {target.display} already exists")
@@ -117,12 +117,14 @@ def _restore_steps(
         check_key(ctx, record)  # a wrong key fails here, before the target is touched
     jobs = 1 if decrypting else (opts.jobs or ctx.settings.restore_jobs)
     # 2. preparation and 3. restore (the engine prepares its target)
-    step(
-        "restore",
-        lambda: load_backup(
-            ctx, record, opts.target, opts.create_target, opts.clean, jobs, opts.must_be_new
-        ),
+    request = RestoreRequest(
+        opts.target,
+        create_target=opts.create_target,
+        clean=opts.clean,
+        jobs=jobs,
+        must_be_new=opts.must_be_new,
     )
+    step("restore", lambda: load_backup(ctx, record, request))
     rec.validation = step(
         "validate", lambda: validate_restore(ctx, record, opts.target, strict=fresh)
     )
@@ -160,29 +162,13 @@ def timed(timings: dict[str, int], step: str, fn: Callable[[], T], *, failed_too
             timings[step] = int((time.monotonic() - t) * 1000)
 
 
-def load_backup(
-    ctx: Context,
-    record: BackupRecord,
-    target: str | None,
-    create_target: bool,
-    clean: bool,
-    jobs: int,
-    must_be_new: bool = False,
-) -> None:
-    """Decrypt, decompress and load the backup into ``target``, hashing as it reads: the
-    digest is checked when the engine has consumed the whole file."""
+def load_backup(ctx: Context, record: BackupRecord, request: RestoreRequest) -> None:
+    """Decrypt, decompress and load the backup into ``request.target``, hashing as it reads:
+    the digest is checked when the engine has consumed the whole file."""
     assert record.filename
     with ctx.storage.open_read(record.filename) as fh:
         raw = HashingReader(fh)
-        ctx.engine.restore(
-            record.format,
-            plaintext(ctx, record, raw),
-            target,
-            create_target=create_target,
-            clean=clean,
-            jobs=jobs,
-            must_be_new=must_be_new,
-        )
+        ctx.engine.restore(record.format, plaintext(ctx, record, raw), request)
         check_digest(raw.hash.hexdigest(), record.checksum, record.filename)
 
 

@@ -13,6 +13,7 @@ import contextlib
 import io
 import os
 import secrets
+import socket
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,10 +26,12 @@ from helpers.pgcluster import PASSWORD, Cluster
 
 from sbbackup.config import load_settings
 from sbbackup.engines import (
-    ClientTools,
     DumpResult,
     Engine,
+    EngineCheck,
+    EngineSettings,
     IncompleteDumpError,
+    RestoreRequest,
     compare_contents,
     engine_for,
 )
@@ -113,8 +116,8 @@ def settings_env(url: str) -> dict[str, str]:
 
 
 def make_engine(url: str) -> Engine:
-    settings = load_settings(env=settings_env(url))
-    return engine_for(settings.database_url, settings)
+    s = load_settings(env=settings_env(url))
+    return engine_for(EngineSettings(s.database_url, s.env, s.lock_wait_timeout))
 
 
 def sqlite_case(tmp_path: Path) -> Case:
@@ -239,9 +242,8 @@ def chunks(data: bytes) -> Iterator[bytes]:
         yield data[i : i + CHUNK]
 
 
-def restore_new(engine: Engine, fmt: str, data: bytes, target: str | None, **kw: Any) -> None:
-    opts: dict[str, Any] = {"create_target": True, "clean": False, "jobs": 1, "must_be_new": True}
-    engine.restore(fmt, chunks(data), target, **{**opts, **kw})
+def restore_new(engine: Engine, fmt: str, data: bytes, target: str | None) -> None:
+    engine.restore(fmt, chunks(data), RestoreRequest(target, create_target=True, must_be_new=True))
 
 
 def inventory(case: Case, target: str | None) -> dict[str, Any]:
@@ -318,9 +320,9 @@ def test_check_structure_rejects_a_plain_dump_without_its_marker_as_incomplete(
 def test_resolve_target_says_what_a_target_is(case: Case) -> None:
     engine = case.engine
     source = engine.resolve_target(None)
-    assert source.exists and source.is_source and engine.is_source(None)
+    assert source.exists and source.is_source
     alias = engine.resolve_target(case.alias)
-    assert alias.is_source and engine.is_source(case.alias)
+    assert alias.is_source
     assert alias.key == source.key  # one identity however the target is spelled
     new = engine.resolve_target(case.scratch())
     assert not new.exists and not new.is_source
@@ -348,7 +350,7 @@ def test_restore_into_a_full_target_without_clean_fails_and_keeps_it(case: Case)
     for create in (False, True):
         with pytest.raises(DatabaseError):
             case.make_engine().restore(
-                "plain", chunks(data), target, create_target=create, clean=False, jobs=1
+                "plain", chunks(data), RestoreRequest(target, create_target=create)
             )
         assert inventory(case, target) == result.contents
 
@@ -357,9 +359,7 @@ def test_restore_with_clean_replaces_an_existing_target(case: Case) -> None:
     data, result = dump(case.engine, "plain")
     target = case.scratch()
     restore_new(case.engine, "plain", data, target)
-    case.make_engine().restore(
-        "plain", chunks(data), target, create_target=False, clean=True, jobs=1
-    )
+    case.make_engine().restore("plain", chunks(data), RestoreRequest(target, clean=True))
     assert inventory(case, target) == result.contents
 
 
@@ -370,11 +370,11 @@ def test_restore_into_an_existing_empty_target_without_clean(case: Case) -> None
     assert case.exists(target)
     restore = case.make_engine().restore
     if case.promises.loads_into_existing_target:
-        restore("plain", chunks(data), target, create_target=False, clean=False, jobs=1)
+        restore("plain", chunks(data), RestoreRequest(target))
         assert inventory(case, target) == result.contents
     else:
         with pytest.raises(DatabaseError):
-            restore("plain", chunks(data), target, create_target=False, clean=False, jobs=1)
+            restore("plain", chunks(data), RestoreRequest(target))
         assert inventory(case, target)["tables"] == {}  # still empty: nothing half-restored
 
 
@@ -383,11 +383,11 @@ def test_restore_into_a_missing_target_without_create_target(case: Case) -> None
     target = case.scratch()
     restore = case.make_engine().restore
     if case.promises.creates_missing_target_anyway:
-        restore("plain", chunks(data), target, create_target=False, clean=False, jobs=1)
+        restore("plain", chunks(data), RestoreRequest(target))
         assert inventory(case, target) == result.contents
     else:
         with pytest.raises(DatabaseError):
-            restore("plain", chunks(data), target, create_target=False, clean=False, jobs=1)
+            restore("plain", chunks(data), RestoreRequest(target))
         assert not case.exists(target)
 
 
@@ -458,11 +458,10 @@ def test_redact_never_shows_a_password(case: Case) -> None:
     engine = case.engine
     target = engine.scratch_target(case.prefix + "00000000", case.url)  # beside the URL
     shown = [
-        engine.redact(None),
-        engine.redact(case.url),
-        engine.redact(target),
         str(engine.describe()),
+        engine.check().source,
         engine.resolve_target(None).display,
+        engine.resolve_target(case.url).display,
         engine.resolve_target(target).display,
     ]
     if case.password is None:  # SQLite: a path has no credential to hide
@@ -496,13 +495,37 @@ def test_cancel_then_new_work(case: Case) -> None:
 
 def test_check_tools_and_size(case: Case) -> None:
     engine = case.engine
-    info = engine.check()
-    assert info["serverVersion"]
-    tools = engine.tools()
-    assert isinstance(tools, ClientTools)
-    if tools.versions:  # an engine with client tools compares them with the server
-        assert tools.server_major is not None
-        assert all(v for v in tools.versions.values())
+    checked = engine.check()
+    assert isinstance(checked, EngineCheck)
+    assert checked.server_version and checked.unreachable is None
+    assert checked.source == engine.resolve_target(None).display
+    if checked.tools:  # an engine with client tools compares them with the server
+        assert checked.server_major is not None
+        assert all(v for v in checked.tools.values())
     else:
-        assert tools.server_major is None
+        assert checked.server_major is None
     assert engine.size_estimate() > 0
+
+
+def test_check_reports_a_source_that_does_not_answer(case: Case, tmp_path: Path) -> None:
+    """The tools are still checked; why the source did not answer is said, not raised."""
+    gone = make_engine(unreachable_url(case, tmp_path))
+    checked = gone.check()
+    assert checked.server_version is None and checked.server_major is None
+    assert checked.unreachable
+    if case.password is not None:
+        assert case.password not in checked.unreachable
+        assert case.password not in checked.source
+    with pytest.raises(DatabaseError):  # and what needs it says so
+        gone.inventory(None)
+
+
+def unreachable_url(case: Case, tmp_path: Path) -> str:
+    """The case's source URL pointed at nothing: a missing file, a closed port."""
+    if case.kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'missing' / 'app.db'}"
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    head, _, rest = case.url.partition("@")
+    return f"{head}@127.0.0.1:{port}/{rest.rsplit('/', 1)[-1]}"

@@ -346,12 +346,12 @@ def test_every_spelling_of_the_source_needs_yes(pg: Cluster, sb: SB, fresh_db: s
     ]
     engine = PostgreSQLEngine(pg.url(fresh_db), env={"PATH": os.environ["PATH"]})
     for alias in aliases:
-        assert engine.is_source(alias), alias
-    assert not engine.is_source(f"postgresql://{cred}localhost:{pg.port}/other_name")
+        assert engine.resolve_target(alias).is_source, alias
+    assert not engine.resolve_target(f"postgresql://{cred}localhost:{pg.port}/other_name").is_source
     other = create_cluster()
     try:  # the same name on another cluster is another database
         other.psql(f"CREATE DATABASE {fresh_db}")
-        assert not engine.is_source(other.url(fresh_db))
+        assert not engine.resolve_target(other.url(fresh_db)).is_source
     finally:
         destroy_cluster(other)
     # Through the command line, with the password only in ~/.pgpass (a URL target never gets

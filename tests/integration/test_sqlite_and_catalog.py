@@ -338,9 +338,9 @@ def test_sqlite_source_however_spelled(tmp_path: Path) -> None:
     sqlite3.connect(db).close()
     (tmp_path / "link.db").symlink_to(db)
     engine = SQLiteEngine(f"sqlite:///{db}")
-    assert engine.is_source(f"sqlite:///{tmp_path}/a/../a/src.db")
-    assert engine.is_source(f"sqlite:///{tmp_path}/link.db")
-    assert not engine.is_source(f"sqlite:///{tmp_path}/a/other.db")
+    assert engine.resolve_target(f"sqlite:///{tmp_path}/a/../a/src.db").is_source
+    assert engine.resolve_target(f"sqlite:///{tmp_path}/link.db").is_source
+    assert not engine.resolve_target(f"sqlite:///{tmp_path}/a/other.db").is_source
 
 
 def test_compare_contents_reports_every_difference() -> None:

@@ -1,9 +1,9 @@
 """The client side of one engine: the tools it runs and the sessions it opens.
 
 ``Client`` finds pg_dump, psql and pg_restore on the engine's PATH and reads their versions,
-starts them with a minimal environment and a private passfile, opens psycopg sessions, and
-keeps all of them so that ``cancel()`` can stop everything at once. What a child or the server
-says comes back as one printable line (``first_error``, ``pg_error``).
+runs them with a minimal environment and a private passfile (``run``), opens psycopg
+sessions, and keeps all of them so that ``cancel()`` can stop everything at once. What a child
+or the server says comes back as one printable line (``first_error``, ``pg_error``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import signal
 import subprocess
 import threading
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any
 
 from ...errors import DatabaseError, InterruptedError_, redact_secrets
@@ -159,6 +159,46 @@ class Client:
             self._tools[name] = path
         return self._tools[name]
 
+    def run(
+        self,
+        args: list[str],
+        conn: PgConn,
+        talk: Callable[[subprocess.Popen[bytes]], object],
+        *,
+        stdin: int | None = None,
+        stdout: int = subprocess.DEVNULL,
+    ) -> tuple[int, str]:
+        """Run a client tool reaching ``conn`` to its exit: its minimal environment and the
+        passfile, a session of its own, stderr drained. ``talk(proc)`` feeds its stdin, reads
+        its stdout or waits for it; if it raises, the tool's whole process group is killed.
+        Then stdin is closed (EOF: psql commits) and the exit awaited. Returns the exit code
+        and the tail of stderr (``first_error`` makes it one line)."""
+        with self.child(conn) as child:
+            proc = self.spawn(
+                args,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                **child,
+            )
+            assert proc.stderr is not None
+            err = StderrCollector(proc.stderr)
+            err.start()
+            try:
+                talk(proc)
+            except BaseException:
+                kill_group(proc)
+                raise
+            finally:
+                if proc.stdout is not None:
+                    proc.stdout.close()
+            if proc.stdin is not None:
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()
+            code = proc.wait()
+        return code, err.text()
+
     @contextlib.contextmanager
     def child(self, conn: PgConn | None) -> Iterator[dict[str, Any]]:
         """``Popen`` keywords for a client tool reaching ``conn``: its minimal environment and
@@ -211,11 +251,14 @@ class Client:
         return session
 
     @contextlib.contextmanager
-    def session(self, conn: PgConn, what: str) -> Iterator[psycopg.Connection[Any]]:
-        """A session whose errors become DatabaseError naming ``what``; always closed."""
+    def session(
+        self, conn: PgConn, what: str, snapshot: bool = False
+    ) -> Iterator[psycopg.Connection[Any]]:
+        """A session whose errors become DatabaseError naming ``what``; always closed.
+        ``snapshot``: a ``snapshot_session``."""
         import psycopg
 
-        session = self.connect(conn)
+        session = self.snapshot_session(conn) if snapshot else self.connect(conn)
         try:
             yield session
         except psycopg.Error as exc:

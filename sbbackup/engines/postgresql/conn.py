@@ -239,7 +239,12 @@ def _with_display_db(display: str, dbname: str) -> str:
             return f"(libpq environment) dbname={dbname}"
         parts = [p for p in display.split(" ") if not p.startswith("dbname=")]
         return " ".join([*parts, f"dbname={dbname}"])
-    head, _, tail = display.partition("://")
+    return url_with_db(display, dbname)
+
+
+def url_with_db(url: str, dbname: str) -> str:
+    """``url`` naming the database ``dbname``: its scheme, user, hosts and parameters kept."""
+    head, _, tail = url.partition("://")
     netloc, _, rest = tail.partition("/")
     _, q, query = rest.partition("?")
     return f"{head}://{netloc}/{quote(dbname)}{q}{query}"

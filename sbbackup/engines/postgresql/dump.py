@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from ...errors import DatabaseError, SbbackupError
 from ...pipeline import Writer, pump_fd
-from .client import Client, StderrCollector, first_error, kill_group, pg_error, pinned_params
+from .client import Client, first_error, pg_error, pinned_params
 from .conn import PgConn
 from .inventory import count_rows, stream_counts
 
@@ -131,44 +131,35 @@ class PgDump:
         sink: Writer,
         scan: SnapshotCounts | None,
         progress: Callable[[int], None] | None,
-    ) -> tuple[int, StderrCollector]:
-        with self.client.child(self.conn) as child:
-            proc = self.client.spawn(
-                self.args(fmt),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                **child,
-            )
-            assert proc.stdout is not None and proc.stderr is not None
-            err = StderrCollector(proc.stderr)
-            err.start()
-            try:
-                if scan is not None:
-                    scan.start()
-                pump_fd(proc.stdout.fileno(), sink, progress)
-                code = proc.wait()
-            except BaseException:
-                kill_group(proc)
-                if scan is not None:
-                    with contextlib.suppress(Exception):
-                        self.snap.cancel_safe(timeout=2)
-                    scan.join()
-                raise
-            finally:
-                proc.stdout.close()
-        return code, err
+    ) -> tuple[int, str]:
+        def talk(proc: subprocess.Popen[bytes]) -> None:
+            assert proc.stdout is not None
+            if scan is not None:
+                scan.start()
+            pump_fd(proc.stdout.fileno(), sink, progress)
+            proc.wait()
 
-    def _failed(self, code: int, err: StderrCollector, scan: SnapshotCounts | None) -> NoReturn:
+        try:
+            return self.client.run(self.args(fmt), self.conn, talk, stdout=subprocess.PIPE)
+        except BaseException:
+            if scan is not None and scan.ident is not None:  # started: pg_dump is killed
+                self._stop(scan)
+            raise
+
+    def _stop(self, scan: SnapshotCounts) -> None:
+        """Cancel the snapshot's count query if it still runs, and wait for the thread."""
+        if scan.is_alive():
+            with contextlib.suppress(Exception):
+                self.snap.cancel_safe(timeout=2)
+        scan.join()
+
+    def _failed(self, code: int, stderr: str, scan: SnapshotCounts | None) -> NoReturn:
         if scan is not None:
             failed_first = not scan.is_alive() and scan.error is not None
-            if scan.is_alive():
-                with contextlib.suppress(Exception):
-                    self.snap.cancel_safe(timeout=2)
-            scan.join()
+            self._stop(scan)
             if failed_first:  # its failure ended the snapshot pg_dump wanted to import
                 scan.result()
-        msg = first_error(err.text())
+        msg = first_error(stderr)
         if "timeout" in msg.lower():
             msg += (
                 f" (a table could not be locked within {self.lock_wait_timeout}s:"

@@ -15,9 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigError, DatabaseError, SbbackupError, TargetExistsError
 from ...pipeline import Writer
-from ..base import ClientTools, DumpResult, IncompleteDumpError, Target, read_tail
+from ..base import (
+    DumpResult,
+    EngineCheck,
+    IncompleteDumpError,
+    RestoreRequest,
+    Target,
+    read_tail,
+)
 from .client import TOOLS, Client, control_free, pinned_params, scalar
-from .conn import PgConn
+from .conn import PgConn, url_with_db
 from .dump import DUMP_COMPLETE, SNAPSHOT_RE, PgDump
 from .inventory import CLUSTER_ID_SQL, catalog_tables, count_rows, object_counts
 from .restore import list_custom, load
@@ -112,10 +119,10 @@ class PostgreSQLEngine:
             key=f"postgresql:{r.system_id}:{r.conn.dbname}",
             display=r.conn.redacted(),
             exists=r.exists,
-            is_source=self.is_source(target),
+            is_source=self._is_source(target),
         )
 
-    def is_source(self, target: str | None) -> bool:
+    def _is_source(self, target: str | None) -> bool:
         """Is ``target`` the source database, however it is spelled?
 
         Names are unique within a cluster, so a different (decoded) name is never the source.
@@ -136,20 +143,12 @@ class PostgreSQLEngine:
             return True
         return theirs == ours
 
-    def redact(self, target: str | None) -> str:
-        return self._parse(target).redacted()
-
     def scratch_target(self, name: str, server: str | None) -> str:
         """A database called ``name`` on ``server`` (default: the source's server)."""
         if server is None or "://" not in server:
             return name
-        conn = self._parse(server).with_db(name)
-        scheme, rest = server.split("://", 1)
-        netloc, _, tail = rest.partition("/")
-        _, q, query = tail.partition("?")
-        from urllib.parse import quote
-
-        return f"{scheme}://{netloc}/{quote(conn.dbname)}{q}{query}"
+        self._parse(server)  # ConfigError for a refused form
+        return url_with_db(server, name)
 
     def drop_target(self, target: str, force: bool = True) -> None:
         """Drop a scratch database. Without ``force`` one that has sessions is left alone
@@ -205,37 +204,30 @@ class PostgreSQLEngine:
         with self.client.session(self.conn, f"cannot query {self.conn.redacted()}") as session:
             return int(session.info.server_version)
 
-    def check(self) -> dict[str, Any]:
+    def check(self) -> EngineCheck:
+        """pg_dump, psql and pg_restore: found, and no older than the server when it answers."""
+        source = self.conn.redacted()
         for name in TOOLS:
             self.client.tool(name)  # "pg_dump not found: ..." before anything runs
         # Three short-lived children at once while the session connects.
         with ThreadPoolExecutor(max_workers=len(TOOLS)) as pool:
             futures = {name: pool.submit(self.client.client_version, name) for name in TOOLS}
-            server_num = self.server_version_num()
+            server_num: int | None = None
+            unreachable: str | None = None
+            try:
+                server_num = self.server_version_num()
+            except DatabaseError as exc:
+                unreachable = exc.message
             versions = {name: f.result() for name, f in futures.items()}
-        return self._compare_versions(versions, server_num)
+        tools = {name: full for name, (_, full) in versions.items()}
+        if server_num is None:
+            return EngineCheck(source, tools, unreachable=unreachable)
+        server_version = self._compare_versions(versions, server_num)
+        return EngineCheck(source, tools, server_version, server_major=server_num // 10000)
 
-    def tools(self) -> ClientTools:
-        """pg_dump, psql and pg_restore: found, and no older than the server when it answers."""
-        versions = {
-            name: self.client.client_version(name) for name in TOOLS
-        }  # DatabaseError if missing
-        found = {name: full for name, (_, full) in versions.items()}
-        try:
-            server = self.server_version_num() // 10000
-        except DatabaseError:
-            return ClientTools(found, None)
-        older = [f"{name} {full}" for name, (major, full) in versions.items() if major < server]
-        if older:
-            raise DatabaseError(
-                f"{', '.join(older)} older than the server ({server}): install "
-                f"postgresql-client-{server} or newer and put it first on PATH"
-            )
-        return ClientTools(found, server)
-
-    def _compare_versions(
-        self, versions: dict[str, tuple[int, str]], server_num: int
-    ) -> dict[str, Any]:
+    @staticmethod
+    def _compare_versions(versions: dict[str, tuple[int, str]], server_num: int) -> str:
+        """The server's version ("15.18"); DatabaseError naming a client tool older than it."""
         server_major = server_num // 10000
         server_version = f"{server_major}.{server_num % 10000}"
         for name, (major, full) in versions.items():
@@ -244,12 +236,7 @@ class PostgreSQLEngine:
                     f"{name} {full} is older than the server ({server_version}): install "
                     f"postgresql-client-{server_major} or newer and put it first on PATH"
                 )
-        return {
-            "serverVersion": server_version,
-            "serverMajor": server_major,
-            "pgDumpVersion": versions["pg_dump"][1],
-            "tools": {n: self.client.tool(n) for n in TOOLS},
-        }
+        return server_version
 
     # --- dump --------------------------------------------------------------------------
     def dump(
@@ -270,7 +257,7 @@ class PostgreSQLEngine:
                 raise
         what = f"cannot read the catalog of {self.conn.redacted()}"
         try:
-            info = self._compare_versions(versions, int(snap.info.server_version))
+            server_version = self._compare_versions(versions, int(snap.info.server_version))
             snapshot = str(scalar(snap, "SELECT pg_export_snapshot()"))
             if not SNAPSHOT_RE.fullmatch(snapshot):
                 raise DatabaseError(f"the server sent an invalid snapshot name {snapshot[:40]!r}")
@@ -286,24 +273,19 @@ class PostgreSQLEngine:
         finally:
             with contextlib.suppress(Exception):
                 snap.close()
-        database = {
-            "engine": self.name,
-            "name": self.conn.dbname,
-            "serverVersion": info["serverVersion"],
-        }
-        return DumpResult(database=database, tool_version=info["pgDumpVersion"], contents=contents)
+        database = {"engine": self.name, "name": self.conn.dbname, "serverVersion": server_version}
+        return DumpResult(database=database, tool_version=versions["pg_dump"][1], contents=contents)
 
     # --- restore -----------------------------------------------------------------------
-    def prepare_target(
-        self, target: str | None, create_target: bool, clean: bool, must_be_new: bool = False
-    ) -> tuple[_Resolved, bool]:
+    def prepare_target(self, request: RestoreRequest) -> tuple[_Resolved, bool]:
         """The target, reachable; and whether this restore created it (so owns it)."""
         from psycopg import errors as pgerrors
         from psycopg import sql
 
-        r = self._resolve(target)
+        r = self._resolve(request.target)
         name = r.conn.dbname
-        if not (create_target or clean or must_be_new):
+        must_be_new, clean = request.must_be_new, request.clean
+        if not (request.create_target or clean or must_be_new):
             if not r.exists:
                 raise DatabaseError(f"target database {control_free(name)} does not exist")
             return r, False
@@ -330,20 +312,10 @@ class PostgreSQLEngine:
         r.exists = True
         return r, True
 
-    def restore(
-        self,
-        fmt: str,
-        chunks: Iterable[bytes],
-        target: str | None,
-        *,
-        create_target: bool,
-        clean: bool,
-        jobs: int,
-        must_be_new: bool = False,
-    ) -> None:
-        r, created = self.prepare_target(target, create_target, clean, must_be_new)
+    def restore(self, fmt: str, chunks: Iterable[bytes], request: RestoreRequest) -> None:
+        r, created = self.prepare_target(request)
         try:
-            load(self.client, fmt, r.conn, chunks, jobs)
+            load(self.client, fmt, r.conn, chunks, request.jobs)
         except BaseException:
             # A database this restore created holds nothing worth keeping after a failure (a
             # parallel pg_restore is not one transaction): drop it rather than leave a half.
@@ -354,20 +326,13 @@ class PostgreSQLEngine:
 
     def inventory(self, target: str | None) -> dict[str, Any]:
         """Tables with exact row counts and object counts, in one REPEATABLE READ snapshot."""
-        import psycopg
-
         conn = self._resolve(target).conn
-        session = self.client.snapshot_session(conn)
-        try:
+        what = f"cannot count rows in {conn.redacted()}"
+        with self.client.session(conn, what, snapshot=True) as session:
             tables = catalog_tables(session)
             result = {"tables": count_rows(session, tables), "objects": object_counts(session)}
             session.rollback()
             return result
-        except psycopg.Error as exc:
-            raise self.client.failure(exc, f"cannot count rows in {conn.redacted()}") from None
-        finally:
-            with contextlib.suppress(Exception):
-                session.close()
 
     def check_structure(self, fmt: str, chunks: Iterable[bytes]) -> None:
         """Custom: ``pg_restore --list`` must parse the TOC. Plain: the completion marker."""

@@ -13,17 +13,26 @@ import tempfile
 from collections.abc import Iterable
 
 from ...errors import DatabaseError, IntegrityError
-from .client import Client, StderrCollector, first_error, kill_group
+from .client import Client, StderrCollector, first_error
 from .conn import PgConn, child_env
 
 
 def load(client: Client, fmt: str, conn: PgConn, chunks: Iterable[bytes], jobs: int) -> None:
     """Load the dump ``chunks`` into the database ``conn`` reaches."""
     if fmt == "custom" and jobs > 1:
-        restore_parallel(client, conn, chunks, jobs)
-        return
+        code, stderr = restore_parallel(client, conn, chunks, jobs)
+    else:
+        code, stderr = client.run(
+            _loader(client, fmt, conn), conn, lambda proc: feed(proc, chunks), stdin=subprocess.PIPE
+        )
+    if code != 0:
+        raise DatabaseError(f"restore into {conn.redacted()} failed: {first_error(stderr)}")
+
+
+def _loader(client: Client, fmt: str, conn: PgConn) -> list[str]:
+    """pg_restore (custom) or psql (plain), in one transaction, reading the dump on stdin."""
     if fmt == "custom":
-        args = [
+        return [
             client.tool("pg_restore"),
             "--exit-on-error",
             "--single-transaction",
@@ -32,53 +41,33 @@ def load(client: Client, fmt: str, conn: PgConn, chunks: Iterable[bytes], jobs: 
             "-d",
             conn.conninfo(),
         ]
-    else:
-        args = [
-            client.tool("psql"),
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "--single-transaction",
-            "--no-password",
-            "-f",
-            "-",
-            "-d",
-            conn.conninfo(),
-        ]
-    feed(client, args, conn, chunks)
+    return [
+        client.tool("psql"),
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "--single-transaction",
+        "--no-password",
+        "-f",
+        "-",
+        "-d",
+        conn.conninfo(),
+    ]
 
 
-def feed(client: Client, args: list[str], conn: PgConn, chunks: Iterable[bytes]) -> None:
-    """Stream into a client. On a stream error kill it before EOF: no COMMIT is sent."""
-    with client.child(conn) as child:
-        proc = client.spawn(
-            args,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            **child,
-        )
-        assert proc.stdin is not None and proc.stderr is not None
-        err = StderrCollector(proc.stderr)
-        err.start()
-        try:
-            for chunk in chunks:
-                proc.stdin.write(chunk)
-        except BrokenPipeError:
-            pass  # the client stopped on an error; its message is in stderr
-        except BaseException:
-            kill_group(proc)
-            raise
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.close()
-        code = proc.wait()
-    if code != 0:
-        raise DatabaseError(f"restore into {conn.redacted()} failed: {first_error(err.text())}")
+def feed(proc: subprocess.Popen[bytes], chunks: Iterable[bytes]) -> None:
+    """Stream into a client. A stream error raises before EOF (``Client.run`` kills the
+    client): no COMMIT is sent."""
+    assert proc.stdin is not None
+    with contextlib.suppress(BrokenPipeError):  # the client stopped on an error: see stderr
+        for chunk in chunks:
+            proc.stdin.write(chunk)
 
 
-def restore_parallel(client: Client, conn: PgConn, chunks: Iterable[bytes], jobs: int) -> None:
+def restore_parallel(
+    client: Client, conn: PgConn, chunks: Iterable[bytes], jobs: int
+) -> tuple[int, str]:
     """pg_restore --jobs needs a seekable file. Only used for unencrypted backups."""
     fd, path = tempfile.mkstemp(prefix="sbbackup-restore-", suffix=".dump")
     try:
@@ -95,24 +84,7 @@ def restore_parallel(client: Client, conn: PgConn, chunks: Iterable[bytes], jobs
             conn.conninfo(),
             path,
         ]
-        with client.child(conn) as child:
-            proc = client.spawn(
-                args,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                **child,
-            )
-            assert proc.stderr is not None
-            err = StderrCollector(proc.stderr)
-            err.start()
-            try:
-                code = proc.wait()
-            except BaseException:
-                kill_group(proc)
-                raise
-        if code != 0:
-            raise DatabaseError(f"restore into {conn.redacted()} failed: {first_error(err.text())}")
+        return client.run(args, conn, subprocess.Popen.wait)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)

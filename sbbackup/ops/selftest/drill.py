@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ...drills import record_drill
+from ...engines import RestoreRequest
 from ...errors import DatabaseError, ExitCode, IntegrityError, NotFoundError, SbbackupError
 from ...locks import hold
 from ...model import BackupRecord, Status, iso
@@ -99,7 +100,7 @@ def _drill(
             raise IntegrityError(f"backup {record.id} is {record.status}: {record.error or ''}")
         timed(drill.timings, "verify", lambda: check_file(ctx, record))
         scratch = engine.scratch_target(SCRATCH_PREFIX + secrets.token_hex(4), server)
-        drill.target = engine.redact(scratch)
+        drill.target = engine.resolve_target(scratch).display
         target = scratch
         timed(drill.timings, "restore", lambda: _restore(ctx, record, target))
         timed(drill.timings, "compare", lambda: _compare(ctx, record, target, drill))
@@ -125,7 +126,7 @@ def _drop_leftovers(ctx: Context, server: str | None, drill: Drill) -> None:
             engine.drop_target(leftover, force=False)
         except DatabaseError:
             continue  # a concurrent drill (another configuration) is using it
-        drill.leftoversDropped.append(engine.redact(leftover))
+        drill.leftoversDropped.append(engine.resolve_target(leftover).display)
 
 
 @contextlib.contextmanager
@@ -156,7 +157,7 @@ def _signals_deferred() -> Iterator[None]:
 def _restore(ctx: Context, record: BackupRecord, scratch: str) -> None:
     if record.encryption:
         check_key(ctx, record)  # a wrong key fails here (exit 12), before anything is created
-    load_backup(ctx, record, scratch, create_target=True, clean=False, jobs=1)
+    load_backup(ctx, record, RestoreRequest(scratch, create_target=True))
 
 
 def _compare(ctx: Context, record: BackupRecord, scratch: str, drill: Drill) -> None:

@@ -68,18 +68,20 @@ def _check_config(ctx: Context) -> Outcome:
 
 def _check_tools(ctx: Context) -> Outcome:
     engine = ctx.engine
-    tools = engine.tools()  # DatabaseError when one is missing or older than the server
-    if not tools.versions:
+    checked = engine.check()  # DatabaseError when a tool is missing or older than the server
+    if not checked.tools:
         return "pass", f"the {engine.name} engine needs no client tools"
-    found = ", ".join(f"{name} {version}" for name, version in tools.versions.items())
-    if tools.server_major is None:
+    found = ", ".join(f"{name} {version}" for name, version in checked.tools.items())
+    if checked.server_major is None:
         return "warn", f"{found} (server unreachable: versions not compared)"
-    return "pass", f"{found}, server {tools.server_major}"
+    return "pass", f"{found}, server {checked.server_major}"
 
 
 def _check_database(ctx: Context) -> Outcome:
-    info = ctx.engine.check()
-    return "pass", f"{ctx.engine.redact(None)} reachable, server {info['serverVersion']}"
+    checked = ctx.engine.check()
+    if checked.unreachable is not None:
+        raise DatabaseError(checked.unreachable)
+    return "pass", f"{checked.source} reachable, server {checked.server_version}"
 
 
 def _check_path(ctx: Context) -> Outcome:
