@@ -4,24 +4,33 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from functools import singledispatch
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from .jsonable import to_jsonable
-from .model import BackupRecord, Status
+from .model import BackupRecord, RestoreRecord, Status
+from .results import (
+    CheckStatus,
+    Crontab,
+    Drill,
+    DrillStatus,
+    HealthReport,
+    Metrics,
+    NextFires,
+    PruneResult,
+    RunResult,
+    ScheduleList,
+    Statistics,
+    TestReport,
+    VerifyReport,
+)
 
-__all__ = ["human_size", "render", "render_error", "to_jsonable"]
-
-if TYPE_CHECKING:  # result types are matched by name, so rendering imports no use case
-    from .ops import VerifyReport
-    from .ops import schedules as sch
-    from .ops.selftest import TestReport
-    from .policy.stats import HealthReport
+__all__ = ["human_size", "render", "render_error", "show", "to_jsonable"]
 
 
 def human_size(n: int | None) -> str:
@@ -35,7 +44,7 @@ def human_size(n: int | None) -> str:
     return f"{n} B"
 
 
-def render(result: Any, as_json: bool, console: Console | None = None) -> None:
+def render(result: object, as_json: bool, console: Console | None = None) -> None:
     """Print ``result`` to stdout: one JSON document, or the human view of it."""
     console = console or Console(
         soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 160
@@ -45,10 +54,15 @@ def render(result: Any, as_json: bool, console: Console | None = None) -> None:
         indent = 2 if console.is_terminal else None
         console.file.write(json.dumps(to_jsonable(result), indent=indent) + "\n")
         return
-    show = RENDERERS.get(type(result).__name__)
-    if show is not None:
-        show(console, result)
-    elif (
+    show(result, console)
+
+
+@singledispatch
+def show(result: object, console: Console) -> None:
+    """The human view of ``result``, chosen by its type (``--json`` needs none: every result
+    has ``to_json``). The types of ``sbbackup.results`` register below; a list of backups is a
+    table, any other mapping a key/value listing."""
+    if (
         isinstance(result, Sequence)
         and not isinstance(result, str)
         and (not result or isinstance(result[0], BackupRecord))
@@ -58,6 +72,11 @@ def render(result: Any, as_json: bool, console: Console | None = None) -> None:
         _mapping(console, result)
     else:
         console.print(Text(str(result)))
+
+
+@show.register
+def _record(result: BackupRecord | RestoreRecord, console: Console) -> None:
+    _mapping(console, result.to_json())
 
 
 STATUS_COLOUR: dict[str, str] = {
@@ -88,7 +107,8 @@ def _backups(console: Console, records: Sequence[BackupRecord]) -> None:
     _table(console, header, rows, status_col=1)
 
 
-def _verify(console: Console, report: VerifyReport) -> None:
+@show.register
+def _verify(report: VerifyReport, console: Console) -> None:
     for r in report.results:
         kind = "deep" if r.deep else "checksum"
         if r.restore is not None:
@@ -99,22 +119,25 @@ def _verify(console: Console, report: VerifyReport) -> None:
             name = r.filename or r.id
             error = (r.error or "").removeprefix(name + ": ")  # most errors name the file already
             console.print(Text(f"FAIL  {name}: {error}", style="red"))
-        if r.restore is not None and r.restore["status"] != "skipped":
+        if r.restore is not None and r.restore.status != DrillStatus.SKIPPED:
             _drill_details(console, r.restore)
     if not report.results:
         console.print(Text("nothing to verify"))
 
 
-def _test_report(console: Console, report: TestReport) -> None:
-    style = {"pass": "green", "warn": "yellow", "fail": "red"}
+CHECK_COLOUR = {CheckStatus.PASS: "green", CheckStatus.WARN: "yellow", CheckStatus.FAIL: "red"}
+
+
+@show.register
+def _test_report(report: TestReport, console: Console) -> None:
     for c in report.checks:
-        console.print(Text(f"{c.status:5s} {c.name:12s} {c.reason}", style=style[c.status]))
-    d = asdict(report.drill)
-    if d["status"] == "skipped":
-        console.print(Text("drill skipped" + (f": {d['error']}" if d["error"] else "")))
+        console.print(Text(f"{c.status:5s} {c.name:12s} {c.reason}", style=CHECK_COLOUR[c.status]))
+    d = report.drill
+    if d.status == DrillStatus.SKIPPED:
+        console.print(Text("drill skipped" + (f": {d.error}" if d.error else "")))
     else:
-        line = f"drill {d['status']}: backup {d['backupId']}"
-        console.print(Text(line, style="green" if d["status"] == "passed" else "red"))
+        line = f"drill {d.status}: backup {d.backupId}"
+        console.print(Text(line, style="green" if d.status == DrillStatus.PASSED else "red"))
         _drill_details(console, d)
     console.print(
         Text(
@@ -124,28 +147,25 @@ def _test_report(console: Console, report: TestReport) -> None:
     )
 
 
-def _drill_details(console: Console, d: Mapping[str, Any]) -> None:
-    """A restore drill (``ops.selftest.Drill`` as a mapping): where, how long, what matched."""
-    ok = d["status"] == "passed"
-    if d["target"]:
-        gone = "dropped" if d["scratchDropped"] else "NOT dropped"
-        console.print(Text(f"      scratch  {d['target']} ({gone})"))
-    if d["timings"]:
-        steps = "  ".join(f"{k} {v / 1000:.2f}s" for k, v in d["timings"].items())
+def _drill_details(console: Console, d: Drill) -> None:
+    """A restore drill: where, how long, what matched."""
+    if d.target:
+        gone = "dropped" if d.scratchDropped else "NOT dropped"
+        console.print(Text(f"      scratch  {d.target} ({gone})"))
+    if d.timings:
+        steps = "  ".join(f"{k} {v / 1000:.2f}s" for k, v in d.timings.items())
         console.print(Text(f"      timings  {steps}"))
-    if ok:
-        console.print(
-            Text(f"      compare  {d['tables']} tables: exact row and object counts match")
-        )
-    for diff in d["differences"]:
+    if d.status == DrillStatus.PASSED:
+        console.print(Text(f"      compare  {d.tables} tables: exact row and object counts match"))
+    for diff in d.differences:
         console.print(Text(f"      differs  {diff}", style="red"))
-    if d["error"] and not d["differences"]:
-        console.print(Text(f"      error    {d['error']}", style="red"))
-    for name in d["leftoversDropped"]:
+    if d.error and not d.differences:
+        console.print(Text(f"      error    {d.error}", style="red"))
+    for name in d.leftoversDropped:
         console.print(Text(f"      cleanup  dropped leftover {name}"))
 
 
-def _mapping(console: Console, data: Mapping[str, Any]) -> None:
+def _mapping(console: Console, data: Mapping[str, object]) -> None:
     table = Table(box=None, show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -162,7 +182,7 @@ def _mapping(console: Console, data: Mapping[str, Any]) -> None:
     console.print(table)
 
 
-def render_error(message: str, payload: dict[str, Any] | None, console: Console) -> None:
+def render_error(message: str, payload: Mapping[str, object] | None, console: Console) -> None:
     """Errors go to stderr: one line, plus the JSON object under --json."""
     console.print(Text(f"sbbackup: error: {message}"), soft_wrap=True)
     if payload is not None:
@@ -208,7 +228,8 @@ def _t(value: str | None) -> str | None:
     return f"{date} {rest[:5]}{zone}"
 
 
-def _run_result(console: Console, r: sch.RunResult) -> None:
+@show.register
+def _run_result(r: RunResult, console: Console) -> None:
     if r.backup is None:
         console.print(Text(f"{r.scheduleId}: skipped ({r.reason})"))
         return
@@ -225,7 +246,8 @@ def _run_result(console: Console, r: sch.RunResult) -> None:
             console.print(Text(f"  removed {d.id}: {d.reason}"))
 
 
-def _prune(console: Console, r: sch.PruneResult) -> None:
+@show.register
+def _prune(r: PruneResult, console: Console) -> None:
     rows = [
         (d.action.upper(), d.id, d.scheduleId or "manual", d.status, d.reason)
         for d in r.plan.decisions
@@ -238,7 +260,8 @@ def _prune(console: Console, r: sch.PruneResult) -> None:
     console.print(Text(f"keep {len(r.plan.keep)}, {verb} {count} ({freed})"))
 
 
-def _schedule_list(console: Console, rows: Sequence[Mapping[str, Any]]) -> None:
+@show.register
+def _schedule_list(result: ScheduleList, console: Console) -> None:
     header = (
         "ID",
         "ENABLED",
@@ -269,12 +292,13 @@ def _schedule_list(console: Console, rows: Sequence[Mapping[str, Any]]) -> None:
                 human_size(s["totalSize"]),
                 s["source"],
             )
-            for s in rows
+            for s in result.rows
         ],
     )
 
 
-def _next_fires(console: Console, rows: Sequence[Mapping[str, Any]]) -> None:
+@show.register
+def _next_fires(result: NextFires, console: Console) -> None:
     _table(
         console,
         ("SCHEDULE", "NEXT (LOCAL)", "NEXT (UTC)", "CRON", "TZ"),
@@ -286,7 +310,7 @@ def _next_fires(console: Console, rows: Sequence[Mapping[str, Any]]) -> None:
                 r["cron"],
                 r["timezone"],
             )
-            for r in rows
+            for r in result.rows
         ],
     )
 
@@ -295,19 +319,21 @@ def _pct(rate: float | None) -> str:
     return "-" if rate is None else f"{rate * 100:.1f}%"
 
 
-def _statistics(console: Console, st: Mapping[str, Any]) -> None:
-    rate, dur, size, disk = st["successRate"], st["duration"], st["size"], st["disk"]
-    ratio = size["compressionRatio"]
+@show.register
+def _statistics(st: Statistics, console: Console) -> None:
+    rate, dur, size, disk = st.successRate, st.duration, st.size, st.disk
+    ratio = size.compressionRatio
+    last_test = (st.lastRestoreTest or {}).get("at") or "never"
     lines = [
-        f"backups      {st['total']} total, {st['completed']} completed, {st['failed']} failed",
-        f"success      {_pct(rate['allTime'])} all time, {_pct(rate['last7d'])} 7d, "
-        f"{_pct(rate['last30d'])} 30d",
-        f"duration     avg {dur['averageSeconds'] or 0:.1f}s, p95 {dur['p95Seconds'] or 0:.1f}s",
-        f"size         {human_size(size['totalBytes'])} total, "
-        f"{human_size(size['averageBytes'])} average, "
+        f"backups      {st.total} total, {st.completed} completed, {st.failed} failed",
+        f"success      {_pct(rate.allTime)} all time, {_pct(rate.last7d)} 7d, "
+        f"{_pct(rate.last30d)} 30d",
+        f"duration     avg {dur.averageSeconds or 0:.1f}s, p95 {dur.p95Seconds or 0:.1f}s",
+        f"size         {human_size(size.totalBytes)} total, "
+        f"{human_size(size.averageBytes)} average, "
         f"compression {'-' if ratio is None else f'{ratio:.2f}x'}",
-        f"disk         {human_size(disk['usedBytes'])} used, {human_size(disk['freeBytes'])} free",
-        "last successful restore test " + ((st.get("lastRestoreTest") or {}).get("at") or "never"),
+        f"disk         {human_size(disk.usedBytes)} used, {human_size(disk.freeBytes)} free",
+        f"last successful restore test {last_test}",
     ]
     for line in lines:
         console.print(Text(line))
@@ -316,55 +342,48 @@ def _statistics(console: Console, st: Mapping[str, Any]) -> None:
         ("SCHEDULE", "TOTAL", "FAILED", "ALL", "7D", "30D", "LAST SUCCESS", "LAST RUN"),
         [
             (
-                p["scheduleId"],
-                p["total"],
-                p["failed"],
-                _pct(p["successRate"]["allTime"]),
-                _pct(p["successRate"]["last7d"]),
-                _pct(p["successRate"]["last30d"]),
-                _t(p["lastSuccess"]),
-                p["lastRunStatus"],
+                p.scheduleId,
+                p.total,
+                p.failed,
+                _pct(p.successRate.allTime),
+                _pct(p.successRate.last7d),
+                _pct(p.successRate.last30d),
+                _t(p.lastSuccess),
+                p.lastRunStatus,
             )
-            for p in st["schedules"]
+            for p in st.schedules
         ],
     )
-    for o in st["overdueSchedules"]:
+    for o in st.overdueSchedules:
         console.print(
             Text(
-                f"OVERDUE {o['scheduleId']}: due {o['dueAt']}, last success "
-                f"{o['lastSuccess'] or 'never'}",
+                f"OVERDUE {o.scheduleId}: due {o.dueAt}, last success {o.lastSuccess or 'never'}",
                 style="red",
             )
         )
 
 
-def _health(console: Console, report: HealthReport) -> None:
+@show.register
+def _health(report: HealthReport, console: Console) -> None:
     for p in report.problems:
-        console.print(Text(f"FAIL  {p['check']:15s} {p['reason']}", style="red"))
+        console.print(Text(f"FAIL  {p.check:15s} {p.reason}", style="red"))
     for w in report.warnings:
-        console.print(Text(f"WARN  {w['check']:15s} {w['reason']}", style="yellow"))
+        console.print(Text(f"WARN  {w.check:15s} {w.reason}", style="yellow"))
     console.print(
         Text("healthy" if report.ok else "UNHEALTHY", style="green" if report.ok else "bold red")
     )
 
 
+@show.register
+def _crontab(result: Crontab, console: Console) -> None:
+    _write(console, "\n".join(result.lines) + "\n")
+
+
+@show.register
+def _metrics(result: Metrics, console: Console) -> None:
+    _write(console, result.text)
+
+
 def _write(console: Console, text: str) -> None:
     """Verbatim, for output meant for other programs (crontab lines, Prometheus text)."""
     console.file.write(text)
-
-
-# Result type name -> human renderer (``--json`` needs none: every result has ``to_json``).
-RENDERERS: dict[str, Callable[[Console, Any], None]] = {
-    "BackupRecord": lambda console, r: _mapping(console, r.to_json()),
-    "RestoreRecord": lambda console, r: _mapping(console, r.to_json()),
-    "VerifyReport": _verify,
-    "TestReport": _test_report,
-    "RunResult": _run_result,
-    "PruneResult": _prune,
-    "ScheduleList": lambda console, r: _schedule_list(console, r.rows),
-    "NextFires": lambda console, r: _next_fires(console, r.rows),
-    "Statistics": _statistics,
-    "HealthReport": _health,
-    "Crontab": lambda console, r: _write(console, "\n".join(r.lines) + "\n"),
-    "Metrics": lambda console, r: _write(console, r.text),
-}

@@ -20,6 +20,7 @@ from .wire import (
     BACKUP_STATUSES,
     MAX_ID,
     RESTORE_FIELDS,
+    JobStatus,
     field,
     only,
     query_int,
@@ -98,7 +99,7 @@ def show_backup(api: Api, req: Request) -> Response:
     try:
         return Response(200, ops.show_backup(req.ctx, backup_id).to_json())
     except NotFoundError:
-        if job is None or job.status == "completed":  # never started, or since deleted
+        if job is None or job.status == JobStatus.COMPLETED:  # never started, or since deleted
             raise
     # A job whose backup never got a manifest (it failed before dumping).
     record: BackupRecord = job.extra["record"]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import asdict
 
 from ..errors import NotFoundError, UsageError, redact_secrets
 from ..model import validate_backup_id
 from ..ops.monitoring import get_health, get_metrics
 from ..ops.selftest import TestOptions, run_self_test
+from ..results import Finding
 from .app import Api
 from .context import Request, Response
 from .jobs import wait_for
@@ -57,12 +57,9 @@ def get_test(api: Api, req: Request) -> Response:
 def health(api: Api, req: Request) -> Response:
     report = get_health(req.ctx)
     body = report.to_json()
-    if req.ctx.token_label is None:  # public: no reason text (it may name a host or user)
-        for key in ("problems", "warnings"):
-            body[key] = [_public_finding(f) for f in body[key]]
-    else:
-        for key in ("problems", "warnings"):
-            body[key] = [{**f, "reason": redact_secrets(str(f.get("reason")))} for f in body[key]]
+    public = req.ctx.token_label is None  # then no reason text (it may name a host or user)
+    for key, findings in (("problems", report.problems), ("warnings", report.warnings)):
+        body[key] = [_public_finding(f) if public else _redacted(f) for f in findings]
     return Response(200 if report.ok else 503, body)
 
 
@@ -75,6 +72,11 @@ def openapi(api: Api, req: Request) -> Response:
     return Response(200, api.document)
 
 
-def _public_finding(finding: Mapping[str, Any]) -> dict[str, Any]:
+def _public_finding(finding: Finding) -> dict[str, object]:
     """A health finding fit for anyone: which check and which schedule, no free text."""
-    return {"check": finding.get("check"), "scheduleId": finding.get("scheduleId")}
+    return {"check": finding.check, "scheduleId": finding.scheduleId}
+
+
+def _redacted(finding: Finding) -> dict[str, object]:
+    """A health finding for a token holder: its reason, with any secret masked."""
+    return {**asdict(finding), "reason": redact_secrets(finding.reason)}

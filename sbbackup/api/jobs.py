@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import InterruptedError_, SbbackupError
 from ..model import iso
-from .wire import HttpError, exc_body
+from .wire import HttpError, JobStatus, exc_body
 
 JOB_HISTORY = 500  # finished jobs remembered for their status URLs
 RETRY_AFTER = 5  # seconds a client is told to wait when the job cap is reached
@@ -35,15 +35,15 @@ class Job:
     id: str
     startedAt: str
     thread: threading.Thread | None = None
-    status: str = "in_progress"  # one of wire.JOB_STATUSES
-    result: Any = None
+    status: JobStatus = JobStatus.IN_PROGRESS
+    result: Any = None  # what ``fn`` returned: a result of ``sbbackup.results``, a record
     error: SbbackupError | None = None
     finishedAt: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
     extra: dict[str, Any] = field(default_factory=dict)
     cancel: Callable[[], None] | None = field(default=None, repr=False)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         result = self.result.to_json() if hasattr(self.result, "to_json") else self.result
         return {
             "id": self.id,
@@ -120,15 +120,15 @@ class Jobs:
     def _run(self, job: Job, fn: Callable[[], Any]) -> None:
         try:
             job.result = fn()
-            job.status = "completed"
+            job.status = JobStatus.COMPLETED
         except SbbackupError as exc:
-            job.error, job.status = exc, "failed"
+            job.error, job.status = exc, JobStatus.FAILED
         except KeyboardInterrupt:
             job.error = InterruptedError_("interrupted by server shutdown")
-            job.status = "interrupted"
+            job.status = JobStatus.INTERRUPTED
         except Exception as exc:  # noqa: BLE001 - a job thread is an error boundary too
             self.on_crash()
-            job.error, job.status = SbbackupError(f"unexpected error: {exc}"), "failed"
+            job.error, job.status = SbbackupError(f"unexpected error: {exc}"), JobStatus.FAILED
         finally:
             job.finishedAt = iso(datetime.now(UTC))
             job.done.set()

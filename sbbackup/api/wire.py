@@ -8,6 +8,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from ..errors import (
@@ -28,7 +29,18 @@ MAX_ID = 200
 TEST_ID_RE = re.compile(r"test_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z_[0-9a-f]{6}")
 RUN_ID_RE = re.compile(r"run_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z_[0-9a-f]{6}")
 BACKUP_STATUSES = tuple(s.value for s in Status)  # completed, failed, in_progress, missing, corrupt
-JOB_STATUSES = ("in_progress", "completed", "failed", "interrupted")
+
+
+class JobStatus(StrEnum):
+    """A background job's status (``jobs.Job``); a member is its string, as for ``Status``."""
+
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+JOB_STATUSES = tuple(s.value for s in JobStatus)
 # Every query parameter some route takes: the log shows these unmasked (see ``auth.scrub``).
 QUERY_PARAMS = frozenset({"wait", "status", "scheduleId", "limit", "count"})
 # A new database on the source's server: a bare name, no quoting games (PostgreSQL's limit is

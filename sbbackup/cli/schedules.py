@@ -16,6 +16,7 @@ from rich.text import Text
 from ..config import DEFAULT_MIN_FREE
 from ..errors import ExitCode
 from ..render import render
+from ..results import RunOutcome
 from .base import cli, command, get_ctx, json_option, raise_for_report, stderr_console
 
 
@@ -51,7 +52,7 @@ def run_schedule_cmd(schedule_id: str, verbose: bool, as_json: bool, now: str | 
     from ..ops import schedules
 
     result = schedules.run_schedule(get_ctx(), schedule_id, _parse_now(now))
-    if result.status == "skipped" and not as_json:
+    if result.status == RunOutcome.SKIPPED and not as_json:
         stderr_console().print(Text(f"sbbackup: {result.reason}; nothing to do"))
     elif as_json or verbose:
         render(result, as_json)
@@ -246,7 +247,7 @@ def health_cmd(
     raise_for_report(
         report.ok,
         int(ExitCode.UNHEALTHY),
-        "unhealthy: " + "; ".join(p["reason"] for p in report.problems),
+        "unhealthy: " + "; ".join(p.reason for p in report.problems),
     )
 
 

@@ -10,7 +10,8 @@ never exit: they return results or raise ``SbbackupError`` subclasses carrying e
 - ``monitoring``: statistics, health, metrics.
 - ``selftest``: `sbbackup test`, preflight checks and the restore drill.
 
-This package re-exports the backup use cases (``ops.create_backup`` ...). The last three
+This package re-exports the backup use cases (``ops.create_backup`` ...); what they return
+lives in ``sbbackup.results``. The last three
 families are imported by name (``from sbbackup.ops import schedules``) when a command needs
 them: they load croniter, which every other command would pay for at startup.
 """
@@ -26,15 +27,13 @@ from .backups import (
 from .context import Context
 from .options import CreateOptions, RestoreOptions
 from .restore import RESTORE_ID_RE, get_restore, new_restore_id, restore_backup
-from .verify import VerifyReport, VerifyResult, verify_backups
+from .verify import verify_backups
 
 __all__ = [
     "RESTORE_ID_RE",
     "Context",
     "CreateOptions",
     "RestoreOptions",
-    "VerifyReport",
-    "VerifyResult",
     "check_format",
     "create_backup",
     "delete_backup",

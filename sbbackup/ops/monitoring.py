@@ -3,30 +3,18 @@ last restore drill (the pure computations are ``sbbackup.policy.stats``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from ..config import DEFAULT_MIN_FREE
 from ..drills import last_restore_test
 from ..policy.schedules import Schedule
-from ..policy.stats import HealthReport, health, prometheus_text, statistics
+from ..policy.stats import health, prometheus_text, statistics
+from ..results import HealthReport, Metrics, Statistics
 from .context import Context
 from .schedules import schedules
 
 DEFAULT_GRACE = timedelta(hours=1)  # how late a schedule may be before it is overdue
-
-
-class Statistics(dict[str, Any]):
-    """The statistics mapping; its own type only so that render can show it as a report."""
-
-
-@dataclass
-class Metrics:
-    text: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"text": self.text}
 
 
 def _now(now: datetime | None) -> datetime:
@@ -45,9 +33,7 @@ def get_statistics(ctx: Context, now: datetime | None = None) -> Statistics:
     used, free = ctx.storage.usage()
     sched = _schedules_as_run(ctx)
     last_test = last_restore_test(ctx.state_dir)
-    return Statistics(
-        statistics(ctx.catalog.list(), sched, _now(now), DEFAULT_GRACE, used, free, last_test)
-    )
+    return statistics(ctx.catalog.list(), sched, _now(now), DEFAULT_GRACE, used, free, last_test)
 
 
 def get_health(

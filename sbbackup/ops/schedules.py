@@ -9,16 +9,26 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from ..locks import hold
-from ..model import BackupRecord, Status, iso
-from ..policy.retention import RetentionPlan, RetentionPolicy, plan_all
+from ..model import Status, iso
+from ..policy.retention import RetentionPolicy, plan_all
 from ..policy.schedules import Schedule, crontab_lines, next_runs, validate_schedule_id
 from ..policy.sources import ScheduleSet, change_schedule, load_schedules
+from ..results import (
+    Crontab,
+    NextFire,
+    NextFires,
+    PruneResult,
+    RetentionPlan,
+    RunOutcome,
+    RunResult,
+    ScheduleList,
+    ScheduleRemoved,
+    ScheduleView,
+)
 from .backups import create_backup
 from .context import Context
 from .options import CreateOptions
@@ -53,26 +63,6 @@ def policies(ctx: Context, sset: ScheduleSet) -> dict[str | None, RetentionPolic
 # --- run-schedule ------------------------------------------------------------------------
 
 
-@dataclass
-class RunResult:
-    scheduleId: str
-    status: str  # completed | skipped
-    reason: str | None = None
-    backup: BackupRecord | None = None
-    retention: RetentionPlan | None = None
-    removed: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "scheduleId": self.scheduleId,
-            "status": self.status,
-            "reason": self.reason,
-            "backup": self.backup.to_json() if self.backup else None,
-            "retention": self.retention.to_json() if self.retention else None,
-            "removed": self.removed,
-        }
-
-
 def run_schedule(ctx: Context, schedule_id: str, now: datetime | None = None) -> RunResult:
     """The cron entry point: lock, back up, re-verify, then (only then) apply retention.
 
@@ -81,9 +71,11 @@ def run_schedule(ctx: Context, schedule_id: str, now: datetime | None = None) ->
     """
     schedule = schedules(ctx).get(schedule_id)
     if not ctx.settings.enabled:
-        return RunResult(schedule_id, "skipped", "scheduled backups are off (DB_BACKUP_ENABLED)")
+        return RunResult(
+            schedule_id, RunOutcome.SKIPPED, "scheduled backups are off (DB_BACKUP_ENABLED)"
+        )
     if not schedule.enabled:
-        return RunResult(schedule_id, "skipped", f"schedule {schedule_id} is disabled")
+        return RunResult(schedule_id, RunOutcome.SKIPPED, f"schedule {schedule_id} is disabled")
     with hold(ctx.state_dir, f"schedule-{schedule_id}", f"schedule {schedule_id}"):
         opts = CreateOptions(
             format=schedule.format,
@@ -97,26 +89,10 @@ def run_schedule(ctx: Context, schedule_id: str, now: datetime | None = None) ->
         plan, removed = _apply_retention(
             ctx, schedules(ctx), schedule_id, _now(now), False, PRUNE_WAIT_SECONDS
         )
-    return RunResult(schedule_id, "completed", None, record, plan, removed)
+    return RunResult(schedule_id, RunOutcome.COMPLETED, None, record, plan, removed)
 
 
 # --- prune -------------------------------------------------------------------------------
-
-
-@dataclass
-class PruneResult:
-    dryRun: bool
-    scheduleId: str | None
-    plan: RetentionPlan
-    removed: list[str]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "dryRun": self.dryRun,
-            "scheduleId": self.scheduleId,
-            **self.plan.to_json(),
-            "removed": self.removed,
-        }
 
 
 def prune(
@@ -155,51 +131,33 @@ def _apply_retention(
         return plan, removed
 
 
-# --- results that render knows how to show --------------------------------------------
-
-
-@dataclass
-class ScheduleList:
-    rows: list[dict[str, Any]]
-
-    def to_json(self) -> list[dict[str, Any]]:
-        return self.rows
-
-
-@dataclass
-class NextFires:
-    rows: list[dict[str, Any]]
-
-    def to_json(self) -> list[dict[str, Any]]:
-        return self.rows
-
-
-@dataclass
-class Crontab:
-    lines: list[str]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"lines": self.lines}
-
-
 # --- schedules list / show / change ------------------------------------------------------
 
 
-def schedule_view(ctx: Context, s: Schedule, source: str, now: datetime) -> dict[str, Any]:
+def schedule_view(ctx: Context, s: Schedule, source: str, now: datetime) -> ScheduleView:
     """A schedule's settings with its last run, last success, next run, count and size."""
     mine = [r for r in ctx.catalog.list() if r.scheduleId == s.id]
     done = [r for r in mine if r.status == Status.COMPLETED]
     nxt = next_runs(s, now, 1) if s.enabled and ctx.settings.enabled else []
-    return {
-        **s.to_json(),
-        "source": source,
-        "lastRun": mine[0].createdAt if mine else None,
-        "lastRunStatus": mine[0].status if mine else None,
-        "lastSuccess": done[0].createdAt if done else None,
-        "nextRun": nxt[0].isoformat() if nxt else None,
-        "backupCount": len(done),
-        "totalSize": sum(r.size for r in done),
-    }
+    return ScheduleView(
+        id=s.id,
+        cron=s.cron,
+        retentionDays=s.retentionDays,
+        timezone=s.timezone,
+        enabled=s.enabled,
+        minKeep=s.minKeep,
+        compression=s.compression,
+        encryption=s.encryption,
+        format=s.format,
+        description=s.description,
+        source=source,
+        lastRun=mine[0].createdAt if mine else None,
+        lastRunStatus=mine[0].status if mine else None,
+        lastSuccess=done[0].createdAt if done else None,
+        nextRun=nxt[0].isoformat() if nxt else None,
+        backupCount=len(done),
+        totalSize=sum(r.size for r in done),
+    )
 
 
 def list_schedules(ctx: Context, now: datetime | None = None) -> ScheduleList:
@@ -209,7 +167,7 @@ def list_schedules(ctx: Context, now: datetime | None = None) -> ScheduleList:
     )
 
 
-def show_schedule(ctx: Context, schedule_id: str, now: datetime | None = None) -> dict[str, Any]:
+def show_schedule(ctx: Context, schedule_id: str, now: datetime | None = None) -> ScheduleView:
     sset = schedules(ctx)
     return schedule_view(ctx, sset.get(schedule_id), sset.sources[schedule_id], _now(now))
 
@@ -218,15 +176,15 @@ def edit_schedule(
     ctx: Context,
     schedule_id: str,
     action: str,
-    fields: Mapping[str, Any] | None = None,
+    fields: Mapping[str, object] | None = None,
     now: datetime | None = None,
-) -> dict[str, Any]:
+) -> ScheduleView | ScheduleRemoved:
     """add / update / remove / enable / disable, persisted in the state file."""
     validate_schedule_id(schedule_id)
     result = change_schedule(ctx.settings, ctx.state_dir, schedule_id, action, fields)
     ctx.audit("schedules", None, action, scheduleId=schedule_id)
     if result is None:
-        return {"scheduleId": schedule_id, "removed": True}
+        return ScheduleRemoved(scheduleId=schedule_id, removed=True)
     return show_schedule(ctx, schedule_id, now)
 
 
@@ -236,25 +194,30 @@ def edit_schedule(
 def next_fires(ctx: Context, count: int, now: datetime | None = None) -> NextFires:
     """The next ``count`` fire times per enabled schedule, soonest first; disabled ones last."""
     now = _now(now)
-    rows: list[dict[str, Any]] = []
+    rows: list[NextFire] = []
     for s in schedules(ctx).schedules.values():
-        base = {"scheduleId": s.id, "cron": s.cron, "timezone": s.timezone}
         if not s.enabled or not ctx.settings.enabled:
             why = "disabled" if not s.enabled else "backups off (DB_BACKUP_ENABLED=false)"
-            rows.append({**base, "enabled": False, "next": None, "nextUtc": None, "reason": why})
+            rows.append(_fire(s, False, None, None, why))
             continue
         for when in next_runs(s, now, count):
-            rows.append(
-                {
-                    **base,
-                    "enabled": True,
-                    "next": when.isoformat(),
-                    "nextUtc": iso(when),
-                    "reason": None,
-                }
-            )
+            rows.append(_fire(s, True, when.isoformat(), iso(when), None))
     rows.sort(key=lambda r: (r["nextUtc"] is None, r["nextUtc"] or "", r["scheduleId"]))
     return NextFires(rows)
+
+
+def _fire(
+    s: Schedule, enabled: bool, when: str | None, utc: str | None, reason: str | None
+) -> NextFire:
+    return NextFire(
+        scheduleId=s.id,
+        cron=s.cron,
+        timezone=s.timezone,
+        enabled=enabled,
+        next=when,
+        nextUtc=utc,
+        reason=reason,
+    )
 
 
 def get_crontab(

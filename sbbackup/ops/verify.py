@@ -5,42 +5,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
 from ..engines import IncompleteDumpError
 from ..errors import IntegrityError, SbbackupError, UsageError
 from ..model import BackupRecord, Status
 from ..pipeline import Digest, HashingReader, check_digest, iter_plaintext, sha256_of
+from ..results import VerifyReport, VerifyResult
 from .backups import show_backup
 from .context import Context
-
-
-@dataclass
-class VerifyResult:
-    id: str
-    filename: str | None
-    ok: bool
-    deep: bool
-    checksum: str | None = None
-    error: str | None = None
-    exitCode: int = 0
-    restore: dict[str, Any] | None = None  # the drill, with `verify --deep --restore`
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class VerifyReport:
-    results: list[VerifyResult] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[VerifyResult]:
-        return [r for r in self.results if not r.ok]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ok": not self.failed, "results": [r.to_json() for r in self.results]}
 
 
 def verify_backups(ctx: Context, backup_id: str | None, all_: bool, deep: bool) -> VerifyReport:

@@ -16,13 +16,12 @@ younger than any cutoff, so it is kept until the clock catches up.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from ..model import BackupRecord, Status, parse_iso
+from ..results import KEEP, REMOVE, Decision, RetentionPlan
 
-KEEP = "keep"
-REMOVE = "remove"
 MANUAL = "manual"
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
@@ -31,41 +30,6 @@ _NEVER = datetime.min.replace(tzinfo=UTC)
 class RetentionPolicy:
     retentionDays: int
     minKeep: int = 1
-
-
-@dataclass(frozen=True)
-class Decision:
-    id: str
-    scheduleId: str | None
-    createdAt: str
-    status: str
-    size: int
-    action: str  # keep | remove
-    reason: str
-
-    def to_json(self) -> dict[str, object]:
-        return asdict(self)
-
-
-@dataclass
-class RetentionPlan:
-    decisions: list[Decision] = field(default_factory=list)
-
-    @property
-    def keep(self) -> list[Decision]:
-        return [d for d in self.decisions if d.action == KEEP]
-
-    @property
-    def remove(self) -> list[Decision]:
-        return [d for d in self.decisions if d.action == REMOVE]
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "keep": len(self.keep),
-            "remove": len(self.remove),
-            "freedBytes": sum(d.size for d in self.remove),
-            "decisions": [d.to_json() for d in self.decisions],
-        }
 
 
 def record_time(record: BackupRecord) -> datetime | None:

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from ..model import BackupRecord, Status, iso
+from ..results import (
+    DiskUsage,
+    DurationStats,
+    Finding,
+    HealthReport,
+    Overdue,
+    ScheduleStats,
+    SizeStats,
+    Statistics,
+    SuccessRate,
+)
 from .retention import record_time
 from .schedules import Schedule, due_after
 
@@ -40,8 +49,8 @@ def _rate(records: Iterable[BackupRecord], now: datetime, window: timedelta | No
     return round(sum(r.status == Status.COMPLETED for r in done) / len(done), 4)
 
 
-def _rates(records: Sequence[BackupRecord], now: datetime) -> dict[str, float | None]:
-    return {name: _rate(records, now, w) for name, w in WINDOWS.items()}
+def _rates(records: Sequence[BackupRecord], now: datetime) -> SuccessRate:
+    return SuccessRate(**{name: _rate(records, now, w) for name, w in WINDOWS.items()})
 
 
 def p95(values: Sequence[float]) -> float | None:
@@ -63,7 +72,7 @@ def overdue_info(
     now: datetime,
     grace: timedelta,
     since: datetime | None,
-) -> dict[str, Any] | None:
+) -> Overdue | None:
     """Overdue when the first run due after the last success (plus ``grace``) has passed.
 
     That is "last success older than the schedule's interval plus grace", measured with the
@@ -80,35 +89,35 @@ def overdue_info(
     deadline = due_after(schedule, start)
     if now <= deadline + grace:
         return None
-    return {
-        "scheduleId": schedule.id,
-        "lastSuccess": last.createdAt if last else None,
-        "dueAt": iso(deadline),
-        "overdueSeconds": int((now - deadline).total_seconds()),
-    }
+    return Overdue(
+        scheduleId=schedule.id,
+        lastSuccess=last.createdAt if last else None,
+        dueAt=iso(deadline),
+        overdueSeconds=int((now - deadline).total_seconds()),
+    )
 
 
 def _schedule_stats(
     s: Schedule | None, sid: str, records: Sequence[BackupRecord], now: datetime
-) -> dict[str, Any]:
+) -> ScheduleStats:
     mine = [r for r in records if (r.scheduleId or MANUAL) == sid]
     # A record dated in the future (clock skew) is no one's last run until its time comes.
     current = [r for r in mine if _time(r) <= now + _SKEW]
     last_run = _newest(current)
     last_ok = _newest(current, Status.COMPLETED)
-    return {
-        "scheduleId": sid,
-        "enabled": s.enabled if s else None,
-        "total": len(mine),
-        "completed": sum(r.status == Status.COMPLETED for r in mine),
-        "failed": sum(r.status == Status.FAILED for r in mine),
-        "successRate": _rates(mine, now),
-        "lastRun": last_run.createdAt if last_run else None,
-        "lastRunStatus": last_run.status if last_run else None,
-        "lastSuccess": last_ok.createdAt if last_ok else None,
-        "lastDurationSeconds": last_ok.duration / 1000 if last_ok else None,
-        "lastSizeBytes": last_ok.size if last_ok else None,
-    }
+    return ScheduleStats(
+        scheduleId=sid,
+        enabled=s.enabled if s else None,
+        total=len(mine),
+        completed=sum(r.status == Status.COMPLETED for r in mine),
+        failed=sum(r.status == Status.FAILED for r in mine),
+        successRate=_rates(mine, now),
+        lastRun=last_run.createdAt if last_run else None,
+        lastRunStatus=last_run.status if last_run else None,
+        lastSuccess=last_ok.createdAt if last_ok else None,
+        lastDurationSeconds=last_ok.duration / 1000 if last_ok else None,
+        lastSizeBytes=last_ok.size if last_ok else None,
+    )
 
 
 def statistics(
@@ -118,9 +127,10 @@ def statistics(
     grace: timedelta,
     disk_used: int | None = None,
     disk_free: int | None = None,
-    last_restore_test: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Everything `sbbackup statistics` shows, as one JSON-ready mapping."""
+    last_restore_test: Mapping[str, object] | None = None,
+) -> Statistics:
+    """Everything `sbbackup statistics` shows. ``last_restore_test`` is ``last_test.json``
+    (``{"lastRun": {...}, "lastSuccess": {...} | None}``), as ``drills`` reads it."""
     done = [r for r in records if r.status == Status.COMPLETED]
     durations = [r.duration / 1000 for r in done]
     compressed = [r for r in done if r.compression and r.uncompressedSize and r.size]
@@ -131,62 +141,49 @@ def statistics(
     extra = sorted({r.scheduleId or MANUAL for r in records} - set(ids))
     known = {s.id: s for s in schedules}
     since = min((t for r in records if (t := record_time(r)) is not None), default=None)
-    overdue = [o for s in schedules if (o := overdue_info(s, records, now, grace, since))]
-    per = [_schedule_stats(known.get(sid), sid, records, now) for sid in ids + extra]
-    return {
-        "generatedAt": iso(now),
-        "total": len(records),
-        "completed": len(done),
-        "failed": by_status.get(Status.FAILED, 0),
-        "byStatus": dict(sorted(by_status.items())),
-        "successRate": _rates(records, now),
-        "duration": {
-            "averageSeconds": round(sum(durations) / len(durations), 3) if durations else None,
-            "p95Seconds": p95(durations),
-        },
-        "size": {
-            "totalBytes": sum(r.size for r in done),
-            "averageBytes": sum(r.size for r in done) // len(done) if done else None,
-            "compressionRatio": round(
+    overdue = tuple(o for s in schedules if (o := overdue_info(s, records, now, grace, since)))
+    per = tuple(_schedule_stats(known.get(sid), sid, records, now) for sid in ids + extra)
+    drills = last_restore_test or {}
+    return Statistics(
+        generatedAt=iso(now),
+        total=len(records),
+        completed=len(done),
+        failed=by_status.get(Status.FAILED, 0),
+        byStatus=dict(sorted(by_status.items())),
+        successRate=_rates(records, now),
+        duration=DurationStats(
+            averageSeconds=round(sum(durations) / len(durations), 3) if durations else None,
+            p95Seconds=p95(durations),
+        ),
+        size=SizeStats(
+            totalBytes=sum(r.size for r in done),
+            averageBytes=sum(r.size for r in done) // len(done) if done else None,
+            compressionRatio=round(
                 sum(r.uncompressedSize for r in compressed) / sum(r.size for r in compressed), 2
             )
             if compressed
             else None,
-        },
-        "lastSuccess": {p["scheduleId"]: p["lastSuccess"] for p in per},
-        "schedules": per,
-        "graceSeconds": int(grace.total_seconds()),
-        "overdueSchedules": overdue,
-        "disk": {"usedBytes": disk_used, "freeBytes": disk_free},
-        "lastRestoreTest": (last_restore_test or {}).get("lastSuccess"),
-        "lastRestoreDrill": (last_restore_test or {}).get("lastRun"),
-    }
+        ),
+        lastSuccess={p.scheduleId: p.lastSuccess for p in per},
+        schedules=per,
+        graceSeconds=int(grace.total_seconds()),
+        overdueSchedules=overdue,
+        disk=DiskUsage(usedBytes=disk_used, freeBytes=disk_free),
+        lastRestoreTest=_entry(drills.get("lastSuccess")),
+        lastRestoreDrill=_entry(drills.get("lastRun")),
+    )
+
+
+def _entry(value: object) -> Mapping[str, object] | None:
+    """A drill entry of ``last_test.json``, or None for anything else."""
+    return value if isinstance(value, Mapping) else None
 
 
 # --- health ------------------------------------------------------------------------------
 
 
-@dataclass
-class HealthReport:
-    checkedAt: str
-    problems: list[dict[str, Any]] = field(default_factory=list)
-    warnings: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "checkedAt": self.checkedAt,
-            "problems": self.problems,
-            "warnings": self.warnings,
-        }
-
-
 def health(
-    stats: Mapping[str, Any],
+    stats: Statistics,
     schedules: Sequence[Schedule],
     records: Sequence[BackupRecord],
     now: datetime,
@@ -200,48 +197,44 @@ def health(
     A restore drill older than ``restore_test_days`` is a warning, not a problem.
     """
     report = HealthReport(iso(now) or "")
-    overdue = {o["scheduleId"]: o for o in stats.get("overdueSchedules", [])}
-    per = {p["scheduleId"]: p for p in stats.get("schedules", [])}
+    overdue = {o.scheduleId: o for o in stats.overdueSchedules}
+    per = {p.scheduleId: p for p in stats.schedules}
     for s in schedules:
         if not s.enabled:
             continue
         if s.id in overdue:
             o = overdue[s.id]
             report.problems.append(
-                {
-                    "check": "overdue",
-                    "scheduleId": s.id,
-                    "reason": (
-                        f"schedule {s.id} is overdue: last success {o['lastSuccess'] or 'never'}, "
-                        f"a run was due at {o['dueAt']}"
-                    ),
-                }
+                Finding(
+                    "overdue",
+                    s.id,
+                    f"schedule {s.id} is overdue: last success {o.lastSuccess or 'never'}, "
+                    f"a run was due at {o.dueAt}",
+                )
             )
-        p = per.get(s.id, {})
-        if p.get("lastRunStatus") == Status.FAILED:
-            last = next(r for r in records if r.scheduleId == s.id and r.createdAt == p["lastRun"])
+        p = per.get(s.id)
+        if p is not None and p.lastRunStatus == Status.FAILED:
+            last = next(r for r in records if r.scheduleId == s.id and r.createdAt == p.lastRun)
             report.problems.append(
-                {
-                    "check": "last-run-failed",
-                    "scheduleId": s.id,
-                    "reason": (
-                        f"the last run of {s.id} ({last.createdAt}) failed: "
-                        f"{last.error or 'no detail'}"
-                    ),
-                }
+                Finding(
+                    "last-run-failed",
+                    s.id,
+                    f"the last run of {s.id} ({last.createdAt}) failed: "
+                    f"{last.error or 'no detail'}",
+                )
             )
-    free = stats.get("disk", {}).get("freeBytes")
+    free = stats.disk.freeBytes
     if free is not None and free < min_free:
         report.problems.append(
-            {
-                "check": "free-space",
-                "scheduleId": None,
-                "reason": (f"only {free} bytes free in the backup path (threshold {min_free})"),
-            }
+            Finding(
+                "free-space",
+                None,
+                f"only {free} bytes free in the backup path (threshold {min_free})",
+            )
         )
     _record_warnings(report, records, now)
     if restore_test_days is not None:
-        _restore_warning(report, stats.get("lastRestoreTest"), now, restore_test_days)
+        _restore_warning(report, stats.lastRestoreTest, now, restore_test_days)
     return report
 
 
@@ -251,44 +244,39 @@ def _record_warnings(report: HealthReport, records: Sequence[BackupRecord], now:
     undated = sorted(r.id for r in records if record_time(r) is None)
     if future:
         report.warnings.append(
-            {
-                "check": "clock-skew",
-                "scheduleId": None,
-                "reason": (
-                    f"{len(future)} backup(s) dated in the future, e.g. {future[-1]}: check the "
-                    "clock; they count for neither last run nor overdue, and retention keeps them"
-                ),
-            }
+            Finding(
+                "clock-skew",
+                None,
+                f"{len(future)} backup(s) dated in the future, e.g. {future[-1]}: check the "
+                "clock; they count for neither last run nor overdue, and retention keeps them",
+            )
         )
     if undated:
         report.warnings.append(
-            {
-                "check": "undated",
-                "scheduleId": None,
-                "reason": (
-                    f"{len(undated)} manifest(s) without a valid createdAt, e.g. {undated[0]}: "
-                    "retention keeps them; fix or delete them by hand"
-                ),
-            }
+            Finding(
+                "undated",
+                None,
+                f"{len(undated)} manifest(s) without a valid createdAt, e.g. {undated[0]}: "
+                "retention keeps them; fix or delete them by hand",
+            )
         )
 
 
 def _restore_warning(
-    report: HealthReport, last: Mapping[str, Any] | None, now: datetime, days: int
+    report: HealthReport, last: Mapping[str, object] | None, now: datetime, days: int
 ) -> None:
     from ..catalog import parse_iso
 
-    at = parse_iso(last.get("at")) if last else None
+    stamp = last.get("at") if last else None
+    at = parse_iso(stamp) if isinstance(stamp, str) else None
     if at is None or now - at > timedelta(days=days):
         report.warnings.append(
-            {
-                "check": "restore-test",
-                "scheduleId": None,
-                "reason": (
-                    f"no successful restore test in the last {days} days (last: "
-                    f"{last.get('at') if last else 'never'}): run `sbbackup test`"
-                ),
-            }
+            Finding(
+                "restore-test",
+                None,
+                f"no successful restore test in the last {days} days (last: "
+                f"{stamp if last else 'never'}): run `sbbackup test`",
+            )
         )
 
 
@@ -319,33 +307,29 @@ def prometheus_text(
     """Text exposition format for node_exporter's textfile collector. All series are gauges:
     ``sbbackup_backups_total`` falls when retention prunes, so it is not a counter."""
     stats = statistics(records, schedules, now, grace)
-    overdue = {o["scheduleId"] for o in stats["overdueSchedules"]}
+    overdue = {o.scheduleId for o in stats.overdueSchedules}
     samples: dict[str, list[str]] = {name: [] for name, _ in METRICS}
-    for p in stats["schedules"]:
-        lab = f'schedule="{_label(p["scheduleId"])}"'
+    for p in stats.schedules:
+        lab = f'schedule="{_label(p.scheduleId)}"'
         last = next(
             (
                 r
                 for r in records
-                if (r.scheduleId or MANUAL) == p["scheduleId"] and r.createdAt == p["lastSuccess"]
+                if (r.scheduleId or MANUAL) == p.scheduleId and r.createdAt == p.lastSuccess
             ),
             None,
         )
         ts = _time(last).timestamp() if last and record_time(last) else 0
         samples["sbbackup_last_success_timestamp_seconds"].append(f"{{{lab}}} {ts:.3f}")
         samples["sbbackup_last_duration_seconds"].append(
-            f"{{{lab}}} {p['lastDurationSeconds'] or 0:.3f}"
+            f"{{{lab}}} {p.lastDurationSeconds or 0:.3f}"
         )
-        samples["sbbackup_last_size_bytes"].append(f"{{{lab}}} {p['lastSizeBytes'] or 0}")
+        samples["sbbackup_last_size_bytes"].append(f"{{{lab}}} {p.lastSizeBytes or 0}")
         for status in (Status.COMPLETED, Status.FAILED, Status.MISSING, Status.CORRUPT):
-            n = sum(
-                r.status == status for r in records if (r.scheduleId or MANUAL) == p["scheduleId"]
-            )
+            n = sum(r.status == status for r in records if (r.scheduleId or MANUAL) == p.scheduleId)
             samples["sbbackup_backups_total"].append(f'{{{lab},status="{status}"}} {n}')
-        if p["enabled"] is not None:
-            samples["sbbackup_schedule_overdue"].append(
-                f"{{{lab}}} {int(p['scheduleId'] in overdue)}"
-            )
+        if p.enabled is not None:
+            samples["sbbackup_schedule_overdue"].append(f"{{{lab}}} {int(p.scheduleId in overdue)}")
     out = []
     for name, help_text in METRICS:
         out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]

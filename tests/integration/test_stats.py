@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sbbackup.catalog import BackupRecord, iso, new_backup_id
 from sbbackup.policy.schedules import DEFAULT_SCHEDULES, Schedule
 from sbbackup.policy.stats import health, p95, prometheus_text, statistics
+from sbbackup.results import DiskUsage, SizeStats, SuccessRate
 
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
 GRACE = timedelta(hours=1)
@@ -67,22 +68,29 @@ def test_statistics_numbers() -> None:
         5678,
         {"lastSuccess": {"at": "2026-03-19T00:00:00.000Z"}, "lastRun": None},
     )
-    assert (st["total"], st["completed"], st["failed"]) == (6, 4, 2)
-    assert st["successRate"] == {"allTime": round(4 / 6, 4), "last7d": 0.75, "last30d": 0.8}
-    assert st["duration"]["averageSeconds"] == 4.0 and st["duration"]["p95Seconds"] == 10.0
-    assert st["size"] == {
+    assert (st.total, st.completed, st.failed) == (6, 4, 2)
+    assert st.successRate == SuccessRate(allTime=round(4 / 6, 4), last7d=0.75, last30d=0.8)
+    assert st.duration.averageSeconds == 4.0 and st.duration.p95Seconds == 10.0
+    assert st.size == SizeStats(
+        totalBytes=1500, averageBytes=375, compressionRatio=round(6700 / 1500, 2)
+    )
+    per = {p.scheduleId: p for p in st.schedules}
+    assert per["daily"].successRate.allTime == round(2 / 3, 4)
+    assert per["manual"].successRate.allTime == 0.0
+    assert st.lastSuccess["daily"] == "2026-03-20T02:00:00.000Z"
+    assert st.overdueSchedules == ()
+    assert st.disk == DiskUsage(usedBytes=1234, freeBytes=5678)
+    assert st.lastRestoreTest == {"at": "2026-03-19T00:00:00.000Z"}
+    data = json.loads(json.dumps(st.to_json()))
+    assert data["successRate"] == {"allTime": round(4 / 6, 4), "last7d": 0.75, "last30d": 0.8}
+    assert data["size"] == {
         "totalBytes": 1500,
         "averageBytes": 375,
         "compressionRatio": round(6700 / 1500, 2),
     }
-    per = {p["scheduleId"]: p for p in st["schedules"]}
-    assert per["daily"]["successRate"]["allTime"] == round(2 / 3, 4)
-    assert per["manual"]["successRate"]["allTime"] == 0.0
-    assert st["lastSuccess"]["daily"] == "2026-03-20T02:00:00.000Z"
-    assert st["overdueSchedules"] == []
-    assert st["disk"] == {"usedBytes": 1234, "freeBytes": 5678}
-    assert st["lastRestoreTest"] == {"at": "2026-03-19T00:00:00.000Z"}
-    json.dumps(st)
+    assert data["disk"] == {"usedBytes": 1234, "freeBytes": 5678}
+    assert data["overdueSchedules"] == [] and data["lastRestoreDrill"] is None
+    assert [p["scheduleId"] for p in data["schedules"]] == ["daily", "weekly", "monthly", "manual"]
 
 
 @pytest.mark.parametrize(
@@ -100,7 +108,7 @@ def test_overdue_is_last_success_plus_interval_plus_grace(
     schedule: Schedule, last: datetime, now: datetime, overdue: bool
 ) -> None:
     st = statistics([rec(last, schedule.id)], [schedule], now, GRACE)
-    assert bool(st["overdueSchedules"]) == overdue
+    assert bool(st.overdueSchedules) == overdue
 
 
 def test_not_overdue_on_the_day_clocks_go_back() -> None:
@@ -108,21 +116,21 @@ def test_not_overdue_on_the_day_clocks_go_back() -> None:
     ran = datetime(2026, 10, 25, 0, 30, 0, 120000, tzinfo=UTC)  # the first 02:30 (+02:00)
     for hours_later in (2, 12, 24):
         now = ran + timedelta(hours=hours_later)
-        assert statistics([rec(ran, "daily")], [berlin], now, GRACE)["overdueSchedules"] == []
+        assert statistics([rec(ran, "daily")], [berlin], now, GRACE).overdueSchedules == ()
     # the 26th's 02:30 (+01:00, 01:30Z) did not happen: overdue an hour after it
     late = datetime(2026, 10, 26, 2, 30, 1, tzinfo=UTC)
-    [overdue] = statistics([rec(ran, "daily")], [berlin], late, GRACE)["overdueSchedules"]
-    assert overdue["dueAt"] == "2026-10-26T01:30:00.000Z"
+    [overdue] = statistics([rec(ran, "daily")], [berlin], late, GRACE).overdueSchedules
+    assert overdue.dueAt == "2026-10-26T01:30:00.000Z"
 
 
 def test_never_succeeded_is_measured_from_the_oldest_record_and_disabled_is_never_overdue() -> None:
     records = [rec(day(10), "daily"), rec(day(19), "weekly", "failed")]
     st = statistics(records, [DAILY, WEEKLY], NOW, GRACE)
-    assert [o["scheduleId"] for o in st["overdueSchedules"]] == ["daily", "weekly"]
-    assert st["overdueSchedules"][1]["lastSuccess"] is None
+    assert [o.scheduleId for o in st.overdueSchedules] == ["daily", "weekly"]
+    assert st.overdueSchedules[1].lastSuccess is None
     off = Schedule("daily", "0 2 * * *", 7, timezone="UTC", enabled=False)
-    assert statistics(records, [off], NOW, GRACE)["overdueSchedules"] == []
-    assert statistics([], [DAILY], NOW, GRACE)["overdueSchedules"] == []
+    assert statistics(records, [off], NOW, GRACE).overdueSchedules == ()
+    assert statistics([], [DAILY], NOW, GRACE).overdueSchedules == ()
 
 
 def test_health_reasons() -> None:
@@ -133,11 +141,11 @@ def test_health_reasons() -> None:
     ]
     st = statistics(records, [DAILY, WEEKLY], NOW, GRACE, 0, 10)
     report = health(st, [DAILY, WEEKLY], records, NOW, GRACE, min_free=100, restore_test_days=7)
-    checks = sorted((p["check"], p["scheduleId"]) for p in report.problems)
+    checks = sorted((p.check, p.scheduleId or "") for p in report.problems)
     # the 20th's run failed, so daily is also overdue (its last success is the 19th's)
-    assert checks == [("free-space", None), ("last-run-failed", "daily"), ("overdue", "daily")]
-    assert "pg_dump failed" in report.problems[0]["reason"] + report.problems[1]["reason"]
-    assert [w["check"] for w in report.warnings] == ["restore-test"]
+    assert checks == [("free-space", ""), ("last-run-failed", "daily"), ("overdue", "daily")]
+    assert "pg_dump failed" in report.problems[0].reason + report.problems[1].reason
+    assert [w.check for w in report.warnings] == ["restore-test"]
     good = [rec(day(20), "daily"), *records[1:]]
     ok = statistics(good, [DAILY, WEEKLY], NOW, GRACE, 0, 1000)
     assert health(ok, [DAILY, WEEKLY], good, NOW, GRACE, 100).ok
@@ -150,14 +158,14 @@ def test_clock_skew_and_undated_manifests_neither_crash_nor_hide_a_stopped_sched
     records = [future, undated, rec(day(17), "daily")]
     st = statistics(records, [DAILY], NOW, GRACE, 0, 10)
     # the last believable success is the 17th's: the 18th's run was due, so daily is overdue
-    [overdue] = st["overdueSchedules"]
-    assert (overdue["lastSuccess"], overdue["dueAt"]) == (iso(day(17)), iso(day(18)))
-    assert st["schedules"][0]["lastSuccess"] == iso(day(17))
+    [overdue] = st.overdueSchedules
+    assert (overdue.lastSuccess, overdue.dueAt) == (iso(day(17)), iso(day(18)))
+    assert st.schedules[0].lastSuccess == iso(day(17))
     report = health(st, [DAILY], records, NOW, GRACE, min_free=0)
-    assert [p["check"] for p in report.problems] == ["overdue"]
-    assert [w["check"] for w in report.warnings] == ["clock-skew", "undated"]
-    assert future.id in report.warnings[0]["reason"]
-    assert undated.id in report.warnings[1]["reason"]
+    assert [p.check for p in report.problems] == ["overdue"]
+    assert [w.check for w in report.warnings] == ["clock-skew", "undated"]
+    assert future.id in report.warnings[0].reason
+    assert undated.id in report.warnings[1].reason
     families = {
         f.name: f
         for f in text_string_to_metric_families(prometheus_text(records, [DAILY], NOW, GRACE))

@@ -11,7 +11,6 @@ import secrets
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,14 +19,15 @@ from ...engines import RestoreRequest
 from ...errors import DatabaseError, ExitCode, IntegrityError, NotFoundError, SbbackupError
 from ...locks import hold
 from ...model import BackupRecord, Status, iso
+from ...results import CheckStatus, Drill, DrillStatus, TestReport, VerifyReport
 from ..backups import create_backup, show_backup
 from ..context import Context
 from ..options import CreateOptions
 from ..restore import compare_restored, load_backup, timed
 from ..schedules import TEST_SCHEDULE
-from ..verify import VerifyReport, check_file, check_key, verify_backups
+from ..verify import check_file, check_key, verify_backups
 from .preflight import preflight
-from .report import Drill, TestOptions, TestReport
+from .report import TestOptions
 
 SCRATCH_PREFIX = "sbbackup_test_"
 DRILL_LOCK = "drill"
@@ -36,7 +36,7 @@ DRILL_LOCK = "drill"
 def run_self_test(ctx: Context, opts: TestOptions, now: datetime | None = None) -> TestReport:
     now = now or datetime.now(UTC)
     report = TestReport(checks=preflight(ctx, now), drill=Drill(), startedAt=iso(now) or "")
-    if opts.drill and any(c.status == "fail" for c in report.checks):
+    if opts.drill and any(c.status == CheckStatus.FAIL for c in report.checks):
         report.drill.error = "not run: a preflight check failed"
     elif opts.drill:
         run_drill(ctx, lambda d: _pick_backup(ctx, opts, d), opts.target_url, report.drill)
@@ -62,14 +62,14 @@ def run_drill(
             try:
                 _drill(ctx, pick, server, drill)
             except KeyboardInterrupt:  # SIGINT/SIGTERM: the scratch target is already dropped
-                drill.status, drill.error = "failed", "interrupted"
+                drill.status, drill.error = DrillStatus.FAILED, "interrupted"
                 drill.code = int(ExitCode.INTERRUPTED)
                 with contextlib.suppress(SbbackupError, OSError):
                     _record(ctx, drill, started)  # statistics count it as a failed drill
                 raise
             _record(ctx, drill, started)
     except SbbackupError as exc:  # the lock is held, or the record could not be written
-        drill.status, drill.error, drill.code = "failed", exc.message, int(exc.exit_code)
+        drill.status, drill.error, drill.code = DrillStatus.FAILED, exc.message, int(exc.exit_code)
 
 
 def _pick_backup(ctx: Context, opts: TestOptions, drill: Drill) -> BackupRecord:
@@ -104,9 +104,9 @@ def _drill(
         target = scratch
         timed(drill.timings, "restore", lambda: _restore(ctx, record, target))
         timed(drill.timings, "compare", lambda: _compare(ctx, record, target, drill))
-        drill.status = "passed"
+        drill.status = DrillStatus.PASSED
     except SbbackupError as exc:
-        drill.status, drill.error, drill.code = "failed", exc.message, int(exc.exit_code)
+        drill.status, drill.error, drill.code = DrillStatus.FAILED, exc.message, int(exc.exit_code)
     finally:
         if scratch is not None:
             with _signals_deferred():
@@ -114,7 +114,7 @@ def _drill(
                     engine.drop_target(scratch)
                     drill.scratchDropped = True
                 except SbbackupError as exc:
-                    drill.status, drill.code = "failed", drill.code or int(exc.exit_code)
+                    drill.status, drill.code = DrillStatus.FAILED, drill.code or int(exc.exit_code)
                     drill.error = f"{drill.error + '; ' if drill.error else ''}{exc.message}"
 
 
@@ -204,7 +204,7 @@ def verify_with_restore(
         if not result.ok:
             continue
         drill = drill_backup(ctx, ctx.catalog.get(result.id), server)
-        result.restore = asdict(drill)
-        if drill.status != "passed":
+        result.restore = drill
+        if drill.status != DrillStatus.PASSED:
             result.ok, result.error, result.exitCode = False, drill.error, drill.code
     return report

@@ -21,29 +21,29 @@ from ...errors import (
 from ...locks import hold
 from ...model import Status
 from ...policy.sources import load_schedules
+from ...results import Check, CheckStatus
 from ...storage.local import LocalStorage
 from ..context import Context
 from ..monitoring import get_statistics
 from ..schedules import schedules
-from .report import Check
 
-Outcome = tuple[str, str]  # (status, reason)
+Outcome = tuple[str, str]  # (a CheckStatus value, the reason)
 
 
 def _run_check(name: str, fn: Callable[[], Outcome]) -> Check:
     try:
         status, reason = fn()
-        return Check(name, status, reason)
+        return Check(name, CheckStatus(status), reason)
     except SbbackupError as exc:
-        return Check(name, "fail", exc.message, int(exc.exit_code))
+        return Check(name, CheckStatus.FAIL, exc.message, int(exc.exit_code))
     except OSError as exc:
-        return Check(name, "fail", str(exc), int(ExitCode.STORAGE))
+        return Check(name, CheckStatus.FAIL, str(exc), int(ExitCode.STORAGE))
 
 
 def preflight(ctx: Context, now: datetime) -> list[Check]:
     """The named checks, in order. A bad configuration stops here: nothing else is meaningful."""
     checks = [_run_check("config", lambda: _check_config(ctx))]
-    if checks[0].status == "fail":
+    if checks[0].status == CheckStatus.FAIL:
         return checks
     steps: list[tuple[str, Callable[[], Outcome]]] = [
         ("tools", lambda: _check_tools(ctx)),
@@ -212,9 +212,9 @@ def _check_identity(ctx: Context) -> Outcome:
 
 def _check_schedules(ctx: Context, now: datetime) -> Outcome:
     sset = schedules(ctx)  # ConfigError (exit 2) when a schedule does not parse
-    overdue: list[Any] = get_statistics(ctx, now)["overdueSchedules"] or []
+    overdue = get_statistics(ctx, now).overdueSchedules
     if overdue and ctx.settings.enabled:
-        names = ", ".join(o["scheduleId"] if isinstance(o, dict) else str(o) for o in overdue)
+        names = ", ".join(o.scheduleId for o in overdue)
         return "warn", f"{len(sset.schedules)} schedules parse; overdue: {names}"
     return "pass", f"{len(sset.schedules)} schedules parse, none overdue"
 
