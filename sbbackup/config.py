@@ -205,6 +205,7 @@ KEYS: tuple[Key, ...] = (
         int_range(1),
         None,
     ),
+    Key("state_dir", ("state", "dir"), "SBBACKUP_STATE_DIR", _str, "~/.local/state/sbbackup"),
     Key("api_host", ("api", "host"), "SBBACKUP_API_HOST", _str, "127.0.0.1"),
     Key("api_port", ("api", "port"), "SBBACKUP_API_PORT", int_range(0, 65535), 8080),
     Key(
@@ -284,6 +285,7 @@ class Settings:
     identity_file: str | None
     passphrase_file: str | None
     restore_test_days: int | None  # `health` warns without a restore drill this recent
+    state_dir: str  # audit log, locks, restore records when the backup path is not local
     api_host: str
     api_port: int
     api_public_health: bool

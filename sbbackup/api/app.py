@@ -52,7 +52,7 @@ class Api:
         caps = {name: getattr(settings, name) for _, name, _ in JOB_CAPS.values()}
         self.jobs = Jobs(caps, on_crash=self.log_traceback)
         self.run_guard = threading.Lock()  # schedule runs: our threads share our PID
-        self.state_dir = ops.Context(settings).state_dir
+        self.state = ops.Context(settings).state
         self.restore_dir = check_restore_dir(settings)
 
     def log(self, line: str) -> None:

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from .. import state
-from ..errors import LockedError, NotFoundError, SbbackupError, UsageError
+from ..errors import LockedError, NotFoundError, UsageError
 from ..jsonable import to_jsonable
-from ..locks import LOCK_DIR
 from ..ops import monitoring
 from ..ops import schedules as schedule_ops
 from ..policy.schedules import validate_schedule_id
@@ -71,7 +68,7 @@ def run_schedule(api: Api, req: Request) -> Response:
     ctx = req.ctx
     run_id = stamp_id("run")
     location = f"/api/backup/schedules/{schedule_id}/run/{run_id}"
-    lock = ctx.state_dir / LOCK_DIR / f"schedule-{schedule_id}.lock"
+    lock = f"schedule-{schedule_id}"
     with api.run_guard:  # our own threads share our PID: tell them apart here
         if any(j.extra["scheduleId"] == schedule_id for j in api.jobs.running("run")):
             raise LockedError(f"schedule {schedule_id} is already running (via the API)")
@@ -84,7 +81,7 @@ def run_schedule(api: Api, req: Request) -> Response:
             scheduleId=schedule_id,
             statusUrl=location,
         )
-    while not job.done.wait(0.01) and not _held_by_us(lock):
+    while not job.done.wait(0.01) and ctx.state.lock_holder(lock) != os.getpid():
         pass
     if job.done.is_set() and job.error is not None:
         raise job.error
@@ -118,11 +115,3 @@ def _schedule_fields(body: Mapping[str, Any], allow_id: bool) -> dict[str, Any]:
     """The body's schedule fields, type-checked; their values are checked by the store."""
     only(body, (("id",) if allow_id else ()) + tuple(SCHEDULE_FIELDS))
     return {k: field(body, k, SCHEDULE_FIELDS[k]) for k in body if k != "id"}
-
-
-def _held_by_us(lock: Path) -> bool:
-    """Has a thread of this process taken ``lock`` (``locks.hold`` writes the holder's PID)?"""
-    try:
-        return state.read_bytes(lock).decode(errors="replace").strip() == str(os.getpid())
-    except (OSError, SbbackupError):
-        return False

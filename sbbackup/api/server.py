@@ -16,7 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..audit import append_audit
 from ..config import Settings
 from ..errors import ConfigError, SbbackupError
 from .app import Api
@@ -267,8 +266,7 @@ class Handler(BaseHTTPRequestHandler):
         api = self.server.api
         target = scrub(next(iter(params.values())), api.tokens) if params else None
         try:
-            append_audit(
-                api.state_dir,
+            api.state.audit(
                 f"api:{route.operation if route else self.command}",
                 target[:MAX_ID] if target else None,
                 str(status),

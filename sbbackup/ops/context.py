@@ -7,10 +7,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..audit import append_audit
 from ..catalog import Catalog
 from ..config import Settings
 from ..engines import Engine, EngineSettings, engine_for
+from ..state import StateDir
 from ..storage import Storage
 from ..storage.local import LocalStorage
 
@@ -37,16 +37,17 @@ class Context:
         s = self.settings
         return engine_for(EngineSettings(s.database_url, s.env, s.lock_wait_timeout))
 
-    @property
-    def state_dir(self) -> Path:
-        """Audit log, restore records, locks: always on the local filesystem."""
+    @cached_property
+    def state(self) -> StateDir:
+        """Audit log, locks, restore records, the last drill, runtime schedules: always on the
+        local filesystem. A local backup directory is its own state directory; otherwise it
+        is ``state.dir`` (``SBBACKUP_STATE_DIR``)."""
         storage = self.storage
         if isinstance(storage, LocalStorage):
-            return storage.root
-        from ..state import resolve_dir
+            return StateDir(storage.root)
+        from ..state.files import resolve_dir
 
-        state = self.settings.env.get("SBBACKUP_STATE_DIR", "~/.local/state/sbbackup")
-        return resolve_dir(Path(state).expanduser())
+        return StateDir(resolve_dir(Path(self.settings.state_dir).expanduser()))
 
     @cached_property
     def identities(self) -> list[Any]:
@@ -64,4 +65,4 @@ class Context:
     def audit(self, operation: str, target_id: str | None, result: str, **extra: Any) -> None:
         if self.remote:
             extra["remote"] = self.remote
-        append_audit(self.state_dir, operation, target_id, result, **extra)
+        self.state.audit(operation, target_id, result, **extra)

@@ -7,7 +7,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from ..config import DEFAULT_MIN_FREE
-from ..drills import last_restore_test
 from ..policy.schedules import Schedule
 from ..policy.stats import health, prometheus_text, statistics
 from ..results import HealthReport, Metrics, Statistics
@@ -32,7 +31,7 @@ def _schedules_as_run(ctx: Context) -> list[Schedule]:
 def get_statistics(ctx: Context, now: datetime | None = None) -> Statistics:
     used, free = ctx.storage.usage()
     sched = _schedules_as_run(ctx)
-    last_test = last_restore_test(ctx.state_dir)
+    last_test = ctx.state.last_drill()
     return statistics(ctx.catalog.list(), sched, _now(now), DEFAULT_GRACE, used, free, last_test)
 
 

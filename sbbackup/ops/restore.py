@@ -4,8 +4,6 @@ the restore drill shares with it: loading a backup into a target and comparing t
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 import secrets
 import time
 from collections.abc import Callable
@@ -16,17 +14,14 @@ from typing import Any, TypeVar
 from ..engines import RestoreRequest, compare_contents
 from ..errors import (
     IntegrityError,
-    NotFoundError,
     PolicyError,
-    StorageError,
     TargetExistsError,
     UsageError,
     redact_secrets,
 )
-from ..locks import hold
 from ..model import BackupRecord, RestoreRecord, Status, iso
 from ..pipeline import HashingReader, check_digest
-from ..storage.local import LocalStorage, ensure_private_dir
+from ..state.restores import RESTORE_ID_RE
 from .backups import show_backup
 from .context import Context
 from .options import RestoreOptions
@@ -34,8 +29,7 @@ from .verify import check_file, check_key, plaintext
 
 T = TypeVar("T")
 
-RESTORE_DIR = "restores"
-RESTORE_ID_RE = r"restore_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z_[0-9a-f]{6}"
+__all__ = ["RESTORE_ID_RE", "get_restore", "new_restore_id", "restore_backup"]
 
 
 def new_restore_id(now: datetime | None = None) -> str:
@@ -66,7 +60,7 @@ def restore_backup(ctx: Context, opts: RestoreOptions) -> RestoreRecord:
     if opts.must_be_new and target.exists:
         raise TargetExistsError(f"target {target.display} already exists")
     lock = "restore-" + hashlib.sha256(target.key.encode()).hexdigest()[:16]
-    with hold(ctx.state_dir, lock, f"a restore into {target.display}"):
+    with ctx.state.lock(lock, f"a restore into {target.display}"):
         return _restore_locked(ctx, record, opts, target.display)
 
 
@@ -80,8 +74,7 @@ def _restore_locked(
         target=display,
         startedAt=iso(now),
     )
-    store = _restore_store(ctx)
-    store.write_bytes_atomic(rec.restoreId + ".json", _dumps(rec))
+    ctx.state.write_restore(rec)
     started = time.monotonic()
     try:
         fresh = opts.create_target or opts.clean or opts.must_be_new
@@ -96,7 +89,7 @@ def _restore_locked(
     finally:
         rec.finishedAt = iso(datetime.now(UTC))
         rec.duration = int((time.monotonic() - started) * 1000)
-        store.write_bytes_atomic(rec.restoreId + ".json", _dumps(rec))
+        ctx.state.write_restore(rec)
         ctx.audit("restore", record.id, rec.status, restoreId=rec.restoreId, target=rec.target)
     return rec
 
@@ -201,23 +194,6 @@ def compare_restored(
 # --- restore records ---------------------------------------------------------------------
 
 
-def _restore_store(ctx: Context) -> LocalStorage:
-    store = LocalStorage(ctx.state_dir / RESTORE_DIR)
-    ensure_private_dir(store.root, under=ctx.state_dir)
-    return store
-
-
 def get_restore(ctx: Context, restore_id: str) -> RestoreRecord:
-    if not isinstance(restore_id, str) or not re.fullmatch(RESTORE_ID_RE, restore_id):
-        raise UsageError(f"invalid restore ID {restore_id[:80]!r}")
-    try:
-        raw = _restore_store(ctx).read_bytes(restore_id + ".json")
-        return RestoreRecord.from_json(json.loads(raw))
-    except FileNotFoundError:
-        raise NotFoundError(f"restore {restore_id} not found") from None
-    except ValueError as exc:
-        raise StorageError(f"restore record {restore_id} is unreadable: {exc}") from None
-
-
-def _dumps(rec: RestoreRecord) -> bytes:
-    return json.dumps(rec.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+    """The record of restore ``restore_id`` (NotFoundError, exit 5, if there is none)."""
+    return ctx.state.read_restore(restore_id)

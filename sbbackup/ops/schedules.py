@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..locks import hold
 from ..model import Status, iso
 from ..policy.retention import RetentionPolicy, plan_all
 from ..policy.schedules import Schedule, crontab_lines, next_runs, validate_schedule_id
@@ -46,7 +45,7 @@ def _now(now: datetime | None) -> datetime:
 
 
 def schedules(ctx: Context) -> ScheduleSet:
-    return load_schedules(ctx.settings, ctx.state_dir)
+    return load_schedules(ctx.settings, ctx.state)
 
 
 def policies(ctx: Context, sset: ScheduleSet) -> dict[str | None, RetentionPolicy]:
@@ -76,7 +75,7 @@ def run_schedule(ctx: Context, schedule_id: str, now: datetime | None = None) ->
         )
     if not schedule.enabled:
         return RunResult(schedule_id, RunOutcome.SKIPPED, f"schedule {schedule_id} is disabled")
-    with hold(ctx.state_dir, f"schedule-{schedule_id}", f"schedule {schedule_id}"):
+    with ctx.state.lock(f"schedule-{schedule_id}", f"schedule {schedule_id}"):
         opts = CreateOptions(
             format=schedule.format,
             compress=schedule.compression,
@@ -119,7 +118,7 @@ def _apply_retention(
     if dry_run:
         records = ctx.catalog.list()
         return plan_all(records, policies(ctx, sset), now, only_schedule=schedule_id), []
-    with hold(ctx.state_dir, PRUNE_LOCK, "a prune", wait=wait):
+    with ctx.state.lock(PRUNE_LOCK, "a prune", wait=wait):
         records = ctx.catalog.list()
         plan = plan_all(records, policies(ctx, sset), now, only_schedule=schedule_id)
         by_id = {r.id: r for r in records}
@@ -181,7 +180,7 @@ def edit_schedule(
 ) -> ScheduleView | ScheduleRemoved:
     """add / update / remove / enable / disable, persisted in the state file."""
     validate_schedule_id(schedule_id)
-    result = change_schedule(ctx.settings, ctx.state_dir, schedule_id, action, fields)
+    result = change_schedule(ctx.settings, ctx.state, schedule_id, action, fields)
     ctx.audit("schedules", None, action, scheduleId=schedule_id)
     if result is None:
         return ScheduleRemoved(scheduleId=schedule_id, removed=True)

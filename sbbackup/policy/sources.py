@@ -18,12 +18,9 @@ import tomli_w
 
 from ..config import Settings
 from ..errors import ConfigError, NotFoundError, UsageError
-from ..locks import hold
-from ..state import check_private_dir, read_bytes
-from ..storage.local import LocalStorage
+from ..state import StateDir
 from .schedules import DEFAULT_SCHEDULES, Schedule, schedule_from_mapping, validate_schedule_id
 
-STATE_FILE = "schedules.toml"
 SEED_IDS = ("daily", "weekly", "monthly")
 SEED_ENV = {
     "ENABLED": "enabled",
@@ -49,15 +46,15 @@ class ScheduleSet:
             ) from None
 
 
-def _read_state(state_dir: Path) -> dict[str, Any]:
+def _read_state(state: StateDir) -> dict[str, Any]:
     """The runtime changes; a symlink in place of the file is refused (StorageError, exit 4)."""
-    path = state_dir / STATE_FILE
-    check_private_dir(state_dir)  # what sits in a directory others can write is not trusted
-    try:
-        data = tomllib.loads(read_bytes(path).decode())
-    except FileNotFoundError:
+    path = state.schedules_file
+    raw = state.read_schedules()
+    if raw is None:
         return {}
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    try:
+        data = tomllib.loads(raw.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: unreadable schedule state ({exc})") from None
     schedules = data.get("schedules", {})
     if not isinstance(schedules, dict):
@@ -65,20 +62,20 @@ def _read_state(state_dir: Path) -> dict[str, Any]:
     return schedules
 
 
-def _write_state(state_dir: Path, schedules: Mapping[str, Any]) -> None:
+def _write_state(state: StateDir, schedules: Mapping[str, Any]) -> None:
     body = tomli_w.dumps({"schedules": dict(schedules)}).encode()
     header = (
         b"# Runtime schedule changes made by `sbbackup schedules ...`.\n"
         b"# They override the YAML file and environment. Edit with sbbackup, not by hand.\n"
     )
     # A random O_EXCL temp name, then a rename: a planted symlink is replaced, never followed.
-    LocalStorage(state_dir).write_bytes_atomic(STATE_FILE, header + body)
+    state.write_schedules(header + body)
 
 
-def load_schedules(settings: Settings, state_dir: Path) -> ScheduleSet:
+def load_schedules(settings: Settings, state: StateDir) -> ScheduleSet:
     """Every source merged, lowest to highest (see the module docstring)."""
     schedules, sources = _base_schedules(settings)
-    _apply_state(schedules, sources, _read_state(state_dir), state_dir / STATE_FILE)
+    _apply_state(schedules, sources, _read_state(state), state.schedules_file)
     return ScheduleSet(schedules, sources)
 
 
@@ -132,7 +129,7 @@ def _apply_state(
 
 def change_schedule(
     settings: Settings,
-    state_dir: Path,
+    state_dir: StateDir,
     schedule_id: str,
     action: str,
     fields: Mapping[str, Any] | None = None,
@@ -143,11 +140,11 @@ def change_schedule(
     file is written; a lock keeps two concurrent changes from losing one.
     """
     validate_schedule_id(schedule_id)
-    with hold(state_dir, "schedules-state", "a schedule change"):
+    with state_dir.lock("schedules-state", "a schedule change"):
         schedules, sources = _base_schedules(settings)
         state = _read_state(state_dir)
         current = dict(schedules)
-        _apply_state(current, dict(sources), state, state_dir / STATE_FILE)
+        _apply_state(current, dict(sources), state, state_dir.schedules_file)
         exists = schedule_id in current
         if action == "add" and exists:
             raise UsageError(f"schedule {schedule_id} already exists: use `schedules update`")

@@ -1,6 +1,6 @@
 """Local filesystem storage: 0700 directory, 0600 files, write-partial/fsync/rename/fsync-dir.
 
-The directory is a state directory (see ``sbbackup.state``): checked like ssh checks
+The directory is a state directory (see ``sbbackup.state.files``): checked like ssh checks
 ``~/.ssh`` before it is used, and no file in it is ever followed if it is a symlink.
 """
 
@@ -14,9 +14,9 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from .. import state
 from ..errors import StorageError
-from ..state import DIR_MODE, FILE_MODE, ensure_private_dir, fsync_dir, storage_error
+from ..state import files as state
+from ..state.files import DIR_MODE, FILE_MODE, ensure_private_dir, fsync_dir, storage_error
 
 __all__ = [
     "DIR_MODE",
@@ -111,9 +111,7 @@ class LocalStorage:
             self._checked = state.check_private_dir(self.root)
 
     def _path(self, name: str) -> Path:
-        if not name or "/" in name or name.startswith(".") or "\0" in name:
-            raise StorageError(f"invalid object name {name!r}")
-        return self.root / name
+        return self.root / state.check_name(name)
 
     def open_write(self, name: str) -> LocalWriter:
         self.ensure()
@@ -139,25 +137,7 @@ class LocalStorage:
 
     def write_bytes_atomic(self, name: str, data: bytes) -> None:
         self.ensure()
-        path = self._path(name)
-        if os.path.islink(path):  # rename would not follow it, but a planted link is a warning
-            raise state.symlink_error(path)
-        try:
-            fd, tmp = state.create_temp(self.root, path.name)
-        except OSError as exc:
-            raise storage_error(exc, f"cannot write {path}") from None
-        try:
-            try:
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            fsync_dir(self.root)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise storage_error(exc, f"cannot write {path}") from None
+        state.write_atomic(self.root, name, data)
 
     def exists(self, name: str) -> bool:
         return os.path.lexists(self._path(name))
@@ -241,12 +221,6 @@ def _read_only(path: Path) -> bool:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
         return False
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _listed(entry: os.DirEntry[str]) -> bool:

@@ -22,6 +22,7 @@ from sbbackup.policy.schedules import (
     validate_schedule_id,
 )
 from sbbackup.policy.sources import load_schedules
+from sbbackup.state import StateDir
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE_CONFIG = ROOT / "examples" / "config.yaml"
@@ -36,7 +37,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_defaults_match_the_seed(tmp_path: Path) -> None:
-    sset = load_schedules(load_settings(env={}), tmp_path)
+    sset = load_schedules(load_settings(env={}), StateDir(tmp_path))
     got = {
         s.id: (s.cron, s.retentionDays, s.encryption, s.minKeep) for s in sset.schedules.values()
     }
@@ -59,7 +60,7 @@ def test_precedence_defaults_yaml_env_runtime(
     settings = load_settings(
         str(cfg), env={"DB_BACKUP_DAILY_RETENTION": "14", "DB_BACKUP_WEEKLY_ENABLED": "false"}
     )
-    sset = load_schedules(settings, tmp_path)
+    sset = load_schedules(settings, StateDir(tmp_path))
     assert sset.schedules["daily"].retentionDays == 14  # env beats YAML
     assert sset.schedules["daily"].minKeep == 2  # YAML beats defaults
     assert sset.schedules["weekly"].enabled is False
@@ -164,9 +165,9 @@ def test_yaml_errors_name_file_and_key(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("schedules:\n  daily:\n    cronn: '0 1 * * *'\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: schedules\.daily: unknown key 'cronn'"):
-        load_schedules(load_settings(str(cfg), env={}), tmp_path)
+        load_schedules(load_settings(str(cfg), env={}), StateDir(tmp_path))
     with pytest.raises(ConfigError, match="DB_BACKUP_DAILY_RETENTION|DB_BACKUP_DAILY_"):
-        load_schedules(load_settings(env={"DB_BACKUP_DAILY_RETENTION": "soon"}), tmp_path)
+        load_schedules(load_settings(env={"DB_BACKUP_DAILY_RETENTION": "soon"}), StateDir(tmp_path))
 
 
 def test_validators() -> None:
@@ -269,7 +270,9 @@ def test_example_crontab_is_what_crontab_prints(capsys: pytest.CaptureFixture[st
     assert res.code == 0, res.err
     assert res.out == EXAMPLE_CRONTAB.read_text()
     ids = set(
-        load_schedules(load_settings(str(EXAMPLE_CONFIG), env={}), Path("/nonexistent")).schedules
+        load_schedules(
+            load_settings(str(EXAMPLE_CONFIG), env={}), StateDir(Path("/nonexistent"))
+        ).schedules
     )
     jobs = [
         ln

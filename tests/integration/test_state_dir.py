@@ -93,7 +93,7 @@ def run_patched(sb: SB, env: dict[str, str], patch: str, *args: str) -> Result:
     way to plant a symlink where a fresh random name will be)."""
     code = "\n".join(
         (
-            "import sys, sbbackup.cli, sbbackup.state, sbbackup.ops.restore",
+            "import sys, sbbackup.cli, sbbackup.state.files, sbbackup.ops.restore",
             patch,
             "sbbackup.cli.main(sys.argv[1:])",
         )
@@ -108,7 +108,7 @@ def run_patched(sb: SB, env: dict[str, str], patch: str, *args: str) -> Result:
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-FIXED_TEMP = "sbbackup.state.temp_name = lambda directory, name: directory / '.planted.tmp'"
+FIXED_TEMP = "sbbackup.state.files.temp_name = lambda directory, name: directory / '.planted.tmp'"
 
 
 # --- symlinks in place of state files -------------------------------------------------------

@@ -14,10 +14,8 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from ...drills import record_drill
 from ...engines import RestoreRequest
 from ...errors import DatabaseError, ExitCode, IntegrityError, NotFoundError, SbbackupError
-from ...locks import hold
 from ...model import BackupRecord, Status, iso
 from ...results import CheckStatus, Drill, DrillStatus, TestReport, VerifyReport
 from ..backups import create_backup, show_backup
@@ -58,7 +56,7 @@ def run_drill(
     """Hold the drill lock, drill, and record the outcome for `statistics` and `health`."""
     started = iso(datetime.now(UTC)) or ""
     try:
-        with hold(ctx.state_dir, DRILL_LOCK, "a restore drill"):
+        with ctx.state.lock(DRILL_LOCK, "a restore drill"):
             try:
                 _drill(ctx, pick, server, drill)
             except KeyboardInterrupt:  # SIGINT/SIGTERM: the scratch target is already dropped
@@ -189,7 +187,7 @@ def _record(ctx: Context, drill: Drill, started: str) -> None:
         "error": drill.error,
         "timings": drill.timings,
     }
-    record_drill(ctx.state_dir, entry, passed=drill.status == "passed")
+    ctx.state.record_drill(entry, passed=drill.status == "passed")
 
 
 # --- verify --deep --restore -------------------------------------------------------------

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from ... import state
 from ...errors import (
     ConfigError,
     DatabaseError,
@@ -18,10 +17,10 @@ from ...errors import (
     StorageError,
     WrongKeyError,
 )
-from ...locks import hold
 from ...model import Status
 from ...policy.sources import load_schedules
 from ...results import Check, CheckStatus
+from ...state import files as state
 from ...storage.local import LocalStorage
 from ..context import Context
 from ..monitoring import get_statistics
@@ -152,7 +151,7 @@ def _encrypted_schedules(ctx: Context) -> list[str]:
     if not ctx.settings.enabled:
         return []
     try:
-        scheds = load_schedules(ctx.settings, ctx.state_dir).schedules.values()
+        scheds = load_schedules(ctx.settings, ctx.state).schedules.values()
     except SbbackupError:
         return []  # the schedules check reports why
     return [s.id for s in scheds if s.enabled and s.encryption]
@@ -220,6 +219,6 @@ def _check_schedules(ctx: Context, now: datetime) -> Outcome:
 
 
 def _check_locks(ctx: Context) -> Outcome:
-    with hold(ctx.state_dir, "preflight-probe", "preflight"):
+    with ctx.state.lock("preflight-probe", "preflight"):
         pass
-    return "pass", f"{ctx.state_dir / 'locks'} is usable"
+    return "pass", f"{ctx.state.lock_path('preflight-probe').parent} is usable"

@@ -17,11 +17,12 @@ is followed or trusted blindly:
 - A directory sbbackup creates is made 0700 whatever the umask. An existing directory's
   mode is never changed: 0755 is accepted as it is, 0775 is refused, never "fixed".
 
-Ground floor: imports only ``errors`` and the standard library.
+The lowest module of ``sbbackup.state``: imports only ``errors`` and the standard library.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pwd
@@ -30,7 +31,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import StorageError
+from ..errors import StorageError
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -130,6 +131,41 @@ def create_temp(directory: Path, name: str) -> tuple[int, Path]:
         return create_exclusive(path), path
     except FileExistsError:
         raise StorageError(f"refusing to use {path}: it already exists") from None
+
+
+def check_name(name: str) -> str:
+    """``name`` if it may name a file in a state or backup directory: not empty, no ``/``, no
+    NUL, not hidden (temp files are hidden). Anything else is a StorageError (exit 4)."""
+    if not name or "/" in name or name.startswith(".") or "\0" in name:
+        raise StorageError(f"invalid object name {name!r}")
+    return name
+
+
+def write_atomic(directory: Path, name: str, data: bytes) -> None:
+    """Replace ``directory/name`` with ``data`` all at once: a random ``O_EXCL`` temp file,
+    fsync, rename, fsync of the directory. A reader sees the old or the new file, never a
+    mix; a symlink planted at ``name`` is refused, never followed. ``directory`` must exist."""
+    path = directory / check_name(name)
+    if os.path.islink(path):  # rename would not follow it, but a planted link is a warning
+        raise symlink_error(path)
+    try:
+        fd, tmp = create_temp(directory, name)
+    except OSError as exc:
+        raise storage_error(exc, f"cannot write {path}") from None
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(directory)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise storage_error(exc, f"cannot write {path}") from None
 
 
 # --- directories ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Non-blocking per-name flock locks. The kernel drops them when a holder dies (even -9).
 
-``locks/`` is a state directory and its lock files are state files (``sbbackup.state``): a
+``locks/`` is a state directory and its lock files are state files (``sbbackup.state.files``): a
 symlink in place of either is refused, never followed."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import LockedError
-from .state import ensure_private_dir, open_lock, storage_error
+from ..errors import LockedError
+from .files import ensure_private_dir, open_lock, storage_error
 
 LOCK_DIR = "locks"
 

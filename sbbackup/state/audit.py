@@ -1,6 +1,6 @@
 """Append-only audit log: one JSON line per mutating operation.
 
-``audit.log`` is a state file (``sbbackup.state``): opened ``O_NOFOLLOW``, created 0600."""
+``audit.log`` is a state file (``sbbackup.state.files``): opened ``O_NOFOLLOW``, created 0600."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .model import iso
-from .state import ensure_private_dir, open_append, storage_error
+from ..model import iso
+from .files import ensure_private_dir, open_append, storage_error
 
 AUDIT_FILE = "audit.log"
 
