@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from sbbackup.model import iso, new_backup_id
 
 
 def manifest_path(backup_dir: Path, backup_id: str) -> Path:
@@ -38,3 +41,17 @@ def replace_data(
     if recompute:
         changes = {"checksum": hashlib.sha256(data).hexdigest(), "size": len(data), **changes}
     return edit_manifest(backup_dir, backup_id, **changes) if changes else doc
+
+
+def backdate(backup_dir: Path, backup_id: str, when: datetime) -> str:
+    """Move a backup to ``when``, as if it had been taken then (data file and manifest renamed
+    to the new ID, ``createdAt`` rewritten); returns the new ID."""
+    new_id = new_backup_id(when)
+    doc = read_manifest(backup_dir, backup_id)
+    filename = str(doc["filename"])
+    new_name = new_id + filename[len(backup_id) :]
+    (backup_dir / filename).rename(backup_dir / new_name)
+    doc.update(id=new_id, filename=new_name, createdAt=iso(when))
+    manifest_path(backup_dir, new_id).write_text(json.dumps(doc))
+    manifest_path(backup_dir, backup_id).unlink()
+    return new_id

@@ -14,9 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from conftest import SB
+from helpers.manifests import backdate
 from helpers.pgcluster import Cluster
-
-from sbbackup.catalog import iso, new_backup_id
 
 
 @contextmanager
@@ -116,20 +115,6 @@ def test_kill_9_never_blocks_the_next_run(pg: Cluster, fresh_db: str, sb: SB) ->
     assert not list(sb.backup_path.glob("*.partial"))
 
 
-def backdate(sb: SB, record: dict[str, object], when: datetime) -> str:
-    """Rewrite a manifest as if the backup had been taken at ``when``; return its new ID."""
-    old_id = str(record["id"])
-    new_id = new_backup_id(when)
-    manifest = json.loads((sb.backup_path / f"{old_id}.json").read_text())
-    filename = str(manifest["filename"])
-    new_name = new_id + filename[len(old_id) :]
-    (sb.backup_path / filename).rename(sb.backup_path / new_name)
-    manifest.update(id=new_id, filename=new_name, createdAt=iso(when))
-    (sb.backup_path / f"{new_id}.json").write_text(json.dumps(manifest))
-    (sb.backup_path / f"{old_id}.json").unlink()
-    return new_id
-
-
 def files(sb: SB) -> set[str]:
     return {p.name for p in sb.backup_path.iterdir() if p.is_file() and p.name.startswith("stream")}
 
@@ -144,9 +129,10 @@ def test_retention_after_a_run_with_backdated_manifests(
     weekly = sb.ok("run-schedule", "weekly", "--json", env=env).json()["backup"]
     manual = sb.ok("create", "--json", env=env).json()
     ages = [3, 8, 20, 40]  # days: the first is within daily's 7 days, the others are not
-    ids = [backdate(sb, r, now - timedelta(days=d)) for r, d in zip(made, ages, strict=True)]
-    weekly_id = backdate(sb, weekly, now - timedelta(days=45))  # past 30 days, but the newest
-    manual_id = backdate(sb, manual, now - timedelta(days=31))  # past DB_BACKUP_RETENTION_DAYS
+    bp = sb.backup_path
+    ids = [backdate(bp, r["id"], now - timedelta(days=d)) for r, d in zip(made, ages, strict=True)]
+    weekly_id = backdate(bp, weekly["id"], now - timedelta(days=45))  # past 30 days, the newest
+    manual_id = backdate(bp, manual["id"], now - timedelta(days=31))  # past RETENTION_DAYS
     before = files(sb)
     plan = sb.ok("prune", "--dry-run", "--json", env=env).json()
     assert files(sb) == before
@@ -174,8 +160,8 @@ def test_a_failed_backup_never_prunes(pg: Cluster, fresh_db: str, sb: SB) -> Non
     env = {"DATABASE_URL": pg.url(fresh_db), "SBBACKUP_LOCK_WAIT_TIMEOUT": "1"}
     old = sb.ok("run-schedule", "daily", "--json", env=env).json()["backup"]
     older = sb.ok("run-schedule", "daily", "--json", env=env).json()["backup"]
-    old_id = backdate(sb, old, datetime.now(UTC) - timedelta(days=30))
-    older_id = backdate(sb, older, datetime.now(UTC) - timedelta(days=60))
+    old_id = backdate(sb.backup_path, str(old["id"]), datetime.now(UTC) - timedelta(days=30))
+    older_id = backdate(sb.backup_path, str(older["id"]), datetime.now(UTC) - timedelta(days=60))
     assert sb.ok("prune", "--dry-run", "--json", env=env).json()["remove"] == 1
     with table_locked(pg, fresh_db, "t"):
         res = sb("run-schedule", "daily", env=env, timeout=60)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SB
+from helpers.manifests import edit_manifest, read_manifest
 from helpers.pgcluster import Cluster, create_cluster, destroy_cluster
 
 SCRATCH_SQL = "SELECT datname FROM pg_database WHERE datname LIKE 'sbbackup\\_test\\_%' ORDER BY 1"
@@ -73,11 +74,10 @@ def test_edited_row_count_fails_with_13(pg: Cluster, fresh_db: str, sb: SB) -> N
     )
     env = {"DATABASE_URL": pg.url(fresh_db)}
     rec = sb.ok("create", "--json", env=env).json()
-    manifest = sb.backup_path / f"{rec['id']}.json"
-    data = json.loads(manifest.read_text())
-    assert data["contents"]["tables"]["public.accounts"] == 300
-    data["contents"]["tables"]["public.accounts"] = 299
-    manifest.write_text(json.dumps(data))
+    contents = read_manifest(sb.backup_path, rec["id"])["contents"]
+    assert contents["tables"]["public.accounts"] == 300
+    contents["tables"]["public.accounts"] = 299
+    edit_manifest(sb.backup_path, rec["id"], contents=contents)
 
     res = sb("test", "--backup", rec["id"], "--json", env=env)
     assert res.code == 13, res.out + res.err
@@ -271,10 +271,9 @@ def test_sqlite_drill(sb: SB, tmp_path: Path) -> None:
     assert list(scratch_dir.iterdir()) == []  # the scratch file and the leftover are gone
 
     # A row count that does not match is an integrity failure on SQLite too.
-    manifest = sb.backup_path / f"{drill['backupId']}.json"
-    data = json.loads(manifest.read_text())
-    data["contents"]["tables"]["a"] = 4
-    manifest.write_text(json.dumps(data))
+    contents = read_manifest(sb.backup_path, drill["backupId"])["contents"]
+    contents["tables"]["a"] = 4
+    edit_manifest(sb.backup_path, drill["backupId"], contents=contents)
     res = sb("test", "--latest", "--json", env=env)
     assert res.code == 13
     assert json.loads(res.out)["drill"]["differences"] == [

@@ -108,10 +108,7 @@ def test_list_shows_missing_and_corrupt(sb: SB, demo_db: Path) -> None:
 def test_newer_schema_version_refused(sb: SB, demo_db: Path) -> None:
     env = {"DATABASE_URL": f"sqlite:///{demo_db}"}
     rec = sb.ok("create", "--json", env=env).json()
-    manifest = sb.backup_path / (rec["id"] + ".json")
-    data = json.loads(manifest.read_text())
-    data["schemaVersion"] = SCHEMA_VERSION + 1
-    manifest.write_text(json.dumps(data))
+    edit_manifest(sb.backup_path, rec["id"], schemaVersion=SCHEMA_VERSION + 1)
     res = sb("show", rec["id"])
     assert res.code == 13 and "newer" in res.err and "upgrade sbbackup" in res.err
 

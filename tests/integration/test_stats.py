@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from helpers.records import record
 from helpers.sched_helpers import run, sqlite_db
 from prometheus_client.parser import text_string_to_metric_families
 
-from sbbackup.catalog import BackupRecord, iso, new_backup_id
+from sbbackup.catalog import BackupRecord, iso
 from sbbackup.policy.schedules import DEFAULT_SCHEDULES, Schedule
 from sbbackup.policy.stats import health, p95, prometheus_text, statistics
 from sbbackup.results import DiskUsage, SizeStats, SuccessRate
@@ -31,19 +32,7 @@ def rec(
     raw: int = 400,
     error: str | None = None,
 ) -> BackupRecord:
-    return BackupRecord(
-        id=new_backup_id(when),
-        filename="f" if status == "completed" else None,
-        size=size,
-        createdAt=iso(when) or "",
-        checksum=None,
-        status=status,
-        duration=duration,
-        scheduleId=schedule,
-        compression={"algorithm": "zstd"},
-        uncompressedSize=raw,
-        error=error,
-    )
+    return record(when, schedule, status, size=size, duration=duration, raw=raw, error=error)
 
 
 def day(d: int, hour: int = 2) -> datetime:

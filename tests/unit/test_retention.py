@@ -5,27 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from helpers.records import record
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sbbackup.catalog import BackupRecord, iso, new_backup_id
+from sbbackup.catalog import BackupRecord
 from sbbackup.policy.retention import RetentionPolicy, plan, plan_all
 
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
 
 
 def rec(days_ago: float, status: str = "completed", schedule: str | None = "daily") -> BackupRecord:
-    created = NOW - timedelta(days=days_ago)
-    return BackupRecord(
-        id=new_backup_id(created),
-        filename="x.sql.zst" if status == "completed" else None,
-        size=100,
-        createdAt=iso(created) or "",
-        checksum=None,
-        status=status,
-        duration=1000,
-        scheduleId=schedule,
-    )
+    return record(NOW - timedelta(days=days_ago), schedule, status)
 
 
 CASES = [
@@ -125,9 +116,7 @@ POLICIES = st.builds(RetentionPolicy, st.integers(1, 365), st.integers(1, 5))
 def _records(backups: list[tuple[float, str]]) -> list[BackupRecord]:
     out = []
     for i, (days, status) in enumerate(backups):
-        r = rec(days, status)
-        r.id = f"{r.id[:-1]}Z-{i}"  # unique even when two times round to one millisecond
-        out.append(r)
+        out.append(record(NOW - timedelta(days=days), "daily", status, tag=str(i)))
     return out
 
 
