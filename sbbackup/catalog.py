@@ -8,7 +8,7 @@ never data files.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from .errors import IntegrityError, NotFoundError, StorageError
@@ -61,19 +61,37 @@ MAX_MANIFEST_BYTES = 1 << 20
 MAX_MANIFEST_DEPTH = 32
 
 
-class Catalog:
-    """Manifests stored beside the data files in one storage backend."""
+def writer_lock(backup_id: str) -> str:
+    """The name of the state-directory lock a backup's writer holds from the reservation of
+    its ID to its last manifest write: whoever gets it knows the writer is gone."""
+    return f"backup-{backup_id}"
 
-    def __init__(self, storage: Storage) -> None:
+
+class Catalog:
+    """Manifests stored beside the data files in one storage backend.
+
+    ``writer_alive(ID)`` says whether an ``in_progress`` backup's writer still holds its lock
+    (``Context`` asks the state directory); without it nothing is shown as ``abandoned``."""
+
+    def __init__(self, storage: Storage, writer_alive: Callable[[str], bool] | None = None) -> None:
         self.storage = storage
+        self.writer_alive = writer_alive
 
     @staticmethod
     def manifest_name(backup_id: str) -> str:
         return validate_backup_id(backup_id) + MANIFEST_SUFFIX
 
     def save(self, record: BackupRecord) -> None:
-        data = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-        self.storage.write_bytes_atomic(self.manifest_name(record.id), data)
+        self.storage.write_bytes_atomic(self.manifest_name(record.id), _dumps(record))
+
+    def reserve(self, record: BackupRecord) -> bool:
+        """Write ``record`` (in progress) as the manifest of a new backup ID, only if that ID
+        has no manifest yet; False if it has one (someone else took the ID)."""
+        try:
+            self.storage.create_exclusive(self.manifest_name(record.id), _dumps(record))
+        except FileExistsError:
+            return False
+        return True
 
     def get(self, backup_id: str) -> BackupRecord:
         name = self.manifest_name(backup_id)
@@ -102,26 +120,45 @@ class Catalog:
         return record
 
     def iter_records(self) -> Iterator[BackupRecord]:
-        """All manifests; ``missing``/``corrupt`` status derived from the data file."""
+        """All manifests; ``missing``/``corrupt`` status derived from the data file. Then
+        every data file that no manifest claims, as an ``orphan``."""
         sizes = self.storage.list_sizes()
+        claimed: set[str] = set()
         for name in sizes:
-            if not name.endswith(MANIFEST_SUFFIX):
-                continue
             stem = name[: -len(MANIFEST_SUFFIX)]
-            if not BACKUP_ID_RE.fullmatch(stem):
+            if not name.endswith(MANIFEST_SUFFIX) or not BACKUP_ID_RE.fullmatch(stem):
                 continue
+            claimed.add(stem)
             try:
                 record = self._parse(name, self.storage.read_bytes(name))
+            except NewerSchemaError as exc:
+                placeholder = corrupt_placeholder(stem, str(exc))
+                placeholder.schemaVersion = SCHEMA_VERSION + 1  # kept by retention
+                yield placeholder
+                continue
             except (IntegrityError, StorageError, OSError) as exc:
                 yield corrupt_placeholder(stem, str(exc))
                 continue
             yield self.with_file_status(record, sizes)
+        for name, size in sizes.items():
+            backup_id = data_file_id(name)
+            if backup_id is not None and backup_id not in claimed:
+                yield orphan_record(backup_id, name, size)
 
     def with_file_status(
         self, record: BackupRecord, sizes: dict[str, int] | None = None
     ) -> BackupRecord:
         """Mark a completed record ``missing`` or ``corrupt`` from its data file's presence and
-        size (``sizes``: a listing already made, so 10,000 records cost one directory scan)."""
+        size (``sizes``: a listing already made, so 10,000 records cost one directory scan),
+        and an ``in_progress`` one ``abandoned`` when its writer is gone."""
+        alive = self.writer_alive
+        if record.status == Status.IN_PROGRESS and alive is not None and not alive(record.id):
+            writer = record.writer or {}
+            record.status = Status.ABANDONED
+            record.error = (
+                f"its writer (pid {writer.get('pid', '?')} on {writer.get('host', '?')}) "
+                "is gone; the next create or prune cleans it up"
+            )
         if record.status == Status.COMPLETED and record.filename:
             if sizes is not None:
                 size = sizes.get(record.filename, -1)
@@ -152,6 +189,17 @@ class Catalog:
             self.storage.delete(record.filename)
         self.storage.delete(self.manifest_name(record.id))
 
+    def delete_any(self, record: BackupRecord) -> None:
+        """Remove whatever ``list`` showed as ``record``: a backup, a failed attempt, an
+        unreadable manifest with the data files named after its ID, or an orphan data file."""
+        if record.status == Status.ORPHAN:
+            if record.filename:
+                self.storage.delete(record.filename)
+        elif record.status == Status.CORRUPT and record.filename is None:
+            self.delete_unreadable(record.id, record.error or "unreadable manifest")
+        else:
+            self.delete(record)
+
     def delete_unreadable(self, backup_id: str, reason: str) -> BackupRecord:
         """Remove a backup whose manifest cannot be parsed (damaged, truncated, edited): every
         data file named after its ID (never a live ``.partial``), then the manifest."""
@@ -162,6 +210,41 @@ class Catalog:
                 self.storage.delete(name)
         self.storage.delete(manifest)
         return corrupt_placeholder(backup_id, reason)
+
+
+def _dumps(record: BackupRecord) -> bytes:
+    return json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+
+
+def data_file_id(name: str) -> str | None:
+    """The backup ID a finished data file is named after (``ID.sql.zst``...), or None for a
+    manifest, a partial, a hidden temp file or anything not named after a backup."""
+    if name.endswith((MANIFEST_SUFFIX, PARTIAL_SUFFIX)) or "." not in name:
+        return None
+    stem = name.split(".", 1)[0]
+    return stem if BACKUP_ID_RE.fullmatch(stem) else None
+
+
+def partial_id(name: str) -> str | None:
+    """The backup ID of a partial data file (``ID.sql.zst.partial``), or None."""
+    if not name.endswith(PARTIAL_SUFFIX):
+        return None
+    stem = name.split(".", 1)[0]
+    return stem if BACKUP_ID_RE.fullmatch(stem) else None
+
+
+def orphan_record(backup_id: str, filename: str, size: int) -> BackupRecord:
+    """What ``list`` shows for a data file that no manifest claims: not a backup."""
+    return BackupRecord(
+        id=backup_id,
+        filename=filename,
+        size=max(size, 0),
+        createdAt=_id_time(backup_id),
+        checksum=None,
+        status=Status.ORPHAN,
+        duration=0,
+        error=f"data file {filename} has no manifest: it is no backup (prune removes it)",
+    )
 
 
 def _depth(value: object) -> int:

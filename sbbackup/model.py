@@ -27,8 +27,10 @@ class Status(StrEnum):
     FAILED = "failed"
     IN_PROGRESS = "in_progress"
     # Derived at list time, never stored:
-    MISSING = "missing"
-    CORRUPT = "corrupt"
+    MISSING = "missing"  # completed, but the data file is gone
+    CORRUPT = "corrupt"  # the manifest is unreadable, or the data file has the wrong size
+    ABANDONED = "abandoned"  # in_progress, but its writer is gone (swept by create and prune)
+    ORPHAN = "orphan"  # a data file without a manifest: no backup (prune removes it)
 
 
 STATUS_COMPLETED = Status.COMPLETED
@@ -92,6 +94,9 @@ class BackupRecord:
     toolVersion: str = ""
     pgDumpVersion: str | None = None
     contents: dict[str, Any] | None = None
+    # Who wrote it: {"pid": N, "host": "..."}; how `list` tells a running backup from one
+    # whose writer died.
+    writer: dict[str, Any] | None = None
 
     @property
     def created(self) -> datetime:
@@ -159,6 +164,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "uncompressedSize": (int,),
     "contentChecksum": _OPT_STR,
     "contents": _OPT_DICT,
+    "writer": _OPT_DICT,
 }
 
 

@@ -91,6 +91,11 @@ SCHEMAS: dict[str, Any] = {
             "encryption": {"type": "object", "nullable": True},
             "database": {"type": "object"},
             "contents": {"type": "object", "nullable": True},
+            "writer": {
+                "type": "object",
+                "nullable": True,
+                "description": "The process that wrote it: pid and host.",
+            },
         },
         ("id", "status", "createdAt"),
     ),

@@ -28,7 +28,7 @@ MAX_BODY = 1 << 20  # 1 MiB
 MAX_ID = 200
 TEST_ID_RE = re.compile(r"test_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z_[0-9a-f]{6}")
 RUN_ID_RE = re.compile(r"run_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z_[0-9a-f]{6}")
-BACKUP_STATUSES = tuple(s.value for s in Status)  # completed, failed, in_progress, missing, corrupt
+BACKUP_STATUSES = tuple(s.value for s in Status)  # stored and derived: see model.Status
 
 
 class JobStatus(StrEnum):

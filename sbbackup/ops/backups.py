@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from .. import __version__
 from ..catalog import (
+    BACKUP_ID_RE,
     BackupRecord,
     Catalog,
     NewerSchemaError,
@@ -16,9 +19,18 @@ from ..catalog import (
     iso,
     new_backup_id,
     validate_backup_id,
+    writer_lock,
 )
 from ..engines import Engine
-from ..errors import IntegrityError, SbbackupError, UsageError, redact_secrets
+from ..errors import (
+    IntegrityError,
+    LockedError,
+    NotFoundError,
+    SbbackupError,
+    TargetExistsError,
+    UsageError,
+    redact_secrets,
+)
 from ..pipeline import BackupWriter, Compression
 from .context import Context
 from .options import CreateOptions
@@ -52,17 +64,15 @@ def create_backup(
         from ..encryption import plan_encryption
 
         plan = plan_encryption(s)  # fail closed, before anything is dumped
-    ctx.storage.sweep_partials()
+    ctx.storage.check_writable()  # before any lock: a read-only path says so
+    sweep_abandoned(ctx, partials_only=True)
     now = now or datetime.now(UTC)
-    backup_id = (
-        validate_backup_id(opts.backup_id) if opts.backup_id else unique_backup_id(ctx.catalog, now)
+    suffix = (
+        ctx.engine.file_extension[fmt] + (".zst" if compression else "") + (".age" if plan else "")
     )
     record = BackupRecord(
-        id=backup_id,
-        filename=backup_id
-        + ctx.engine.file_extension[fmt]
-        + (".zst" if compression else "")
-        + (".age" if plan else ""),
+        id="",
+        filename=None,
         size=0,
         createdAt=iso(now) or "",
         checksum=None,
@@ -74,17 +84,58 @@ def create_backup(
         compression=compression.to_json() if compression else None,
         encryption=plan.manifest if plan else None,
         toolVersion=__version__,
+        writer={"pid": os.getpid(), "host": socket.gethostname()},
     )
-    assert record.filename
     stage = plan.stage if plan else None
-    _write(
-        ctx,
-        record,
-        lambda name: BackupWriter(ctx.storage.open_write(name), compression, stage),
-        progress,
-    )
+    with contextlib.ExitStack() as held:
+        _reserve(ctx, record, suffix, now, opts.backup_id, held)
+        _write(
+            ctx,
+            record,
+            lambda name: BackupWriter(ctx.storage.open_write(name), compression, stage),
+            progress,
+        )
     ctx.audit("create", record.id, Status.COMPLETED, size=record.size, scheduleId=record.scheduleId)
     return record
+
+
+MAX_ID_TRIES = 1000
+
+
+def _reserve(
+    ctx: Context,
+    record: BackupRecord,
+    suffix: str,
+    now: datetime,
+    wanted: str | None,
+    held: contextlib.ExitStack,
+) -> None:
+    """Make ``record``'s ID ours: take the ID's lock, then create its manifest (in progress)
+    only if none exists. Two creates in one millisecond never share an ID: the loser of
+    either step moves on to ``ID-1``, ``ID-2``... (an ID asked for is taken or refused)."""
+    base = validate_backup_id(wanted) if wanted else new_backup_id(now)
+    for n in range(1 if wanted else MAX_ID_TRIES):
+        candidate = base if n == 0 else f"{base}-{n}"
+        attempt = contextlib.ExitStack()
+        try:
+            attempt.enter_context(
+                ctx.state.lock(writer_lock(candidate), f"backup {candidate}", remove=True)
+            )
+        except LockedError:
+            continue
+        record.id, record.filename = candidate, candidate + suffix
+        try:
+            reserved = ctx.catalog.reserve(record)
+        except BaseException:
+            attempt.close()
+            raise
+        if reserved:
+            held.push(attempt.pop_all())
+            return
+        attempt.close()
+    raise TargetExistsError(
+        f"backup ID {base} is taken" if wanted else f"no free backup ID after {base}"
+    )
 
 
 def _write(
@@ -129,10 +180,11 @@ def _write(
 
 
 def unique_backup_id(catalog: Catalog, now: datetime) -> str:
+    """An ID free now, to promise before the backup starts (the API's 202). The create still
+    reserves it; if another host or process took it meanwhile, that create is refused."""
     base = new_backup_id(now)
     names = set(catalog.storage.list_names())
-    candidate = base
-    n = 0
+    candidate, n = base, 0
     while any(name.startswith(candidate + ".") for name in names):
         n += 1
         candidate = f"{base}-{n}"
@@ -159,6 +211,71 @@ def _record_failure(ctx: Context, record: BackupRecord, exc: BaseException, star
         pass
 
 
+# --- writers that died ------------------------------------------------------------------
+
+
+def _id_of(name: str) -> str | None:
+    stem = name.split(".", 1)[0]
+    return stem if BACKUP_ID_RE.fullmatch(stem) else None
+
+
+def sweep_abandoned(ctx: Context, partials_only: bool = False) -> list[str]:
+    """Clean up after backup writers that died (kill -9, a crash, a power cut): their partial
+    and temp files, and, unless ``partials_only``, backups left ``in_progress``, which become
+    ``failed`` ("abandoned") with their data files removed. Returns the IDs swept.
+
+    A backup ID's writer holds the ID's lock from reservation to its last manifest write, so
+    an ID is touched only while its lock is ours, and its manifest is read again under the
+    lock: a live writer's files, or a backup completed meanwhile, are never removed.
+    ``create`` sweeps partials only (cheap: a listing); ``prune`` sweeps everything.
+    """
+    storage = ctx.storage
+    unfinished: dict[str, list[str]] = {}
+    for name in storage.unfinished():
+        backup_id = _id_of(name)
+        if backup_id is not None:
+            unfinished.setdefault(backup_id, []).append(name)
+    ids = set(unfinished)
+    if not partials_only:
+        ids |= {r.id for r in ctx.catalog.list() if r.status == Status.ABANDONED}
+    swept = []
+    for backup_id in sorted(ids):
+        if not ctx.state.lock_free(writer_lock(backup_id)):
+            continue  # its writer is alive (checked without creating a lock file)
+        try:
+            with ctx.state.lock(writer_lock(backup_id), f"backup {backup_id}", remove=True):
+                _sweep_one(ctx, backup_id, unfinished.get(backup_id, []))
+        except LockedError:
+            continue  # a writer or another sweeper got there first
+        swept.append(backup_id)
+    return swept
+
+
+def _sweep_one(ctx: Context, backup_id: str, unfinished: list[str]) -> None:
+    """Under ``backup_id``'s lock: remove its leftovers; fail its manifest if in progress."""
+    try:
+        record: BackupRecord | None = ctx.catalog.get(backup_id)
+    except NotFoundError:
+        record = None
+    except IntegrityError:
+        record = None  # unreadable: `delete` or prune's corrupt handling deals with it
+    for name in set(unfinished):
+        ctx.storage.sweep(name)
+    if record is None or record.status != Status.IN_PROGRESS:
+        return
+    writer = record.writer or {}
+    who = f"pid {writer.get('pid', '?')} on {writer.get('host', '?')}"
+    if record.filename:
+        ctx.storage.sweep(record.filename)
+        ctx.storage.delete(record.filename)  # a data file committed before the writer died
+    error = f"abandoned: its writer ({who}) died before the backup was complete"
+    record.status, record.error, record.filename = Status.FAILED, error, None
+    record.size, record.checksum, record.uncompressedSize = 0, None, 0
+    record.contentChecksum = None
+    ctx.catalog.save(record)
+    ctx.audit("sweep", backup_id, Status.FAILED, error=error)
+
+
 # --- list / show / delete ----------------------------------------------------------------
 
 
@@ -173,16 +290,28 @@ def show_backup(ctx: Context, backup_id: str) -> BackupRecord:
 
 
 def delete_backup(ctx: Context, backup_id: str) -> BackupRecord:
-    """Data file, then manifest. A damaged manifest does not make a backup undeletable; one
-    from a newer sbbackup (NewerSchemaError) is refused: that version can still read it."""
-    try:
-        record = show_backup(ctx, backup_id)
-    except NewerSchemaError:
-        raise
-    except IntegrityError as exc:
-        record = ctx.catalog.delete_unreadable(backup_id, exc.message)
-        ctx.audit("delete", backup_id, "deleted", note="unreadable manifest")
-        return record
-    ctx.catalog.delete(record)
+    """Data file, then manifest, under the ID's lock (a backup being written is refused, exit
+    11). A damaged manifest does not make a backup undeletable, nor does a missing one make an
+    orphan data file so; one from a newer sbbackup (NewerSchemaError) is refused: that version
+    can still read it."""
+    validate_backup_id(backup_id)
+    with ctx.state.lock(writer_lock(backup_id), f"backup {backup_id}", remove=True):
+        try:
+            record = show_backup(ctx, backup_id)
+        except NewerSchemaError:
+            raise
+        except NotFoundError:
+            orphans = [r for r in ctx.catalog.iter_records() if r.id == backup_id]
+            if not orphans:
+                raise
+            for orphan in orphans:
+                ctx.catalog.delete_any(orphan)
+            ctx.audit("delete", backup_id, "deleted", note="orphan data file")
+            return orphans[0]
+        except IntegrityError as exc:
+            record = ctx.catalog.delete_unreadable(backup_id, exc.message)
+            ctx.audit("delete", backup_id, "deleted", note="unreadable manifest")
+            return record
+        ctx.catalog.delete(record)
     ctx.audit("delete", backup_id, "deleted")
     return record

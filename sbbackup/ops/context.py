@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..catalog import Catalog
+from ..catalog import Catalog, writer_lock
 from ..config import Settings
 from ..engines import Engine, EngineSettings, engine_for
 from ..state import StateDir
@@ -30,7 +30,8 @@ class Context:
 
     @cached_property
     def catalog(self) -> Catalog:
-        return Catalog(self.storage)
+        state = self.state
+        return Catalog(self.storage, lambda backup_id: not state.lock_free(writer_lock(backup_id)))
 
     @cached_property
     def engine(self) -> Engine:

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ..catalog import writer_lock
+from ..errors import LockedError
 from ..model import Status, iso
 from ..policy.retention import RetentionPolicy, plan_all
 from ..policy.schedules import Schedule, crontab_lines, next_runs, validate_schedule_id
@@ -28,7 +30,7 @@ from ..results import (
     ScheduleRemoved,
     ScheduleView,
 )
-from .backups import create_backup
+from .backups import create_backup, sweep_abandoned
 from .context import Context
 from .options import CreateOptions
 from .verify import check_file
@@ -114,17 +116,24 @@ def _apply_retention(
     wait: float,
 ) -> tuple[RetentionPlan, list[str]]:
     """One prune lock for every schedule: two prunes never race over the same manifests. A
-    dry run only plans: it takes no lock, so it writes nothing (a read-only path works)."""
+    dry run only plans: it takes no lock, so it writes nothing (a read-only path works).
+    A real prune first sweeps what dead writers left, then removes each backup under its
+    ID's lock, so nothing a live writer holds is touched."""
     if dry_run:
         records = ctx.catalog.list()
         return plan_all(records, policies(ctx, sset), now, only_schedule=schedule_id), []
     with ctx.state.lock(PRUNE_LOCK, "a prune", wait=wait):
+        sweep_abandoned(ctx)
         records = ctx.catalog.list()
         plan = plan_all(records, policies(ctx, sset), now, only_schedule=schedule_id)
         by_id = {r.id: r for r in records}
         removed = []
         for decision in plan.remove:
-            ctx.catalog.delete(by_id[decision.id])
+            try:
+                with ctx.state.lock(writer_lock(decision.id), f"backup {decision.id}", remove=True):
+                    ctx.catalog.delete_any(by_id[decision.id])
+            except LockedError:
+                continue  # a writer holds it now: the next prune decides again
             ctx.audit("prune", decision.id, "deleted", reason=decision.reason)
             removed.append(decision.id)
         return plan, removed

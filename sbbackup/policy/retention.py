@@ -5,7 +5,11 @@ Like restic's ``forget``: nothing here touches storage. The rules, per schedule:
 1. the newest ``minKeep`` completed backups (completed and file present: not missing, not
    corrupt) are kept whatever their age, so a run of failures never deletes the last good copy;
 2. anything younger than ``retentionDays`` is kept;
-3. everything else (old completed backups, failed attempts, missing or corrupt ones) is removed.
+3. everything else (old completed backups, failed attempts, missing or corrupt ones, orphan
+   data files without a manifest) is removed;
+4. never removed, whatever their age: a backup still in progress or abandoned (the sweep of
+   dead writers owns those), and a manifest written by a newer sbbackup (that version can
+   still read it).
 
 A manifest whose ``createdAt`` is not a time (edited or damaged by hand) is kept, says so, and
 never counts as one of the ``minKeep`` good copies: its age is unknown, and letting it take
@@ -19,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from ..model import BackupRecord, Status, parse_iso
+from ..model import SCHEMA_VERSION, BackupRecord, Status, parse_iso
 from ..results import KEEP, REMOVE, Decision, RetentionPlan
 
 MANUAL = "manual"
@@ -61,7 +65,9 @@ def plan(
     good = [r.id for _, r in dated if r.status == Status.COMPLETED][: policy.minKeep]
     decisions = []
     for created, r in dated:
-        if r.id in good:
+        if (untouchable := _untouchable(r)) is not None:
+            action, reason = KEEP, untouchable
+        elif r.id in good:
             rank = good.index(r.id)
             action, reason = (
                 KEEP,
@@ -92,11 +98,22 @@ def _decision(r: BackupRecord, action: str, reason: str) -> Decision:
     return Decision(r.id, r.scheduleId, str(r.createdAt), r.status, r.size, action, reason)
 
 
+def _untouchable(r: BackupRecord) -> str | None:
+    """Why retention must leave ``r`` alone whatever its age, or None."""
+    if r.status in (Status.IN_PROGRESS, Status.ABANDONED):
+        return f"{r.status}: left to its writer, or to the sweep of dead writers"
+    if r.schemaVersion > SCHEMA_VERSION:
+        return "written by a newer sbbackup: kept (that version can still read it)"
+    return None
+
+
 def _what(r: BackupRecord) -> str:
     if r.status == Status.COMPLETED:
         return "completed backup"
     if r.status == Status.FAILED:
         return "failed attempt"
+    if r.status == Status.ORPHAN:
+        return "orphan data file (no manifest)"
     return f"{r.status} backup"
 
 

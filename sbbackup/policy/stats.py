@@ -31,6 +31,16 @@ MANUAL = "manual"
 _NEVER = datetime.min.replace(tzinfo=UTC)
 # How far in the future a record may be dated before it is taken for clock skew.
 _SKEW = timedelta(hours=1)
+# An in-progress backup has not finished, and an orphan data file was never an attempt.
+_NOT_ATTEMPTS = (Status.IN_PROGRESS, Status.ORPHAN)
+_METRIC_STATUSES = (
+    Status.COMPLETED,
+    Status.FAILED,
+    Status.MISSING,
+    Status.CORRUPT,
+    Status.ABANDONED,
+    Status.ORPHAN,
+)
 
 
 def _time(r: BackupRecord) -> datetime:
@@ -42,7 +52,7 @@ def _rate(records: Iterable[BackupRecord], now: datetime, window: timedelta | No
     done = [
         r
         for r in records
-        if r.status != Status.IN_PROGRESS and (window is None or _time(r) > now - window)
+        if r.status not in _NOT_ATTEMPTS and (window is None or _time(r) > now - window)
     ]
     if not done:
         return None
@@ -213,7 +223,7 @@ def health(
                 )
             )
         p = per.get(s.id)
-        if p is not None and p.lastRunStatus == Status.FAILED:
+        if p is not None and p.lastRunStatus in (Status.FAILED, Status.ABANDONED):
             last = next(r for r in records if r.scheduleId == s.id and r.createdAt == p.lastRun)
             report.problems.append(
                 Finding(
@@ -239,9 +249,19 @@ def health(
 
 
 def _record_warnings(report: HealthReport, records: Sequence[BackupRecord], now: datetime) -> None:
-    """Records whose time cannot be trusted: dated in the future, or not dated at all."""
+    """Records whose time cannot be trusted (dated in the future, or not dated at all), and
+    what dead writers left: abandoned backups and orphan data files."""
     future = sorted(r.id for r in records if _time(r) > now + _SKEW)
     undated = sorted(r.id for r in records if record_time(r) is None)
+    for status, advice in (
+        (Status.ABANDONED, "backup(s) whose writer died; the next create or prune fails them"),
+        (Status.ORPHAN, "data file(s) without a manifest; prune removes them after retention"),
+    ):
+        ids = sorted(r.id for r in records if r.status == status)
+        if ids:
+            report.warnings.append(
+                Finding(str(status), None, f"{len(ids)} {advice}, e.g. {ids[-1]}")
+            )
     if future:
         report.warnings.append(
             Finding(
@@ -325,7 +345,7 @@ def prometheus_text(
             f"{{{lab}}} {p.lastDurationSeconds or 0:.3f}"
         )
         samples["sbbackup_last_size_bytes"].append(f"{{{lab}}} {p.lastSizeBytes or 0}")
-        for status in (Status.COMPLETED, Status.FAILED, Status.MISSING, Status.CORRUPT):
+        for status in _METRIC_STATUSES:
             n = sum(r.status == status for r in records if (r.scheduleId or MANUAL) == p.scheduleId)
             samples["sbbackup_backups_total"].append(f'{{{lab},status="{status}"}} {n}')
         if p.enabled is not None:

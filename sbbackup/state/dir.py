@@ -34,11 +34,16 @@ class StateDir:
     # --- locks ---
 
     @contextlib.contextmanager
-    def lock(self, name: str, what: str, wait: float = 0) -> Iterator[None]:
+    def lock(self, name: str, what: str, wait: float = 0, remove: bool = False) -> Iterator[None]:
         """Hold ``locks/NAME.lock`` or raise LockedError (exit 11) naming ``what`` and the
-        holder's PID; with ``wait``, retry for that many seconds first."""
-        with locks.hold(self.root, name, what, wait):
+        holder's PID; with ``wait``, retry for that many seconds first; with ``remove``,
+        unlink the lock file when done (see ``locks.hold``)."""
+        with locks.hold(self.root, name, what, wait, remove):
             yield
+
+    def lock_free(self, name: str) -> bool:
+        """Is lock ``name`` free (its holder gone)? Creates nothing."""
+        return locks.is_free(self.root, name)
 
     def lock_path(self, name: str) -> Path:
         return self.root / locks.LOCK_DIR / f"{name}.lock"

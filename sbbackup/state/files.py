@@ -102,6 +102,11 @@ def open_lock(path: Path) -> int:
     return _open(path, _LOCK)
 
 
+def open_read_fd(path: Path) -> int:
+    """A read-only fd on ``path``; FileNotFoundError when it does not exist."""
+    return _open(path, _READ)
+
+
 def open_read(path: Path) -> BinaryIO:
     """``path`` opened for reading; FileNotFoundError when it does not exist."""
     return os.fdopen(_open(path, _READ), "rb")
@@ -139,6 +144,34 @@ def check_name(name: str) -> str:
     if not name or "/" in name or name.startswith(".") or "\0" in name:
         raise StorageError(f"invalid object name {name!r}")
     return name
+
+
+def write_new(directory: Path, name: str, data: bytes) -> None:
+    """Create ``directory/name`` holding ``data``, all at once, only if nothing has that name:
+    a temp file is written and fsynced, then hard-linked to ``name`` (``link`` fails with
+    EEXIST, atomically, when the name is taken: FileExistsError, nothing changed)."""
+    path = directory / check_name(name)
+    try:
+        fd, tmp = create_temp(directory, name)
+    except OSError as exc:
+        raise storage_error(exc, f"cannot write {path}") from None
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(tmp, path, follow_symlinks=False)
+        fsync_dir(directory)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise storage_error(exc, f"cannot write {path}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def write_atomic(directory: Path, name: str, data: bytes) -> None:

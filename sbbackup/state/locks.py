@@ -13,16 +13,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import LockedError
-from .files import ensure_private_dir, open_lock, storage_error
+from .files import ensure_private_dir, open_lock, open_read_fd, storage_error
 
 LOCK_DIR = "locks"
 
 
 @contextlib.contextmanager
-def hold(state_dir: Path, name: str, what: str, wait: float = 0) -> Iterator[None]:
+def hold(
+    state_dir: Path, name: str, what: str, wait: float = 0, remove: bool = False
+) -> Iterator[None]:
     """Hold ``locks/NAME.lock`` or raise LockedError (exit 11) naming the holder's PID.
 
-    With ``wait`` > 0, retry for up to that many seconds before giving up.
+    With ``wait`` > 0, retry for up to that many seconds before giving up. With ``remove``
+    the lock file is unlinked before it is released (per-backup locks would pile up
+    otherwise). Then a second process may lock a new file of the same name while a third
+    still waits on the old one: fine for locks whose holders re-read what they guard once
+    they hold it, as the backup-ID locks do (``ops.backups``).
     """
     directory = state_dir / LOCK_DIR
     ensure_private_dir(directory, under=state_dir)
@@ -42,6 +48,9 @@ def hold(state_dir: Path, name: str, what: str, wait: float = 0) -> Iterator[Non
         finally:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
+            if remove:
+                with contextlib.suppress(OSError):
+                    path.unlink()
     finally:
         os.close(fd)
 
@@ -56,3 +65,22 @@ def _acquire(fd: int, wait: float) -> bool:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.2)
+
+
+def is_free(state_dir: Path, name: str) -> bool:
+    """Is nobody holding ``locks/NAME.lock``? Creates nothing (a read-only directory works):
+    a missing lock file is free, an existing one is probed with a shared, non-blocking flock."""
+    path = state_dir / LOCK_DIR / f"{name}.lock"
+    try:
+        fd = open_read_fd(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # unknown: say held, so nothing is swept on a guess
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True

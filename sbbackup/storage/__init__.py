@@ -25,6 +25,9 @@ class Storage(Protocol):
 
     url: str
 
+    def check_writable(self) -> None:
+        """Raise StorageError (exit 4), naming the cause, if nothing can be written here."""
+
     def open_write(self, name: str) -> AtomicWriter: ...
 
     def open_read(self, name: str) -> BinaryIO: ...
@@ -33,6 +36,10 @@ class Storage(Protocol):
         """Raise FileNotFoundError when absent."""
 
     def write_bytes_atomic(self, name: str, data: bytes) -> None: ...
+
+    def create_exclusive(self, name: str, data: bytes) -> None:
+        """Write a whole new object, only if ``name`` does not exist (FileExistsError, and
+        nothing changed, if it does): how a backup ID is reserved."""
 
     def exists(self, name: str) -> bool: ...
 
@@ -45,8 +52,13 @@ class Storage(Protocol):
     def list_sizes(self) -> dict[str, int]:
         """Every object's name and size, from one listing."""
 
-    def sweep_partials(self) -> list[str]:
-        """Remove partial objects left by dead writers; return their names."""
+    def unfinished(self) -> list[str]:
+        """The names of objects whose write was interrupted and left something behind (a
+        partial upload, a temp file); each may repeat."""
+
+    def sweep(self, name: str) -> list[str]:
+        """Remove what interrupted writes of ``name`` left; return what was removed. The
+        caller makes sure no live writer of ``name`` exists (the backup ID's lock)."""
 
     def usage(self) -> tuple[int | None, int | None]:
         """(bytes used by backups, bytes free), None where unknown."""

@@ -7,7 +7,6 @@ The directory is a state directory (see ``sbbackup.state.files``): checked like 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import stat
@@ -33,8 +32,9 @@ PARTIAL_SUFFIX = ".partial"
 
 
 class LocalWriter:
-    """Writes ``name.partial`` (O_EXCL, O_NOFOLLOW, 0600, flocked while alive); commit
-    renames it."""
+    """Writes ``name.partial`` (O_EXCL, O_NOFOLLOW, 0600); commit renames it. Who may sweep a
+    partial left behind is decided by the backup ID's lock in the state directory (``ops``),
+    never here."""
 
     def __init__(self, directory: Path, name: str) -> None:
         self.directory = directory
@@ -44,8 +44,6 @@ class LocalWriter:
             fd = state.create_exclusive(self.partial)
         except OSError as exc:
             raise storage_error(exc, f"cannot create {self.partial}") from None
-        # The lock tells a sweeper that a live process owns this partial file.
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._file = os.fdopen(fd, "wb", buffering=0)
         self._done = False
 
@@ -113,11 +111,14 @@ class LocalStorage:
     def _path(self, name: str) -> Path:
         return self.root / state.check_name(name)
 
-    def open_write(self, name: str) -> LocalWriter:
+    def check_writable(self) -> None:
         self.ensure()
         if not os.access(self.root, os.W_OK):
             reason = "read-only file system" if _read_only(self.root) else "permission denied"
             raise StorageError(f"cannot write to backup directory {self.root}: {reason}")
+
+    def open_write(self, name: str) -> LocalWriter:
+        self.check_writable()
         return LocalWriter(self.root, self._path(name).name)
 
     def open_read(self, name: str) -> BinaryIO:
@@ -138,6 +139,10 @@ class LocalStorage:
     def write_bytes_atomic(self, name: str, data: bytes) -> None:
         self.ensure()
         state.write_atomic(self.root, name, data)
+
+    def create_exclusive(self, name: str, data: bytes) -> None:
+        self.ensure()
+        state.write_new(self.root, name, data)
 
     def exists(self, name: str) -> bool:
         return os.path.lexists(self._path(name))
@@ -180,29 +185,33 @@ class LocalStorage:
         except OSError as exc:
             raise storage_error(exc, f"cannot list {self.root}") from None
 
-    def sweep_partials(self) -> list[str]:
-        """Delete ``*.partial`` files whose writer is gone (its flock is free)."""
-        removed = []
+    def unfinished(self) -> list[str]:
+        """``NAME.partial`` files and ``.NAME.<random>.tmp`` files (``state.temp_name``)."""
+        out = []
         for name in self.list_names():
-            if not name.endswith(PARTIAL_SUFFIX):
-                continue
-            path = self.root / name
+            if name.endswith(PARTIAL_SUFFIX):
+                out.append(name[: -len(PARTIAL_SUFFIX)])
+            elif (target := _temp_target(name)) is not None:
+                out.append(target)
+        return out
+
+    def sweep(self, name: str) -> list[str]:
+        self._path(name)
+        leftovers = [
+            n for n in self.list_names() if n == name + PARTIAL_SUFFIX or _temp_target(n) == name
+        ]
+        removed = []
+        for leftover in leftovers:
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                continue  # a live run owns it
-            try:
-                path.unlink()
-                removed.append(name)
-            except OSError:
+                (self.root / leftover).unlink()
+                removed.append(leftover)
+            except FileNotFoundError:
                 pass
-            finally:
-                os.close(fd)
+            except OSError as exc:
+                raise storage_error(exc, f"cannot delete {self.root / leftover}") from None
+        if removed:
+            with contextlib.suppress(OSError):
+                fsync_dir(self.root)
         return removed
 
     def usage(self) -> tuple[int | None, int | None]:
@@ -214,6 +223,16 @@ class LocalStorage:
         except OSError:
             free = None
         return used, free
+
+
+def _temp_target(name: str) -> str | None:
+    """``NAME`` for a temp file ``.NAME.<32 hex>.tmp``, else None."""
+    if not (name.startswith(".") and name.endswith(state.TEMP_SUFFIX)):
+        return None
+    target, _, token = name[1 : -len(state.TEMP_SUFFIX)].rpartition(".")
+    if not target or len(token) != 32 or any(c not in "0123456789abcdef" for c in token):
+        return None
+    return target
 
 
 def _read_only(path: Path) -> bool:

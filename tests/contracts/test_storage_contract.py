@@ -95,7 +95,7 @@ def backups(store: Storage) -> list[str]:
 def test_a_new_storage_is_empty(store: Storage) -> None:
     assert store.list_names() == []
     assert store.list_sizes() == {}
-    assert store.sweep_partials() == []
+    assert store.unfinished() == []
     assert not store.exists("x.sql.zst")
     assert store.url
 
@@ -139,7 +139,7 @@ def test_abort_leaves_nothing(store: Storage) -> None:
     assert store.list_names() == []
     assert store.list_sizes() == {}
     assert not store.exists("b3.sql.zst")
-    assert store.sweep_partials() == []
+    assert store.unfinished() == []
     store.open_write("b3.sql.zst").abort()  # the name is free again
 
 
@@ -273,11 +273,11 @@ def uses(store: Storage) -> list[Callable[[], object]]:
         lambda: store.write_bytes_atomic("m.json", b"{}"),
         lambda: store.list_names(),
         lambda: store.read_bytes("m.json"),
-        lambda: store.sweep_partials(),
+        lambda: store.unfinished(),
     ]
 
 
-def test_sweep_partials_removes_a_dead_writers_partial_and_keeps_a_live_one(
+def test_unfinished_names_what_a_dead_writer_left_and_sweep_removes_only_that(
     store: Storage,
 ) -> None:
     live = store.open_write("live.sql.zst")
@@ -292,14 +292,54 @@ def test_sweep_partials_removes_a_dead_writers_partial_and_keeps_a_live_one(
     )
     subprocess.run([sys.executable, "-c", code, store.url], check=True, timeout=60)
     assert not store.exists("dead.sql.zst")
-    swept = store.sweep_partials()
+    # A storage cannot tell a dead writer from a live one: the caller's lock does.
+    assert sorted(store.unfinished()) == ["dead.sql.zst", "live.sql.zst"]
+    swept = store.sweep("dead.sql.zst")
     assert len(swept) == 1 and "dead.sql.zst" in swept[0]
-    assert not any("dead.sql.zst" in n for n in store.list_names())
-    assert store.sweep_partials() == []  # the live one stays
+    assert store.sweep("dead.sql.zst") == []
+    assert store.unfinished() == ["live.sql.zst"]
     live.write(b" and done")
     live.commit()
     assert store.read_bytes("live.sql.zst") == b"still going and done"
     assert backups(store) == ["live.sql.zst"]
+    assert store.unfinished() == []
+
+
+def test_create_exclusive_writes_once_and_never_replaces(store: Storage) -> None:
+    store.create_exclusive("m1.json", b'{"a": 1}')
+    assert store.read_bytes("m1.json") == b'{"a": 1}'
+    with pytest.raises(FileExistsError):
+        store.create_exclusive("m1.json", b'{"a": 2}')
+    assert store.read_bytes("m1.json") == b'{"a": 1}'
+    store.write_bytes_atomic("m2.json", b"x")
+    with pytest.raises(FileExistsError):
+        store.create_exclusive("m2.json", b"y")
+    assert store.read_bytes("m2.json") == b"x"
+    assert sorted(store.list_names()) == ["m1.json", "m2.json"]  # no temp file left
+    assert store.unfinished() == []
+
+
+def test_create_exclusive_has_one_winner_among_racing_processes(store: Storage) -> None:
+    code = (
+        "import sys\n"
+        "from sbbackup.storage import open_storage\n"
+        "s = open_storage(sys.argv[1])\n"
+        "try:\n"
+        "    s.create_exclusive('race.json', sys.argv[2].encode())\n"
+        "    print('won')\n"
+        "except FileExistsError:\n"
+        "    print('lost')\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, store.url, str(i)], stdout=subprocess.PIPE, text=True
+        )
+        for i in range(8)
+    ]
+    outcomes = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert sorted(outcomes) == ["lost"] * 7 + ["won"]
+    winner = outcomes.index("won")
+    assert store.read_bytes("race.json") == str(winner).encode()
 
 
 # --- the registry and what the user sees -----------------------------------------------------

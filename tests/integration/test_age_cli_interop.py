@@ -93,7 +93,8 @@ def test_age_cli_rejects_our_tampered_or_truncated_files(
 ) -> None:
     data = payload(3 * 65536)
     good = age.encrypt(data, [age.parse_recipient(cli_key[1])])
-    for bad in (good[:-1], good[: len(good) - 65536 - 16], good[:-50] + b"\0" + good[-49:]):
+    flipped = good[:-50] + bytes([good[-50] ^ 1]) + good[-49:]  # always a change
+    for bad in (good[:-1], good[: len(good) - 65536 - 16], flipped):
         enc = tmp_path / "bad.age"
         enc.write_bytes(bad)
         out = subprocess.run(["age", "-d", "-i", str(cli_key[0]), str(enc)], capture_output=True)

@@ -110,8 +110,10 @@ def test_kill_9_never_blocks_the_next_run(pg: Cluster, fresh_db: str, sb: SB) ->
     res = sb("run-schedule", "daily", "--json", env=env, timeout=60)
     assert res.code == 0, res.err
     assert json.loads(res.out)["backup"]["status"] == "completed"
-    statuses = [r["status"] for r in sb.ok("list", "--json", env=env).json()]
-    assert statuses == ["completed"]
+    records = sb.ok("list", "--json", env=env).json()
+    assert [r["status"] for r in records] == ["completed", "failed"]
+    # The killed run is swept by the next create: its partial removed, its attempt failed.
+    assert records[1]["error"].startswith("abandoned: its writer (pid "), records[1]
     assert not list(sb.backup_path.glob("*.partial"))
 
 

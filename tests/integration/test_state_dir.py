@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -75,7 +76,9 @@ def ready(sb: SB, env: dict[str, str]) -> SB:
 
 
 def plant(link: Path, target: Path) -> Path:
-    if link.exists() or link.is_symlink():
+    if link.is_dir() and not link.is_symlink():
+        shutil.rmtree(link)  # locks/ exists once a backup was made
+    elif link.exists() or link.is_symlink():
         link.unlink()
     link.symlink_to(target)
     return link
