@@ -97,10 +97,13 @@ class Engine(Protocol):
 
     def check_structure(self, fmt: str, chunks: Iterable[bytes]) -> None:
         """Read a whole dump and check its structure: IntegrityError when a tool rejects it,
-        IncompleteDumpError (after the last chunk) when it lacks the completion marker."""
+        IncompleteDumpError (after the last chunk) when it does not end the way the engine
+        ends a dump (no completion marker, or anything after it the dumper does not write)."""
 
     def restore(self, fmt: str, chunks: Iterable[bytes], request: RestoreRequest) -> None:
-        """Load a dump into ``request.target`` atomically where the format allows."""
+        """Load a dump into ``request.target`` atomically where the format allows. Nothing
+        commits before ``chunks`` has ended without raising; a plain dump that does not end
+        the way the engine ends one raises IncompleteDumpError and commits nothing."""
 
     def resolve_target(self, target: str | None) -> Target:
         """Reach ``target`` once (DatabaseError when it cannot be reached; ConfigError for a
