@@ -6,7 +6,7 @@ registry imports them: no cycle.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,9 +57,10 @@ class EngineCheck:
 
 
 class IncompleteDumpError(IntegrityError):
-    """The dump stream ended without the engine's completion marker (it was cut short).
-    Raised by ``check_structure`` only after every chunk was read, so the caller can check
-    the file's digest first."""
+    """The dump stream does not end the way the engine ends a dump: no completion marker (it
+    was cut short), or something after it that the dumper does not write there. Raised by
+    ``check_structure`` and by a plain ``restore`` only after every chunk was read, so the
+    caller can check the file's digest first."""
 
     def __init__(self, message: str = "the dump is incomplete (no completion marker)") -> None:
         super().__init__(message)
@@ -96,10 +97,13 @@ class Engine(Protocol):
 
     def check_structure(self, fmt: str, chunks: Iterable[bytes]) -> None:
         """Read a whole dump and check its structure: IntegrityError when a tool rejects it,
-        IncompleteDumpError (after the last chunk) when it lacks the completion marker."""
+        IncompleteDumpError (after the last chunk) when it does not end the way the engine
+        ends a dump (no completion marker, or anything after it the dumper does not write)."""
 
     def restore(self, fmt: str, chunks: Iterable[bytes], request: RestoreRequest) -> None:
-        """Load a dump into ``request.target`` atomically where the format allows."""
+        """Load a dump into ``request.target`` atomically where the format allows. Nothing
+        commits before ``chunks`` has ended without raising; a plain dump that does not end
+        the way the engine ends one raises IncompleteDumpError and commits nothing."""
 
     def resolve_target(self, target: str | None) -> Target:
         """Reach ``target`` once (DatabaseError when it cannot be reached; ConfigError for a
@@ -126,12 +130,48 @@ class Engine(Protocol):
         """The database's size in bytes, for free-space estimates."""
 
 
-def read_tail(chunks: Iterable[bytes], size: int = 4096) -> bytes:
-    """Read every chunk; the last ``size`` bytes (where a completion marker sits)."""
-    tail = b""
+# What ``held_back`` keeps: the head (where a dump may name a key its end repeats) and the
+# tail (where its completion marker sits), whatever the size of the dump.
+HEAD_SIZE = 4096
+TAIL_SIZE = 1 << 16
+
+EndRule = Callable[[bytes, bytes], str | None]
+"""``rule(head, tail)``: why a dump with this head and tail does not end the way its dumper
+ends one (one line, for IncompleteDumpError); None when it does."""
+
+
+def held_back(
+    chunks: Iterable[bytes], rule: EndRule | None = None, tail_size: int = TAIL_SIZE
+) -> Iterator[bytes]:
+    """Pass ``chunks`` on, holding back their last ``tail_size`` bytes until the stream has
+    ended. Then ``rule`` judges the end (IncompleteDumpError, after every chunk was read) and
+    only a good end goes on. A loader fed from here never gets the end of a dump that ends
+    wrong, nor of a stream that raised: it is killed before it could commit."""
+    head = b""
+    held = b""
     for chunk in chunks:
-        tail = (tail + chunk[-size:])[-size:]
-    return tail
+        if len(head) < HEAD_SIZE:
+            head += chunk[: HEAD_SIZE - len(head)]
+        if len(chunk) >= tail_size:  # the held bytes and the chunk's head go on
+            cut = len(chunk) - tail_size
+            out, held = held + chunk[:cut], chunk[cut:]
+        else:
+            data = held + chunk
+            cut = max(0, len(data) - tail_size)
+            out, held = data[:cut], data[cut:]
+        if out:
+            yield out
+    problem = rule(head, held) if rule is not None else None
+    if problem is not None:
+        raise IncompleteDumpError(problem)
+    if held:
+        yield held
+
+
+def check_end(chunks: Iterable[bytes], rule: EndRule) -> None:
+    """Read every chunk; IncompleteDumpError when the dump does not end as ``rule`` says."""
+    for _ in held_back(chunks, rule):
+        pass
 
 
 def compare_contents(expected: dict[str, Any] | None, actual: dict[str, Any]) -> list[str]:

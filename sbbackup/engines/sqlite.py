@@ -1,8 +1,9 @@
 """SQLite, the embedded engine of the quick start.
 
 The dump is SQL text from ``iterdump()`` inside one read transaction (a consistent snapshot),
-streamed line by line. Restore replays statements one at a time into a new file, which only
-replaces the target once every statement succeeded.
+streamed line by line, and ends with ``DUMP_END``. Restore replays statements one at a time
+into a new file, which only replaces the target once every statement succeeded and the dump
+ended with ``DUMP_END`` (blank lines after it allowed, nothing else: ``end_problem``).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from typing import Any
 
 from ..errors import ConfigError, DatabaseError, TargetExistsError
 from ..pipeline import Writer
-from .base import DumpResult, EngineCheck, IncompleteDumpError, RestoreRequest, Target, read_tail
+from .base import DumpResult, EngineCheck, RestoreRequest, Target, check_end, held_back
 
 FLUSH = 1 << 20
 DUMP_COMPLETE = b"-- sbbackup SQLite dump complete"
+DUMP_END = b"\nCOMMIT;\n" + DUMP_COMPLETE + b"\n"  # the last bytes ``dump`` writes
 
 
 def path_of(url: str) -> Path:
@@ -111,7 +113,7 @@ class SQLiteEngine:
                     buf, size = [], 0
                     if progress:
                         progress(total)
-            total += _emit(out, [*buf, "COMMIT;\n-- sbbackup SQLite dump complete\n"])
+            total += _emit(out, [*buf, DUMP_END[1:].decode()])
             con.execute("COMMIT")
         except sqlite3.Error as exc:
             raise DatabaseError(f"dumping {self.path} failed: {exc}") from None
@@ -160,7 +162,7 @@ class SQLiteEngine:
         con = sqlite3.connect(str(tmp), isolation_level=None)
         try:
             con.execute("BEGIN")
-            for stmt in _statements(chunks):
+            for stmt in _statements(held_back(chunks, end_problem)):
                 if stmt.strip() in ("BEGIN TRANSACTION;", "COMMIT;"):
                     continue
                 con.execute(stmt)
@@ -215,9 +217,18 @@ class SQLiteEngine:
         return self.path.stat().st_size
 
     def check_structure(self, fmt: str, chunks: Iterable[bytes]) -> None:
-        """The dump must end with the completion marker ``dump`` writes."""
-        if not read_tail(chunks).rstrip().endswith(DUMP_COMPLETE):
-            raise IncompleteDumpError()
+        """The dump must end with what ``dump`` writes last (``end_problem``)."""
+        check_end(chunks, end_problem)
+
+
+def end_problem(head: bytes, tail: bytes) -> str | None:
+    """Why a dump with this tail is not one ``dump`` finished; None when it is."""
+    body = tail.rstrip(b"\n")
+    if body != tail and body.endswith(DUMP_END.rstrip(b"\n")):
+        return None
+    if DUMP_COMPLETE not in tail:
+        return "the dump is incomplete (no completion marker)"
+    return "the dump does not end at its completion marker (data after it, or a cut line)"
 
 
 def _emit(out: Writer, lines: list[str]) -> int:

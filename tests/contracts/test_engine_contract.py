@@ -177,24 +177,7 @@ FORMATS = {"sqlite": ("plain",), "postgresql": ("plain", "custom")}
 
 # Known defects, as strict xfails: the contract is what should hold; when a fix lands the
 # test passes, pytest reports XPASS as a failure, and the entry is removed.
-DEFECTS: dict[tuple[str, str, str | None], str] = {
-    ("test_check_structure_rejects_a_dump_missing_its_last_bytes", "postgresql", "plain"): (
-        "the marker is looked for anywhere in the last 4 KiB: a dump whose trailing "
-        "\\unrestrict KEY line is cut passes, and psql then fails the restore on it"
-    ),
-    ("test_check_structure_rejects_a_dump_missing_its_last_bytes", "postgresql", "custom"): (
-        "pg_restore --list reads only the TOC: a custom dump missing the tail of its last "
-        "data block passes (pg_restore --file=/dev/null reads every block and rejects it)"
-    ),
-    ("test_a_dump_cut_at_a_statement_boundary_is_not_restored", "sqlite", "plain"): (
-        "restore does not check the completion marker: a dump cut between statements "
-        "commits what it holds (ops verifies the checksum before restoring)"
-    ),
-    ("test_a_dump_cut_at_a_statement_boundary_is_not_restored", "postgresql", "plain"): (
-        "restore does not check the completion marker: psql --single-transaction commits "
-        "a dump cut between statements at EOF (ops verifies the checksum before restoring)"
-    ),
-}
+DEFECTS: dict[tuple[str, str, str | None], str] = {}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -2,8 +2,8 @@
 
 ``engine`` holds ``PostgreSQLEngine``; ``conn`` the connection parameters and the target
 policy; ``client`` the tools, children and sessions; ``inventory`` the catalog queries;
-``dump`` and ``restore`` the runs of pg_dump, psql and pg_restore; ``copycount`` the counter
-of a plain dump's COPY blocks.
+``dump`` and ``restore`` the runs of pg_dump, psql and pg_restore; ``trailer`` how a whole
+plain dump ends; ``copycount`` the counter of a plain dump's COPY blocks.
 
 Trust boundaries. What a database contains (names, settings, catalog rows, even from the server
 being backed up) is data, never code:

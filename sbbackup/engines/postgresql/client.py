@@ -162,17 +162,18 @@ class Client:
     def run(
         self,
         args: list[str],
-        conn: PgConn,
+        conn: PgConn | None,
         talk: Callable[[subprocess.Popen[bytes]], object],
         *,
         stdin: int | None = None,
         stdout: int = subprocess.DEVNULL,
     ) -> tuple[int, str]:
-        """Run a client tool reaching ``conn`` to its exit: its minimal environment and the
-        passfile, a session of its own, stderr drained. ``talk(proc)`` feeds its stdin, reads
-        its stdout or waits for it; if it raises, the tool's whole process group is killed.
-        Then stdin is closed (EOF: psql commits) and the exit awaited. Returns the exit code
-        and the tail of stderr (``first_error`` makes it one line)."""
+        """Run a client tool reaching ``conn`` (None: no server) to its exit: its minimal
+        environment and the passfile, a session of its own, stderr drained. ``talk(proc)``
+        feeds its stdin, reads its stdout or waits for it; if it raises, the tool's whole
+        process group is killed. Then stdin is closed (EOF: psql commits) and the exit
+        awaited. Returns the exit code and the tail of stderr (``first_error`` makes it one
+        line)."""
         with self.child(conn) as child:
             proc = self.spawn(
                 args,

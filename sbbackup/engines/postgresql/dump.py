@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
     from .copycount import CopyCounter
 
-DUMP_COMPLETE = b"-- PostgreSQL database dump complete"
 SNAPSHOT_RE = re.compile(r"[0-9A-F]{1,16}-[0-9A-F]{1,16}(-[0-9]{1,10})?")
 Tables = list[tuple[str, str, str]]
 

@@ -15,19 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigError, DatabaseError, SbbackupError, TargetExistsError
 from ...pipeline import Writer
-from ..base import (
-    DumpResult,
-    EngineCheck,
-    IncompleteDumpError,
-    RestoreRequest,
-    Target,
-    read_tail,
-)
+from ..base import DumpResult, EngineCheck, RestoreRequest, Target, check_end
 from .client import TOOLS, Client, control_free, pinned_params, scalar
 from .conn import PgConn, url_with_db
-from .dump import DUMP_COMPLETE, SNAPSHOT_RE, PgDump
+from .dump import SNAPSHOT_RE, PgDump
 from .inventory import CLUSTER_ID_SQL, catalog_tables, count_rows, object_counts
-from .restore import list_custom, load
+from .restore import load, read_custom
+from .trailer import end_problem
 
 if TYPE_CHECKING:
     import psycopg
@@ -335,8 +329,9 @@ class PostgreSQLEngine:
             return result
 
     def check_structure(self, fmt: str, chunks: Iterable[bytes]) -> None:
-        """Custom: ``pg_restore --list`` must parse the TOC. Plain: the completion marker."""
+        """Custom: ``pg_restore`` must read every block (IntegrityError). Plain: the end
+        pg_dump writes (``trailer``; IncompleteDumpError after the last chunk)."""
         if fmt == "custom":
-            list_custom(self.client, chunks)
-        elif DUMP_COMPLETE not in read_tail(chunks):
-            raise IncompleteDumpError()
+            read_custom(self.client, chunks)
+        else:
+            check_end(chunks, end_problem)
