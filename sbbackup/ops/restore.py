@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -20,12 +20,12 @@ from ..errors import (
     redact_secrets,
 )
 from ..model import BackupRecord, RestoreRecord, Status, iso
-from ..pipeline import HashingReader, check_digest
+from ..pipeline import BLOCK, HashingReader, check_digest
 from ..state.restores import RESTORE_ID_RE
 from .backups import show_backup
 from .context import Context
 from .options import RestoreOptions
-from .verify import check_file, check_key, plaintext
+from .verify import check_content, check_file, check_key, plaintext
 
 T = TypeVar("T")
 
@@ -156,13 +156,26 @@ def timed(timings: dict[str, int], step: str, fn: Callable[[], T], *, failed_too
 
 
 def load_backup(ctx: Context, record: BackupRecord, request: RestoreRequest) -> None:
-    """Decrypt, decompress and load the backup into ``request.target``, hashing as it reads:
-    the digest is checked when the engine has consumed the whole file."""
+    """Decrypt, decompress and load the backup into ``request.target``, hashing as it reads.
+    Both digests (the stored file's ``checksum`` and the dump stream's ``contentChecksum``)
+    are checked when the stream ends, before the engine may commit: a mismatch raises
+    IntegrityError (exit 13) from the stream itself, and the engine then kills its loader, so
+    the load rolls back instead of committing wrong data."""
     assert record.filename
     with ctx.storage.open_read(record.filename) as fh:
-        raw = HashingReader(fh)
-        ctx.engine.restore(record.format, plaintext(ctx, record, raw), request)
-        check_digest(raw.hash.hexdigest(), record.checksum, record.filename)
+        ctx.engine.restore(record.format, _verified(ctx, record, HashingReader(fh)), request)
+
+
+def _verified(ctx: Context, record: BackupRecord, raw: HashingReader) -> Iterator[bytes]:
+    """The dump's bytes; after the last one, the stored file is read to its end and both of
+    its digests checked (IntegrityError before the stream ends, if either differs)."""
+    assert record.filename
+    content = hashlib.sha256()
+    yield from plaintext(ctx, record, raw, content)
+    while raw.read(BLOCK):  # what the decoders did not need still counts
+        pass
+    check_digest(raw.hash.hexdigest(), record.checksum, record.filename)
+    check_content(record, content.hexdigest())
 
 
 @dataclass

@@ -18,6 +18,7 @@ import pytest
 import zstandard
 from conftest import SB
 from helpers.manifests import replace_data
+from helpers.pgcluster import Cluster
 
 
 @pytest.fixture
@@ -108,3 +109,52 @@ def test_deep_verify_catches_every_flipped_byte_of_a_plain_file_rewritten_with_i
         assert "dump stream" in res.err or "incomplete" in res.err, res.err
     replace_data(sb.backup_path, rec["id"], original)
     sb.ok("verify", "--deep", rec["id"], env=env)
+
+
+def test_restore_refuses_content_that_differs_from_the_manifest_and_leaves_no_target(
+    sb: SB, env: dict[str, str], tmp_path: Path
+) -> None:
+    """A plain file rewritten with its checksum: still a whole, valid dump, with one value
+    changed. Only the content digest can tell; the restore must fail with 13 before the
+    load commits, and leave no restored file behind."""
+    rec = create(sb, env, "--no-compress")
+    original = (sb.backup_path / rec["filename"]).read_bytes()
+    pos = original.index(b"row 1", len(original) // 2)
+    changed = original[:pos] + b"rox 1" + original[pos + 5 :]
+    replace_data(sb.backup_path, rec["id"], changed)
+    target = tmp_path / "restored.db"
+    res = sb("restore", rec["id"], "--target-url", f"sqlite:///{target}", env=env)
+    assert res.code == 13, (res.code, res.err)
+    assert "dump stream" in res.err and len(res.err.strip().splitlines()) == 1, res.err
+    assert not target.exists()
+    assert not list(tmp_path.glob("restored.db*"))
+    replace_data(sb.backup_path, rec["id"], original)
+    sb.ok("restore", rec["id"], "--target-url", f"sqlite:///{target}", env=env)
+    assert target.exists()
+
+
+@pytest.mark.parametrize("fmt", ["plain", "custom"])
+def test_postgresql_restore_refuses_changed_content_and_commits_nothing(
+    pg: Cluster, fresh_db: str, sb: SB, fmt: str
+) -> None:
+    pg.psql(
+        "CREATE TABLE public.notes AS SELECT g AS id, 'note ' || g AS body "
+        "FROM generate_series(1, 5000) g",
+        db=fresh_db,
+    )
+    env = {"DATABASE_URL": pg.url(fresh_db)}
+    rec = create(sb, env, "--no-compress", "--format", fmt)
+    original = (sb.backup_path / rec["filename"]).read_bytes()
+    if fmt == "plain":
+        pos = original.index(b"note 4000")
+        changed = original[:pos] + b"note 9999" + original[pos + 9 :]
+    else:  # a byte flipped inside the last data block pg_restore cannot vouch for
+        pos = len(original) - 64
+        changed = original[:pos] + bytes([original[pos] ^ 0x01]) + original[pos + 1 :]
+    replace_data(sb.backup_path, rec["id"], changed)
+    target = f"{fresh_db}_r"
+    res = sb("restore", rec["id"], "--target-url", pg.url(target), "--create-target", env=env)
+    assert res.code == 13, (res.code, res.err)
+    assert len(res.err.strip().splitlines()) == 1, res.err
+    exists = pg.psql(f"SELECT count(*) FROM pg_database WHERE datname = '{target}'").strip()
+    assert exists == "0", "the target the restore created must be gone"
