@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from .. import __version__
@@ -89,13 +91,22 @@ def create_backup(
     stage = plan.stage if plan else None
     with contextlib.ExitStack() as held:
         _reserve(ctx, record, suffix, now, opts.backup_id, held)
-        _write(
-            ctx,
-            record,
-            lambda name: BackupWriter(ctx.storage.open_write(name), compression, stage),
-            progress,
-        )
-    ctx.audit("create", record.id, Status.COMPLETED, size=record.size, scheduleId=record.scheduleId)
+        try:
+            _write(
+                ctx,
+                record,
+                lambda name: BackupWriter(ctx.storage.open_write(name), compression, stage),
+                progress,
+            )
+        finally:
+            if record.status == Status.COMPLETED:  # committed, even if a signal came after
+                ctx.audit(
+                    "create",
+                    record.id,
+                    record.status,
+                    size=record.size,
+                    scheduleId=record.scheduleId,
+                )
     return record
 
 
@@ -149,25 +160,29 @@ def _write(
     still removes it and records the attempt)."""
     assert record.filename
     started = time.monotonic()
-    committed = False
+    committed = saved = False
     writer: BackupWriter | None = None
     try:
         writer = open_writer(record.filename)
         dumped = ctx.engine.dump(record.format, writer, ctx.settings.row_counts, progress)
-        result = writer.finish()
-        committed = True
-        record.size = result.size
-        record.checksum = result.checksum
-        record.uncompressedSize = result.uncompressed_size
-        record.contentChecksum = result.content_checksum
-        record.database = {**record.database, **dumped.database}
-        record.pgDumpVersion = dumped.tool_version
-        record.contents = dumped.contents
-        record.status = Status.COMPLETED
-        record.completedAt = iso(datetime.now(UTC))
-        record.duration = int((time.monotonic() - started) * 1000)
-        ctx.catalog.save(record)  # the commit record
+        with deferred_signals():  # the commit happens whole, or not at all
+            result = writer.finish()
+            committed = True
+            record.size = result.size
+            record.checksum = result.checksum
+            record.uncompressedSize = result.uncompressed_size
+            record.contentChecksum = result.content_checksum
+            record.database = {**record.database, **dumped.database}
+            record.pgDumpVersion = dumped.tool_version
+            record.contents = dumped.contents
+            record.status = Status.COMPLETED
+            record.completedAt = iso(datetime.now(UTC))
+            record.duration = int((time.monotonic() - started) * 1000)
+            ctx.catalog.save(record)  # the commit record
+            saved = True
     except BaseException as exc:
+        if saved:
+            raise  # committed: a signal that arrives now never undoes the backup
         if writer is not None:
             writer.abort()
         if committed:
@@ -177,6 +192,31 @@ def _write(
                 ctx.storage.delete(record.filename)
         _record_failure(ctx, record, exc, started)
         raise
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done, then are delivered (as the
+    KeyboardInterrupt their handlers raise): the data file's commit and the manifest's are one
+    step, so a signal never lands between them, and a backup is kept whole or removed whole.
+
+    Python runs signal handlers in the main thread whichever thread the kernel picked (zstd's
+    workers included), so a signal mask cannot defer them: the handlers are swapped for ones
+    that only take note. Outside the main thread (API jobs) there is nothing to swap: the
+    server's own handler decides there."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    wanted = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if pending:
+            signal.raise_signal(pending[0])
 
 
 def unique_backup_id(catalog: Catalog, now: datetime) -> str:

@@ -19,7 +19,10 @@ def verify_backups(ctx: Context, backup_id: str | None, all_: bool, deep: bool) 
     if backup_id is None and not all_:
         raise UsageError("give a backup ID or --all")
     if all_:
-        records = [r for r in ctx.catalog.list() if r.status != Status.FAILED]
+        # A failed attempt was never a backup, and one still being written is not one yet;
+        # everything else is judged (abandoned ones and orphan data files fail).
+        skip = (Status.FAILED, Status.IN_PROGRESS)
+        records = [r for r in ctx.catalog.list() if r.status not in skip]
     else:
         records = [show_backup(ctx, backup_id or "")]
     report = VerifyReport()

@@ -26,21 +26,15 @@ def hold(
 
     With ``wait`` > 0, retry for up to that many seconds before giving up. With ``remove``
     the lock file is unlinked before it is released (per-backup locks would pile up
-    otherwise). Then a second process may lock a new file of the same name while a third
-    still waits on the old one: fine for locks whose holders re-read what they guard once
-    they hold it, as the backup-ID locks do (``ops.backups``).
+    otherwise). Whoever locks a file must then check that it is still the one at the path:
+    a lock taken on a file unlinked meanwhile guards nothing, so it is dropped and the path
+    opened again (``_open_locked``).
     """
     directory = state_dir / LOCK_DIR
     ensure_private_dir(directory, under=state_dir)
     path = directory / f"{name}.lock"
+    fd = _open_locked(path, what, wait)
     try:
-        fd = open_lock(path)
-    except OSError as exc:
-        raise storage_error(exc, f"cannot open lock file {path}") from None
-    try:
-        if not _acquire(fd, wait):
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise LockedError(f"{what} is already running (pid {holder}, lock {path})")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
@@ -53,6 +47,35 @@ def hold(
                     path.unlink()
     finally:
         os.close(fd)
+
+
+def _open_locked(path: Path, what: str, wait: float) -> int:
+    """An fd of ``path``, flocked, and still the file at ``path`` once locked."""
+    for _ in range(100):  # each retry means a holder unlinked it just now: it ends quickly
+        try:
+            fd = open_lock(path)
+        except OSError as exc:
+            raise storage_error(exc, f"cannot open lock file {path}") from None
+        try:
+            if not _acquire(fd, wait):
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise LockedError(f"{what} is already running (pid {holder}, lock {path})")
+            if _same_file(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # locked a file its holder had unlinked: open the path again
+    raise LockedError(f"{what} is already running (its lock {path} keeps changing)")
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _acquire(fd: int, wait: float) -> bool:

@@ -152,7 +152,7 @@ def test_failed_dump_leaves_no_backup(pg: Cluster, fresh_db: str, sb: SB) -> Non
     finally:
         holder.kill()
     assert res.code == 3, res.err
-    assert "pg_dump failed" in res.err and "lock" in res.err
+    assert "pg_dump failed" in res.err and "lock" in res.err, res.err
     records = sb.ok("list", "--json").json()
     assert [r["status"] for r in records] == ["failed"]
     assert "lock" in records[0]["error"]
@@ -173,7 +173,7 @@ def test_pg_dump_killed_mid_stream(pg: Cluster, rich_db: str, sb: SB, tmp_path: 
     env = {"DATABASE_URL": pg.url(rich_db), "PATH": f"{bindir}:{os.environ['PATH']}"}
     res = sb("create", env=env)
     assert res.code == 3, res.err
-    assert "pg_dump failed" in res.err
+    assert res.err.strip() == "sbbackup: error: pg_dump was killed by SIGKILL", res.err
     assert sb.ok("list", "--json", "--status", "completed").json() == []
     assert not [p for p in sb.backup_path.iterdir() if ".partial" in p.name or ".zst" in p.name]
 

@@ -53,6 +53,16 @@ class StderrCollector(threading.Thread):
         return self.data.decode(errors="replace").strip()
 
 
+def exit_status(code: int) -> str:
+    """A child's return code in words: ``exit 1``, or ``killed by SIGKILL`` for -9."""
+    if code >= 0:
+        return f"exit {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 def first_error(stderr: str) -> str:
     """The line of a client tool's stderr that says what went wrong, fit for one line of a
     message (the server's text may hold a name with control characters)."""

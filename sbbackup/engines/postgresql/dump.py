@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from ...errors import DatabaseError, SbbackupError
 from ...pipeline import Writer, pump_fd
-from .client import Client, first_error, pg_error, pinned_params
+from .client import Client, exit_status, first_error, pg_error, pinned_params
 from .conn import PgConn
 from .inventory import count_rows, stream_counts
 
@@ -164,4 +164,6 @@ class PgDump:
                 f" (a table could not be locked within {self.lock_wait_timeout}s:"
                 " another session holds an exclusive lock; see database.lockWaitTimeout)"
             )
-        raise DatabaseError(f"pg_dump failed (exit {code}): {msg}")
+        if code < 0 and msg == "no message":
+            raise DatabaseError(f"pg_dump was {exit_status(code)}")
+        raise DatabaseError(f"pg_dump failed ({exit_status(code)}): {msg}")
