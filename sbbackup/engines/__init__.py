@@ -21,6 +21,7 @@ from .base import (
 )
 
 __all__ = [
+    "ENGINES",
     "DumpResult",
     "Engine",
     "EngineCheck",

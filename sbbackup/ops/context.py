@@ -9,7 +9,8 @@ from typing import Any
 
 from ..catalog import Catalog, writer_lock
 from ..config import Settings
-from ..engines import Engine, EngineSettings, engine_for
+from ..engines import ENGINES, Engine, EngineSettings, engine_for
+from ..model import BackupRecord
 from ..state import StateDir
 from ..storage import Storage
 from ..storage.local import LocalStorage
@@ -37,6 +38,20 @@ class Context:
     def engine(self) -> Engine:
         s = self.settings
         return engine_for(EngineSettings(s.database_url, s.env, s.lock_wait_timeout))
+
+    def reader_for(self, record: BackupRecord) -> Engine:
+        """The engine that can read ``record``'s dump: the configured one, or, for a backup
+        another engine wrote (a SQLite backup deep-verified where the configuration names
+        PostgreSQL, or nothing), one made for the manifest's engine. Structure checks need
+        no connection, so its URL only has to have the right scheme."""
+        kind = record.database.get("engine")
+        s = self.settings
+        if not isinstance(kind, str) or kind not in ENGINES or kind == self.engine.name:
+            return self.engine
+        url = record.database.get("url") if kind == "sqlite" else None
+        if not isinstance(url, str) or not url.startswith("sqlite:"):
+            url = "sqlite:///backup.db" if kind == "sqlite" else None
+        return engine_for(EngineSettings(url, s.env, s.lock_wait_timeout))
 
     @cached_property
     def state(self) -> StateDir:

@@ -63,7 +63,7 @@ def _deep_check(ctx: Context, record: BackupRecord) -> None:
         incomplete: IncompleteDumpError | None = None
         chunks = plaintext(ctx, record, raw, content)
         try:
-            ctx.engine.check_structure(record.format, chunks)
+            ctx.reader_for(record).check_structure(record.format, chunks)
         except IncompleteDumpError as exc:  # the whole file was read: its digest comes first
             incomplete = exc
         for _ in chunks:  # what the structure check left unread still counts

@@ -423,3 +423,18 @@ def test_a_read_only_backup_path_says_so_before_dumping(
         assert list((mnt / "backups").iterdir()) == []
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_deep_verify_reads_a_backup_with_the_engine_that_wrote_it(sb: SB, demo_db: Path) -> None:
+    """A SQLite backup deep-verifies where the configuration names PostgreSQL, or nothing:
+    the manifest says which engine's structure rules apply (no connection is made)."""
+    rec = sb.ok("create", "--json", env={"DATABASE_URL": f"sqlite:///{demo_db}"}).json()
+    env = {k: v for k, v in sb.env.items() if k != "DATABASE_URL"}
+    unset = SB(sb.backup_path, env)
+    unset.ok("verify", "--deep", rec["id"])
+    pg_env = {"DATABASE_URL": "postgresql://nobody@127.0.0.1:9/nowhere"}
+    sb.ok("verify", "--deep", rec["id"], env=pg_env)
+    data = sb.backup_path / rec["filename"]
+    data.write_bytes(data.read_bytes()[:-1])
+    res = sb("verify", "--deep", rec["id"], env=pg_env)
+    assert res.code == 13, res.err
