@@ -195,10 +195,12 @@ def write_atomic(directory: Path, name: str, data: bytes) -> None:
             os.close(fd)
         os.replace(tmp, path)
         fsync_dir(directory)
-    except OSError as exc:
+    except BaseException as exc:  # an interrupt too: the temp file never outlives the write
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise storage_error(exc, f"cannot write {path}") from None
+        if isinstance(exc, OSError):
+            raise storage_error(exc, f"cannot write {path}") from None
+        raise
 
 
 # --- directories ---------------------------------------------------------------------------
