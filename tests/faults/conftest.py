@@ -91,6 +91,10 @@ class LostBackup(Defect):
     """A create that exited 0 whose backup is not listed (or listed with other bytes)."""
 
 
+class SameIdClash(Defect):
+    """Creates started in the same millisecond pick the same ID; all but one exit 4."""
+
+
 class CannotCommit(Defect):
     """A concurrent create's partial sweep removed a live writer's partial: exit 4."""
 
@@ -107,6 +111,10 @@ class RestoreSkipsContentChecksum(Defect):
     """restore reports success although the dump stream's SHA-256 is not the manifest's."""
 
 
+class TempFileLeft(Defect):
+    """A signal inside write_atomic leaves its .tmp file, and nothing removes it later."""
+
+
 class VerifyNeedsDatabaseUrl(Defect):
     """verify --deep checks a dump with the configured engine, not the manifest's."""
 
@@ -116,6 +124,8 @@ REASONS: dict[type[Defect], str] = {
     "data file that no later command removes or reports (ops/backups.py, storage sweep)",
     LostBackup: "issue 12: concurrent creates in the same millisecond pick the same ID "
     "(ops/backups.py:unique_backup_id) and one exit-0 backup is lost",
+    SameIdClash: "issue 12: ops/backups.py:unique_backup_id picks the ID from a listing, so "
+    "creates of the same millisecond collide on the partial's O_EXCL and exit 4 (no retry)",
     CannotCommit: "issue 12: storage/local.py:sweep_partials can take the flock of a partial "
     "between another writer's O_EXCL create and its flock, and delete it: exit 4",
     DeletedAfterCommit: "issue 12: a signal just after catalog.save makes ops/backups.py:_write "
@@ -124,6 +134,8 @@ REASONS: dict[type[Defect], str] = {
     "handler (during imports) gives a traceback or death by the signal, not exit 130",
     RestoreSkipsContentChecksum: "issue 12: ops/restore.py:load_backup hands plaintext() no "
     "content digest, so restore never checks contentChecksum (verify --deep does)",
+    TempFileLeft: "issue 12: state/files.py:write_atomic removes its temp file on OSError "
+    "only: SIGINT/SIGTERM while the manifest is written leaves .ID.json.<hex>.tmp for good",
     VerifyNeedsDatabaseUrl: "issue 12: ops/verify.py checks the dump structure with ctx.engine "
     "(DATABASE_URL, PostgreSQL by default), not the engine the manifest names",
 }
@@ -239,12 +251,18 @@ class Bench:
         assert res.code == 0, f"sbbackup {' '.join(args)} exited {res.code}: {res.err}"
         return res
 
-    def spawn(self, *args: str) -> Spawned:
+    def spawn(self, *args: str, barrier: Path | None = None) -> Spawned:
+        """A run in the background. With ``barrier`` (a path) the interpreter imports the CLI,
+        says it is ready, waits for ``barrier`` to exist, then runs ``sbbackup.cli.main``: many
+        runs can start the command itself within a millisecond (``release``)."""
         n = len(self.procs)
+        argv = self.argv(*args)
+        if barrier is not None:
+            argv = [sys.executable, "-c", BARRIER, str(barrier), *args]
         out, err = self.scratch / f"run{n}.out", self.scratch / f"run{n}.err"
         with open(out, "wb") as fo, open(err, "wb") as fe:
             proc = subprocess.Popen(
-                self.argv(*args),
+                argv,
                 env=self.env,
                 stdout=fo,
                 stderr=fe,
@@ -267,6 +285,30 @@ class Bench:
             return sorted(e.name for e in os.scandir(self.backup_dir) if e.is_file())
         except FileNotFoundError:
             return []
+
+
+BARRIER = """
+import os, sys, time
+from sbbackup.cli import main
+import sbbackup.cli.backups, sbbackup.ops.backups, sbbackup.engines.sqlite
+go = sys.argv[1]
+open(go + ".ready." + str(os.getpid()), "w").close()
+deadline = time.monotonic() + 120
+while not os.path.exists(go):
+    if time.monotonic() > deadline:
+        sys.exit("barrier: never released")
+    time.sleep(0.0005)
+main(sys.argv[2:])
+"""
+
+
+def release(barrier: Path, waiting: int) -> None:
+    """Let ``waiting`` runs started with ``barrier`` go at once, when all of them are ready."""
+    deadline = time.monotonic() + 120
+    while len(list(barrier.parent.glob(barrier.name + ".ready.*"))) < waiting:
+        assert time.monotonic() < deadline, "the runs never reached the barrier"
+        time.sleep(0.01)
+    barrier.touch()
 
 
 @dataclass
@@ -336,15 +378,13 @@ def wait_for(moment: Moment, spawned: Spawned, before: set[str]) -> bool:
                 return False
             time.sleep(0.002)
         return proc.poll() is None
+    if moment.kind == "renamed":
+        return _step_to_rename(proc, directory, before)
     while proc.poll() is None:
         try:
             entries = list(os.scandir(directory))
         except FileNotFoundError:
             entries = []
-        if moment.kind == "renamed":
-            if _data_without_manifest([e.name for e in entries], before):
-                return True
-            continue  # busy: the window is a few milliseconds
         for e in entries:
             if e.name.endswith(".partial") and (
                 moment.kind == "partial" or e.stat().st_size >= moment.value
@@ -354,18 +394,43 @@ def wait_for(moment: Moment, spawned: Spawned, before: set[str]) -> bool:
     return False
 
 
+def _step_to_rename(proc: subprocess.Popen[bytes], directory: Path, before: set[str]) -> bool:
+    """The window between the data rename and the manifest write is a few milliseconds: once
+    the partial is nearly as big as the last backup here, the create runs in short steps
+    (SIGCONT, a moment, SIGSTOP, look), so the window is hit every time. Returns with the
+    create stopped at the moment; ``inject`` continues it after signalling."""
+    sizes = [(directory / n).stat().st_size for n in before if not n.endswith(".json")]
+    near = max(sizes, default=0) * 0.97
+    while proc.poll() is None:
+        names = os.listdir(directory) if directory.exists() else []
+        if _data_without_manifest(names, before):
+            return True
+        big = False
+        for n in names:
+            if n.endswith(".partial"):
+                with contextlib.suppress(FileNotFoundError):  # renamed meanwhile
+                    big = big or (directory / n).stat().st_size >= near
+        if big and near:
+            os.kill(proc.pid, signal.SIGSTOP)
+            names = os.listdir(directory)
+            if _data_without_manifest(names, before):
+                return True
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(0.0002)
+    return False
+
+
 # How each signal is sent: Ctrl-C reaches the whole foreground group, `kill` and `kill -9` one PID.
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "INT": signal.SIGINT}
 
 
 def inject(spawned: Spawned, sig: str) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         if sig == "INT":
             os.killpg(spawned.proc.pid, signal.SIGINT)
         else:
             os.kill(spawned.proc.pid, SIGNALS[sig])
-    except ProcessLookupError:
-        pass
+        os.kill(spawned.proc.pid, signal.SIGCONT)  # stopped by _step_to_rename
 
 
 # --- THE INVARIANT --------------------------------------------------------------------------
@@ -483,11 +548,13 @@ def check_invariant(
 
 
 def no_leftovers(report: Report) -> None:
-    """After the following create nothing may be left over; an orphan is the known defect."""
+    """After the following create nothing may be left over; orphans and temp files are the
+    known defects."""
     assert not report.partials, f"partials left after a following create: {report.partials}"
-    assert not report.temps, f"temp files left: {report.temps}"
     if report.orphans:
         raise OrphanDataFile(f"orphan data files: {report.orphans}")
+    if report.temps:
+        raise TempFileLeft(f"temp files left: {report.temps}")
 
 
 # --- what the reliability report reads ------------------------------------------------------

@@ -161,7 +161,7 @@ def test_undamaged_backup_verifies_and_restores(
     assert res.json()["status"] == "completed"
 
 
-@pytest.mark.parametrize("case", sample(CASES, keep=5, ids=case_id, marks=case_marks))
+@pytest.mark.parametrize("case", sample(CASES, keep=4, ids=case_id, marks=case_marks))
 def test_damaged_backup_fails_verify_and_restore(
     bench: Bench,
     variant_env: Callable[[str], tuple[dict[str, str], Callable[[], list[str]]]],

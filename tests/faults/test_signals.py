@@ -17,6 +17,7 @@ from conftest import (
     Report,
     SignalWithoutMessage,
     Tally,
+    TempFileLeft,
     check_invariant,
     inject,
     known,
@@ -75,6 +76,8 @@ def judge(sig: str, code: int, err: str, report: Report) -> list[str]:
         defects.append(DeletedAfterCommit.__name__)
     if report.orphans:
         defects.append(OrphanDataFile.__name__)
+    if report.temps:
+        defects.append(TempFileLeft.__name__)
     return defects
 
 
@@ -89,7 +92,7 @@ def test_baseline_create_is_slow_enough_to_catch(bench: Bench, source: str) -> N
     no_leftovers(report)
 
 
-@pytest.mark.parametrize("case", sample(CASES, keep=6, ids=case_id))
+@pytest.mark.parametrize("case", sample(CASES, keep=4, ids=case_id))
 def test_signal_during_create(
     bench: Bench, request: pytest.FixtureRequest, tally: Callable[[str], Tally], case: tuple
 ) -> None:
@@ -107,13 +110,13 @@ def test_signal_during_create(
     hard = [p for p in report.problems if not (defects and "traceback" in p)]
     t.add(reached=True, held=not hard, defects=defects)
     assert not hard, hard
-    assert not report.partials and not report.temps, (report.partials, report.temps)
+    assert not report.partials, report.partials
 
 
 @pytest.mark.parametrize(
     "engine,budget",
     [
-        pytest.param("sqlite", 3.0, id="sqlite-sample"),
+        pytest.param("sqlite", 2.0, id="sqlite-sample"),
         pytest.param("sqlite", 60.0, id="sqlite-full", marks=pytest.mark.fault_full),
         pytest.param("pg", 60.0, id="pg-full", marks=pytest.mark.fault_full),
     ],
