@@ -29,7 +29,8 @@ test: deps lint typecheck pytest
 
 faults:
 	mkdir -p build
-	.venv/bin/pytest -q -m faults tests/faults -p no:cacheprovider --junitxml=build/faults.xml
+	.venv/bin/pytest -q -m faults tests/faults -p no:cacheprovider \
+		-o junit_family=legacy --junitxml=build/faults.xml
 
 reliability:
 	-$(MAKE) faults

@@ -51,6 +51,8 @@ def run_suite(junit: Path) -> None:
         "tests/faults",
         "-p",
         "no:cacheprovider",
+        "-o",
+        "junit_family=legacy",  # per-test properties
         f"--junitxml={junit}",
     ]
     print("running:", " ".join(cmd), file=sys.stderr)

@@ -95,8 +95,10 @@ class SameIdClash(Defect):
     """Creates started in the same millisecond pick the same ID; all but one exit 4."""
 
 
-class CannotCommit(Defect):
-    """A concurrent create's partial sweep removed a live writer's partial: exit 4."""
+class SweepRace(Defect):
+    """A concurrent create's partial sweep takes a live writer's partial between its creation
+    and its flock: the writer exits 4 "cannot commit" (the partial was deleted) or exit 1 with
+    a BlockingIOError traceback (its flock failed)."""
 
 
 class DeletedAfterCommit(Defect):
@@ -126,8 +128,9 @@ REASONS: dict[type[Defect], str] = {
     "(ops/backups.py:unique_backup_id) and one exit-0 backup is lost",
     SameIdClash: "issue 12: ops/backups.py:unique_backup_id picks the ID from a listing, so "
     "creates of the same millisecond collide on the partial's O_EXCL and exit 4 (no retry)",
-    CannotCommit: "issue 12: storage/local.py:sweep_partials can take the flock of a partial "
-    "between another writer's O_EXCL create and its flock, and delete it: exit 4",
+    SweepRace: "issue 12: storage/local.py:sweep_partials can flock a partial between another "
+    "writer's O_EXCL create and its flock (LocalWriter.__init__): the writer exits 4 'cannot "
+    "commit', or 1 with a BlockingIOError traceback",
     DeletedAfterCommit: "issue 12: a signal just after catalog.save makes ops/backups.py:_write "
     "delete the committed data file and overwrite the completed manifest with a failed one",
     SignalWithoutMessage: "issue 12: SIGINT/SIGTERM before cli/base.py:main installs its "
