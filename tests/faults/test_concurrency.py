@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from helpers.cli import Result
+
+from faults.harness import (
     REASONS,
     Bench,
     LostBackup,
@@ -22,8 +24,6 @@ from conftest import (
     no_leftovers,
     release,
 )
-from helpers.cli import Result
-
 from sbbackup.errors import ExitCode
 
 pytestmark = pytest.mark.faults

@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers.manifests import manifest_path, read_manifest, replace_data
+from helpers.pgcluster import Cluster
+
+from faults.harness import (
     Bench,
     RestoreSkipsContentChecksum,
     Tally,
@@ -19,9 +22,6 @@ from conftest import (
     no_leftovers,
     sample,
 )
-from helpers.manifests import manifest_path, read_manifest, replace_data
-from helpers.pgcluster import Cluster
-
 from sbbackup.crypto import age
 from sbbackup.errors import ExitCode
 

@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable
 
 import pytest
-from conftest import (
+
+from faults.harness import (
     ENGINES,
     Bench,
     DeletedAfterCommit,

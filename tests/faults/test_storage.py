@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import Bench, Tally, check_invariant, no_leftovers, sample
+
+from faults.harness import Bench, Tally, check_invariant, no_leftovers, sample
 
 pytestmark = pytest.mark.faults
 
