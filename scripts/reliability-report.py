@@ -129,7 +129,7 @@ def report(junit: Path) -> str:
         "",
         "Every trial drives the real `sbbackup` command line against SQLite or the test "
         "PostgreSQL cluster, injects one fault, then checks THE INVARIANT "
-        "(`tests/faults/conftest.py:check_invariant`): every completed manifest points at a "
+        "(`tests/faults/harness.py:check_invariant`): every completed manifest points at a "
         "data file of its size and SHA-256, `list --json` parses and lists it, "
         "`verify --deep` passes, no run printed a traceback, and a following `create` "
         "succeeds. *Reached* counts trials whose fault hit the create mid-flight (a moment "

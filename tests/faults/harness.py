@@ -82,7 +82,11 @@ class SweepRace(Defect):
 
 
 class DeletedAfterCommit(Defect):
-    """A signal after the manifest was written turned a completed backup into a failed one."""
+    """A signal after the data file was committed made create delete it and record a failed
+    attempt (exit 130): seen as a failed manifest that carries the dump's ``contents``, which
+    are set only after the commit. Counted, not xfailed: a signal before the manifest is
+    written may discard the data by design; one after it is the defect, and the two leave
+    the same files."""
 
 
 class SignalWithoutMessage(Defect):

@@ -73,7 +73,7 @@ def judge(sig: str, code: int, err: str, report: Report) -> list[str]:
     defects = signal_defects(sig, code, err)
     if sig != "KILL":
         assert code in (0, 130) or defects, f"create exited {code} on SIG{sig}: {err[-300:]}"
-    if any(d.get("completedAt") for d in report.failed):
+    if any(d.get("contents") for d in report.failed):
         defects.append(DeletedAfterCommit.__name__)
     if report.orphans:
         defects.append(OrphanDataFile.__name__)
