@@ -1,6 +1,11 @@
 # `make demo`: install sbbackup and back up, verify and restore an example SQLite database.
 # `make test`: install everything the tests need, then ruff, mypy and pytest.
-.PHONY: demo test deps lint typecheck pytest bench clean
+# `make faults`: the whole fault suite (tests/faults: kill -9/SIGTERM/SIGINT of create, disk
+#   full, read-only, bit flips, concurrent creates), each case checked against THE INVARIANT.
+#   `make pytest` runs only its sample: tests/faults/conftest.py deselects the cases marked
+#   `fault_full` unless pytest runs with -m faults or SBBACKUP_FAULTS=full.
+# `make reliability`: `make faults`, then scripts/reliability-report.py writes docs/RELIABILITY.md.
+.PHONY: demo test deps lint typecheck pytest faults reliability bench clean
 
 demo:
 	bash scripts/quickstart.sh
@@ -21,6 +26,15 @@ pytest:
 	.venv/bin/pytest -q -n 2 -p no:cacheprovider
 
 test: deps lint typecheck pytest
+
+faults:
+	mkdir -p build
+	.venv/bin/pytest -q -m faults tests/faults -p no:cacheprovider \
+		-o junit_family=legacy --junitxml=build/faults.xml
+
+reliability:
+	-$(MAKE) faults
+	.venv/bin/python scripts/reliability-report.py --junit build/faults.xml
 
 bench: deps
 	.venv/bin/python bench/bench_dump.py

@@ -304,15 +304,23 @@ class Settings:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except ValueError:  # a NUL in the path
+        raise ConfigError(f"{str(path)!r}: cannot read config file (invalid path)") from None
     import yaml  # only when there is a file: it is the slowest import on the backup path
 
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
+    except ValueError as exc:  # an integer past Python's int/str conversion limit
+        raise ConfigError(f"{path}: invalid YAML ({str(exc)[:60]})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -373,7 +381,10 @@ def load_settings(
     env = dict(os.environ if env is None else env)
     values: dict[str, Any] = {k.attr: _default(k) for k in KEYS}
     path_str = config_file or env.get("SBBACKUP_CONFIG")
-    path = Path(path_str).expanduser().absolute() if path_str else None
+    try:
+        path = Path(path_str).expanduser().absolute() if path_str else None
+    except RuntimeError:  # ~user where there is no such user
+        raise ConfigError(f"config file {path_str!r}: cannot expand '~'") from None
     if path is not None:
         values.update(_from_yaml(path, _read_yaml(path)))
     for key in KEYS:
