@@ -18,7 +18,6 @@ from faults.harness import (
     Tally,
     VerifyNeedsDatabaseUrl,
     check_invariant,
-    known,
     no_leftovers,
     sample,
 )
@@ -141,9 +140,7 @@ def case_id(case: tuple[str, Damage]) -> str:
 
 
 def case_marks(case: tuple[str, Damage]) -> list[pytest.MarkDecorator]:
-    if case[1].key == "contentChecksum":
-        return [known(RestoreSkipsContentChecksum)]
-    return []
+    return []  # restore checks contentChecksum now (it skipped it: a known defect, fixed)
 
 
 @pytest.mark.parametrize("source", ["sqlite", "sqlite-age", "pg"])
@@ -198,7 +195,6 @@ def test_damaged_backup_fails_verify_and_restore(
     no_leftovers(report)
 
 
-@known(VerifyNeedsDatabaseUrl)
 def test_verify_deep_of_a_sqlite_backup_needs_no_database_url(
     bench: Bench, small_sqlite_source: str
 ) -> None:

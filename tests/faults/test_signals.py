@@ -21,7 +21,6 @@ from faults.harness import (
     TempFileLeft,
     check_invariant,
     inject,
-    known,
     no_leftovers,
     sample,
     wait_for,
@@ -151,7 +150,6 @@ def test_signals_at_random_delays(
 # --- the known defects, reproduced: each flips to a failure once fixed ---------------------
 
 
-@known(OrphanDataFile)
 def test_kill_between_data_rename_and_manifest_leaves_no_orphan(
     bench: Bench, sqlite_source: str, tally: Callable[[str], Tally]
 ) -> None:
@@ -165,7 +163,6 @@ def test_kill_between_data_rename_and_manifest_leaves_no_orphan(
         no_leftovers(report)  # raises OrphanDataFile once the window was hit
 
 
-@known(SignalWithoutMessage)
 @pytest.mark.parametrize("sig", ["TERM"])  # SIGINT's traceback window is too narrow to hit
 def test_signal_in_the_first_moments_exits_130_with_one_line(
     bench: Bench, sqlite_source: str, tally: Callable[[str], Tally], sig: str
