@@ -1,9 +1,11 @@
 """SQLite, the embedded engine of the quick start.
 
-The dump is SQL text from ``iterdump()`` inside one read transaction (a consistent snapshot),
-streamed line by line, and ends with ``DUMP_END``. Restore replays statements one at a time
-into a new file, which only replaces the target once every statement succeeded and the dump
-ended with ``DUMP_END`` (blank lines after it allowed, nothing else: ``end_problem``).
+The dump is SQL text in the shape of the ``sqlite3`` shell's ``.dump`` (``sqlite_dump``:
+virtual tables and their shadow tables, ``user_version`` and ``application_id``, rowids)
+inside one read transaction (a consistent snapshot), streamed line by line, and ends with
+``DUMP_END``. Restore replays statements one at a time into a new file, which only replaces
+the target once every statement succeeded and the dump ended with ``DUMP_END`` (blank lines
+after it allowed, nothing else: ``end_problem``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from ..errors import ConfigError, DatabaseError, TargetExistsError
 from ..pipeline import Writer
 from .base import DumpResult, EngineCheck, RestoreRequest, Target, check_end, held_back
+from .sqlite_dump import dump_lines, is_internal, quote_ident
 
 FLUSH = 1 << 20
 DUMP_COMPLETE = b"-- sbbackup SQLite dump complete"
@@ -31,10 +34,6 @@ def path_of(url: str) -> Path:
     if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
         raise ConfigError(f"SQLite URL must look like sqlite:///path/to/file.db, got {url!r}")
     return Path(url[len("sqlite:///") :]).expanduser().absolute()
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 class SQLiteEngine:
@@ -103,7 +102,7 @@ class SQLiteEngine:
             contents = _inventory(con) if row_counts else None
             buf: list[str] = []
             size = 0
-            for line in con.iterdump():
+            for line in dump_lines(con):
                 if line == "COMMIT;":
                     continue  # written below, followed by the completion marker
                 buf.append(line + "\n")
@@ -259,17 +258,31 @@ def _statements(chunks: Iterable[bytes]) -> Iterator[str]:
         yield tail
 
 
+OBJECT_KINDS = (
+    ("index", "indexes"),
+    ("view", "views"),
+    ("trigger", "triggers"),
+    ("virtual", "virtualTables"),
+)
+
+
 def _inventory(con: sqlite3.Connection) -> dict[str, Any]:
+    """Exact row counts of every table that stores rows in this file, and object counts.
+    SQLite's own objects (``is_internal``: ``sqlite_sequence``, ``sqlite_stat1``, automatic
+    indexes) are left out; ``sqliteusers`` is a user's table like any other. A virtual table
+    is counted once, under ``virtualTables``, with no row count: its rows live in its shadow
+    tables (FTS5 ``docs_data``, ``docs_idx``, ...), which are counted as the tables they are,
+    or outside the database, and counting them would need the module loaded. The dump copies
+    shadow tables as they are, so source and restore count the same."""
     rows = con.execute(
-        "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+        "SELECT CASE WHEN type = 'table' AND upper(substr(sql, 1, 20)) = 'CREATE VIRTUAL TABLE'"
+        " THEN 'virtual' ELSE type END, name FROM sqlite_master ORDER BY name"
     ).fetchall()
+    rows = [(kind, name) for kind, name in rows if not is_internal(name)]
     tables = {
         name: con.execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchone()[0]
         for kind, name in rows
         if kind == "table"
     }
-    objects = {
-        plural: sum(1 for k, _ in rows if k == kind)
-        for kind, plural in (("index", "indexes"), ("view", "views"), ("trigger", "triggers"))
-    }
+    objects = {plural: sum(1 for k, _ in rows if k == kind) for kind, plural in OBJECT_KINDS}
     return {"tables": tables, "objects": objects}
