@@ -153,6 +153,7 @@ class SQLiteEngine:
             )
         if not dest.parent.is_dir():
             raise DatabaseError(f"target directory {dest.parent} does not exist")
+        _refuse_pending_changes(dest)
         tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.restoring")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
@@ -177,15 +178,17 @@ class SQLiteEngine:
 
     @staticmethod
     def _move_into_place(tmp: Path, dest: Path, replace: bool) -> None:
+        _refuse_pending_changes(dest)  # again: a writer may have opened the target meanwhile
         if replace:
             os.replace(tmp, dest)  # rename(2) replaces a symlink itself, never its target
-            return
-        try:
-            os.link(tmp, dest, follow_symlinks=False)  # fails if the name was taken meanwhile
-        except FileExistsError:
-            raise TargetExistsError(f"target {dest.name} already exists") from None
-        except OSError as exc:
-            raise DatabaseError(f"cannot create {dest}: {exc.strerror}") from None
+        else:
+            try:
+                os.link(tmp, dest, follow_symlinks=False)  # fails if the name was taken
+            except FileExistsError:
+                raise TargetExistsError(f"target {dest.name} already exists") from None
+            except OSError as exc:
+                raise DatabaseError(f"cannot create {dest}: {exc.strerror}") from None
+        _fsync_dir(dest.parent)
 
     def inventory(self, target: str | None) -> dict[str, Any]:
         con = self._connect(self._target(target))
@@ -218,6 +221,47 @@ class SQLiteEngine:
     def check_structure(self, fmt: str, chunks: Iterable[bytes]) -> None:
         """The dump must end with what ``dump`` writes last (``end_problem``)."""
         check_end(chunks, end_problem)
+
+
+WAL_HEADER = 32  # a -wal file no longer than its header holds no frames
+JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")  # a rollback journal that is still live
+
+
+def _refuse_pending_changes(dest: Path) -> None:
+    """SQLite finds a database's -wal and -journal files by name, so a new file renamed to
+    ``dest`` would take on the old one's: its WAL frames would be read over the restored
+    pages, a hot journal rolled back into them. Refuse while either holds changes (a program
+    has the target open, or died writing it); an empty -wal, or a journal whose header is
+    zeroed (journal_mode=PERSIST), holds none."""
+    for suffix, pending in (
+        ("-wal", lambda head, size: size > WAL_HEADER),
+        ("-journal", lambda head, size: head == JOURNAL_MAGIC),
+    ):
+        side = dest.with_name(dest.name + suffix)
+        try:
+            with open(side, "rb") as fh:
+                head, size = fh.read(len(JOURNAL_MAGIC)), os.fstat(fh.fileno()).st_size
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise DatabaseError(f"cannot read {side}: {exc.strerror}") from None
+        if pending(head, size):
+            raise DatabaseError(
+                f"{side} holds changes to the target not yet in {dest.name}: a program has it "
+                "open or stopped while writing it; close it (or open it once with sqlite3 to "
+                "recover it), then restore again"
+            )
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable (SQLite's COMMIT already synced the file's contents). Best
+    effort: the restore is complete either way, and some file systems refuse a directory."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def end_problem(head: bytes, tail: bytes) -> str | None:

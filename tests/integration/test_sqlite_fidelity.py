@@ -288,3 +288,50 @@ def test_an_exception_from_the_chunks_leaves_the_old_target_and_no_temp_file(
     engine.restore("plain", [data[i : i + 4096] for i in range(0, len(data), 4096)], request)
     assert snapshot(target) == snapshot(source)
     assert leftovers(place, "old.db") == []
+
+
+def crashed_wal_writer(db: Path) -> None:
+    """``db`` as a writer in WAL mode leaves it when it dies: changes still in ``db-wal``."""
+    live = db.with_name("live.db")
+    con = sqlite3.connect(live, isolation_level=None)
+    con.execute("PRAGMA journal_mode = WAL")
+    con.execute("PRAGMA wal_autocheckpoint = 0")
+    con.executescript("CREATE TABLE old (x); INSERT INTO old VALUES (1);")
+    db.write_bytes(live.read_bytes())
+    db.with_name(db.name + "-wal").write_bytes(live.with_name("live.db-wal").read_bytes())
+    con.close()
+    live.unlink()
+
+
+def test_a_target_with_changes_in_its_wal_is_refused_not_replaced(
+    sb: SB, source: Path, tmp_path: Path
+) -> None:
+    """A new file renamed over a target would take on the target's -wal: SQLite would read
+    the old frames over the restored pages (the old table reappears)."""
+    env, rec = backup(sb, source)
+    place = tmp_path / "place"
+    place.mkdir()
+    target = place / "old.db"
+    crashed_wal_writer(target)
+    wal = place / "old.db-wal"
+    before = {p.name: p.read_bytes() for p in place.iterdir()}
+    res = restore(sb, env, rec["id"], target, "--clean")
+    assert res.code == 3 and "old.db-wal holds changes" in res.err, res.err
+    assert {p.name: p.read_bytes() for p in place.iterdir()} == before
+
+    # A -wal left by a database since deleted would be read into a new file just the same.
+    gone = place / "gone.db"
+    wal.rename(place / "gone.db-wal")
+    res = restore(sb, env, rec["id"], gone)
+    assert res.code == 3 and "gone.db-wal holds changes" in res.err, res.err
+    assert not gone.exists()
+
+    # Opened once and closed, the database takes its WAL back; then it can be replaced.
+    (place / "gone.db-wal").rename(wal)
+    con = sqlite3.connect(target)
+    assert con.execute("SELECT name FROM sqlite_master").fetchall() == [("old",)]
+    con.close()  # the last connection checkpoints the WAL and removes it
+    assert not wal.exists()
+    assert restore(sb, env, rec["id"], target, "--clean").code == 0
+    assert snapshot(target) == snapshot(source)
+    assert leftovers(place, "old.db") == []
