@@ -1,9 +1,11 @@
 """SQLite, the embedded engine of the quick start.
 
-The dump is SQL text from ``iterdump()`` inside one read transaction (a consistent snapshot),
-streamed line by line, and ends with ``DUMP_END``. Restore replays statements one at a time
-into a new file, which only replaces the target once every statement succeeded and the dump
-ended with ``DUMP_END`` (blank lines after it allowed, nothing else: ``end_problem``).
+The dump is SQL text in the shape of the ``sqlite3`` shell's ``.dump`` (``sqlite_dump``:
+virtual tables and their shadow tables, ``user_version`` and ``application_id``, rowids)
+inside one read transaction (a consistent snapshot), streamed line by line, and ends with
+``DUMP_END``. Restore replays statements one at a time into a new file, which only replaces
+the target once every statement succeeded and the dump ended with ``DUMP_END`` (blank lines
+after it allowed, nothing else: ``end_problem``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from ..errors import ConfigError, DatabaseError, TargetExistsError
 from ..pipeline import Writer
 from .base import DumpResult, EngineCheck, RestoreRequest, Target, check_end, held_back
+from .sqlite_dump import dump_lines, is_internal, quote_ident
 
 FLUSH = 1 << 20
 DUMP_COMPLETE = b"-- sbbackup SQLite dump complete"
@@ -31,10 +34,6 @@ def path_of(url: str) -> Path:
     if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
         raise ConfigError(f"SQLite URL must look like sqlite:///path/to/file.db, got {url!r}")
     return Path(url[len("sqlite:///") :]).expanduser().absolute()
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 class SQLiteEngine:
@@ -103,7 +102,7 @@ class SQLiteEngine:
             contents = _inventory(con) if row_counts else None
             buf: list[str] = []
             size = 0
-            for line in con.iterdump():
+            for line in dump_lines(con):
                 if line == "COMMIT;":
                     continue  # written below, followed by the completion marker
                 buf.append(line + "\n")
@@ -154,6 +153,7 @@ class SQLiteEngine:
             )
         if not dest.parent.is_dir():
             raise DatabaseError(f"target directory {dest.parent} does not exist")
+        _refuse_pending_changes(dest)
         tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.restoring")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
@@ -178,15 +178,17 @@ class SQLiteEngine:
 
     @staticmethod
     def _move_into_place(tmp: Path, dest: Path, replace: bool) -> None:
+        _refuse_pending_changes(dest)  # again: a writer may have opened the target meanwhile
         if replace:
             os.replace(tmp, dest)  # rename(2) replaces a symlink itself, never its target
-            return
-        try:
-            os.link(tmp, dest, follow_symlinks=False)  # fails if the name was taken meanwhile
-        except FileExistsError:
-            raise TargetExistsError(f"target {dest.name} already exists") from None
-        except OSError as exc:
-            raise DatabaseError(f"cannot create {dest}: {exc.strerror}") from None
+        else:
+            try:
+                os.link(tmp, dest, follow_symlinks=False)  # fails if the name was taken
+            except FileExistsError:
+                raise TargetExistsError(f"target {dest.name} already exists") from None
+            except OSError as exc:
+                raise DatabaseError(f"cannot create {dest}: {exc.strerror}") from None
+        _fsync_dir(dest.parent)
 
     def inventory(self, target: str | None) -> dict[str, Any]:
         con = self._connect(self._target(target))
@@ -219,6 +221,47 @@ class SQLiteEngine:
     def check_structure(self, fmt: str, chunks: Iterable[bytes]) -> None:
         """The dump must end with what ``dump`` writes last (``end_problem``)."""
         check_end(chunks, end_problem)
+
+
+WAL_HEADER = 32  # a -wal file no longer than its header holds no frames
+JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")  # a rollback journal that is still live
+
+
+def _refuse_pending_changes(dest: Path) -> None:
+    """SQLite finds a database's -wal and -journal files by name, so a new file renamed to
+    ``dest`` would take on the old one's: its WAL frames would be read over the restored
+    pages, a hot journal rolled back into them. Refuse while either holds changes (a program
+    has the target open, or died writing it); an empty -wal, or a journal whose header is
+    zeroed (journal_mode=PERSIST), holds none."""
+    for suffix, pending in (
+        ("-wal", lambda head, size: size > WAL_HEADER),
+        ("-journal", lambda head, size: head == JOURNAL_MAGIC),
+    ):
+        side = dest.with_name(dest.name + suffix)
+        try:
+            with open(side, "rb") as fh:
+                head, size = fh.read(len(JOURNAL_MAGIC)), os.fstat(fh.fileno()).st_size
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise DatabaseError(f"cannot read {side}: {exc.strerror}") from None
+        if pending(head, size):
+            raise DatabaseError(
+                f"{side} holds changes to the target not yet in {dest.name}: a program has it "
+                "open or stopped while writing it; close it (or open it once with sqlite3 to "
+                "recover it), then restore again"
+            )
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable (SQLite's COMMIT already synced the file's contents). Best
+    effort: the restore is complete either way, and some file systems refuse a directory."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def end_problem(head: bytes, tail: bytes) -> str | None:
@@ -259,17 +302,31 @@ def _statements(chunks: Iterable[bytes]) -> Iterator[str]:
         yield tail
 
 
+OBJECT_KINDS = (
+    ("index", "indexes"),
+    ("view", "views"),
+    ("trigger", "triggers"),
+    ("virtual", "virtualTables"),
+)
+
+
 def _inventory(con: sqlite3.Connection) -> dict[str, Any]:
+    """Exact row counts of every table that stores rows in this file, and object counts.
+    SQLite's own objects (``is_internal``: ``sqlite_sequence``, ``sqlite_stat1``, automatic
+    indexes) are left out; ``sqliteusers`` is a user's table like any other. A virtual table
+    is counted once, under ``virtualTables``, with no row count: its rows live in its shadow
+    tables (FTS5 ``docs_data``, ``docs_idx``, ...), which are counted as the tables they are,
+    or outside the database, and counting them would need the module loaded. The dump copies
+    shadow tables as they are, so source and restore count the same."""
     rows = con.execute(
-        "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+        "SELECT CASE WHEN type = 'table' AND upper(substr(sql, 1, 20)) = 'CREATE VIRTUAL TABLE'"
+        " THEN 'virtual' ELSE type END, name FROM sqlite_master ORDER BY name"
     ).fetchall()
+    rows = [(kind, name) for kind, name in rows if not is_internal(name)]
     tables = {
         name: con.execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchone()[0]
         for kind, name in rows
         if kind == "table"
     }
-    objects = {
-        plural: sum(1 for k, _ in rows if k == kind)
-        for kind, plural in (("index", "indexes"), ("view", "views"), ("trigger", "triggers"))
-    }
+    objects = {plural: sum(1 for k, _ in rows if k == kind) for kind, plural in OBJECT_KINDS}
     return {"tables": tables, "objects": objects}
