@@ -123,10 +123,17 @@ def test_creates_of_the_same_millisecond_all_succeed(
             raise SameIdClash(f"{len(rnd.clashes)} of {WIDTH} failed: {rnd.clashes[0]}")
 
 
+@pytest.mark.parametrize(
+    "tries",
+    [
+        pytest.param(2, id="2-rounds"),
+        pytest.param(10, id="10-rounds", marks=pytest.mark.fault_full),
+    ],
+)
 def test_concurrent_creates_never_sweep_a_live_partial(
-    bench: Bench, small_sqlite_source: str
+    bench: Bench, small_sqlite_source: str, tries: int
 ) -> None:
     bench.env["DATABASE_URL"] = small_sqlite_source
-    errors = rounds_until(bench, lambda r: r.cannot_commit, tries=10)
+    errors = rounds_until(bench, lambda r: r.cannot_commit, tries=tries)
     if errors:
         raise SweepRace(f"creates failed to commit: {errors}")
