@@ -359,6 +359,13 @@ def wait_for(moment: Moment, spawned: Spawned, before: set[str]) -> bool:
     """Block until ``moment``; False if the create exited first (the moment was not reached)."""
     proc, directory = spawned.proc, spawned.bench.backup_dir
     if moment.kind == "delay":
+        # Counted from the moment sbbackup's SIGTERM handler is in place (SigCgt in /proc):
+        # the interpreter's own start-up, before any sbbackup code runs, is out of reach of
+        # any handler, and a signal there is the kernel's default, not ours to test.
+        while not _catches_sigterm(proc.pid):
+            if proc.poll() is not None:
+                return False
+            time.sleep(0.001)
         deadline = time.monotonic() + moment.value
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -378,6 +385,17 @@ def wait_for(moment: Moment, spawned: Spawned, before: set[str]) -> bool:
             ):
                 return True
         time.sleep(0.0005)
+    return False
+
+
+def _catches_sigterm(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
     return False
 
 
