@@ -267,7 +267,8 @@ def sweep_abandoned(ctx: Context, partials_only: bool = False) -> list[str]:
     A backup ID's writer holds the ID's lock from reservation to its last manifest write, so
     an ID is touched only while its lock is ours, and its manifest is read again under the
     lock: a live writer's files, or a backup completed meanwhile, are never removed.
-    ``create`` sweeps partials only (cheap: a listing); ``prune`` sweeps everything.
+    ``create`` sweeps what a listing and the lock files show (cheap: no manifest is parsed but
+    the candidates'); ``prune`` also every manifest listed as abandoned.
     """
     storage = ctx.storage
     unfinished: dict[str, list[str]] = {}
@@ -276,6 +277,11 @@ def sweep_abandoned(ctx: Context, partials_only: bool = False) -> list[str]:
         if backup_id is not None:
             unfinished.setdefault(backup_id, []).append(name)
     ids = set(unfinished)
+    # A writer killed after its data file was committed leaves no partial, but its lock file.
+    for name in ctx.state.lock_names(writer_lock("")):
+        backup_id = name[len(writer_lock("")) :]
+        if BACKUP_ID_RE.fullmatch(backup_id):
+            ids.add(backup_id)
     if not partials_only:
         ids |= {r.id for r in ctx.catalog.list() if r.status == Status.ABANDONED}
     swept = []

@@ -19,9 +19,10 @@ def verify_backups(ctx: Context, backup_id: str | None, all_: bool, deep: bool) 
     if backup_id is None and not all_:
         raise UsageError("give a backup ID or --all")
     if all_:
-        # A failed attempt was never a backup, and one still being written is not one yet;
-        # everything else is judged (abandoned ones and orphan data files fail).
-        skip = (Status.FAILED, Status.IN_PROGRESS)
+        # A failed attempt was never a backup, one still being written is not one yet, and an
+        # abandoned one is a failed attempt awaiting its sweep; everything else is judged
+        # (an orphan data file fails: it has no manifest to vouch for it).
+        skip = (Status.FAILED, Status.IN_PROGRESS, Status.ABANDONED)
         records = [r for r in ctx.catalog.list() if r.status not in skip]
     else:
         records = [show_backup(ctx, backup_id or "")]

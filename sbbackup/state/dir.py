@@ -10,6 +10,7 @@ rules of ``sbbackup.state.files``: private directories, no symlink followed, ato
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,16 @@ class StateDir:
         unlink the lock file when done (see ``locks.hold``)."""
         with locks.hold(self.root, name, what, wait, remove):
             yield
+
+    def lock_names(self, prefix: str) -> list[str]:
+        """The names of the lock files in ``locks/`` that start with ``prefix`` (a writer that
+        died leaves its lock file: only a clean release removes it)."""
+        try:
+            entries = os.listdir(self.root / locks.LOCK_DIR)
+        except OSError:
+            return []
+        suffix = ".lock"
+        return [e[: -len(suffix)] for e in entries if e.startswith(prefix) and e.endswith(suffix)]
 
     def lock_free(self, name: str) -> bool:
         """Is lock ``name`` free (its holder gone)? Creates nothing."""

@@ -346,13 +346,22 @@ class Moment:
         return self.kind if self.kind in ("partial", "renamed") else f"{self.kind}{self.value:g}"
 
 
-def _data_without_manifest(names: list[str], before: set[str]) -> bool:
-    ids = {n[:-5] for n in names if n.endswith(".json")}
-    return any(
-        n not in before and BACKUP_ID_RE.fullmatch(n[:ID_LEN]) and n[:ID_LEN] not in ids
-        for n in names
-        if not n.endswith((".json", ".partial")) and not n.startswith(".")
-    )
+def _data_without_manifest(names: list[str], before: set[str], directory: Path) -> bool:
+    """A new data file whose manifest does not say completed yet: the window between the
+    data rename and the manifest's commit (the manifest is reserved, in progress, first)."""
+    for n in names:
+        if n in before or n.endswith((".json", ".partial")) or n.startswith("."):
+            continue
+        backup_id = n.split(".", 1)[0]
+        if not BACKUP_ID_RE.fullmatch(backup_id):
+            continue
+        try:
+            status = json.loads((directory / f"{backup_id}.json").read_text()).get("status")
+        except (OSError, ValueError):
+            return True
+        if status != "completed":
+            return True
+    return False
 
 
 def wait_for(moment: Moment, spawned: Spawned, before: set[str]) -> bool:
@@ -408,7 +417,7 @@ def _step_to_rename(proc: subprocess.Popen[bytes], directory: Path, before: set[
     near = max(sizes, default=0) * 0.97
     while proc.poll() is None:
         names = os.listdir(directory) if directory.exists() else []
-        if _data_without_manifest(names, before):
+        if _data_without_manifest(names, before, directory):
             return True
         big = False
         for n in names:
@@ -418,7 +427,7 @@ def _step_to_rename(proc: subprocess.Popen[bytes], directory: Path, before: set[
         if big and near:
             os.kill(proc.pid, signal.SIGSTOP)
             names = os.listdir(directory)
-            if _data_without_manifest(names, before):
+            if _data_without_manifest(names, before, directory):
                 return True
             os.kill(proc.pid, signal.SIGCONT)
             time.sleep(0.0002)
