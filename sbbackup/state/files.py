@@ -28,6 +28,7 @@ import os
 import pwd
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -148,8 +149,25 @@ def check_name(name: str) -> str:
 
 def write_new(directory: Path, name: str, data: bytes) -> None:
     """Create ``directory/name`` holding ``data``, all at once, only if nothing has that name:
-    a temp file is written and fsynced, then hard-linked to ``name`` (``link`` fails with
-    EEXIST, atomically, when the name is taken: FileExistsError, nothing changed)."""
+    the temp file is hard-linked to ``name`` (``link`` fails with EEXIST, atomically, when the
+    name is taken: FileExistsError, nothing changed)."""
+    _publish(directory, name, data, lambda tmp, path: os.link(tmp, path, follow_symlinks=False))
+
+
+def write_atomic(directory: Path, name: str, data: bytes) -> None:
+    """Replace ``directory/name`` with ``data`` all at once (the temp file is renamed over
+    it): a reader sees the old or the new file, never a mix; a symlink planted at ``name`` is
+    refused, never followed."""
+    if os.path.islink(directory / check_name(name)):  # rename would not follow it: a warning
+        raise symlink_error(directory / name)
+    _publish(directory, name, data, os.replace)
+
+
+def _publish(directory: Path, name: str, data: bytes, place: Callable[[Path, Path], None]) -> None:
+    """Write ``data`` to a random ``O_EXCL`` temp file in ``directory`` (which must exist),
+    fsync it, ``place`` it at ``name``, fsync the directory. The temp file never outlives the
+    call, whatever ends it (an interrupt too). An OSError is a StorageError naming ``name``,
+    except the FileExistsError of a name taken, which the caller wants as it is."""
     path = directory / check_name(name)
     try:
         fd, tmp = create_temp(directory, name)
@@ -163,7 +181,7 @@ def write_new(directory: Path, name: str, data: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.link(tmp, path, follow_symlinks=False)
+        place(tmp, path)
         fsync_dir(directory)
     except FileExistsError:
         raise
@@ -171,36 +189,7 @@ def write_new(directory: Path, name: str, data: bytes) -> None:
         raise storage_error(exc, f"cannot write {path}") from None
     finally:
         with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
-def write_atomic(directory: Path, name: str, data: bytes) -> None:
-    """Replace ``directory/name`` with ``data`` all at once: a random ``O_EXCL`` temp file,
-    fsync, rename, fsync of the directory. A reader sees the old or the new file, never a
-    mix; a symlink planted at ``name`` is refused, never followed. ``directory`` must exist."""
-    path = directory / check_name(name)
-    if os.path.islink(path):  # rename would not follow it, but a planted link is a warning
-        raise symlink_error(path)
-    try:
-        fd, tmp = create_temp(directory, name)
-    except OSError as exc:
-        raise storage_error(exc, f"cannot write {path}") from None
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        fsync_dir(directory)
-    except BaseException as exc:  # an interrupt too: the temp file never outlives the write
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise storage_error(exc, f"cannot write {path}") from None
-        raise
+            tmp.unlink()  # gone already once renamed; a link leaves it to remove
 
 
 # --- directories ---------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SB
-from helpers.cli import Result
+from helpers.cli import run_patched
 from helpers.pgcluster import Cluster
 from helpers.pgwait import dump_waiting, table_locked, wait_for
 
@@ -77,20 +77,6 @@ def test_a_signal_during_start_up_gives_130_and_one_line(
         json.loads(out)
 
 
-def run_patched(sb: SB, env: dict[str, str], patch: str, *args: str) -> Result:
-    code = "\n".join(
-        ("import sys, os, signal, sbbackup.cli", patch, "sbbackup.cli.main(sys.argv[1:])")
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        env={**sb.env, **env, "PYTHONPATH": str(Path(__file__).parents[2])},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
-
-
 # Each patch sends SIGTERM to the create itself at one moment of the commit.
 AT_FINISH = """
 import sbbackup.pipeline as p
@@ -127,7 +113,7 @@ def test_a_signal_inside_the_commit_keeps_the_backup_and_exits_130(
     """The data file's commit and the manifest's are one step: a signal that arrives inside
     it waits for the step to end. The backup is kept whole (and verifies), the audit log says
     completed, and the exit is 130 ("interrupted": the signal was not ignored)."""
-    res = run_patched(sb, env, patch, "create")
+    res = run_patched({**sb.env, **env}, patch, "create")
     assert res.code == 130, (res.code, res.err)
     assert res.err.strip() == "sbbackup: error: interrupted"
     records = sb.ok("list", "--json", env=env).json()
@@ -140,7 +126,7 @@ def test_a_signal_inside_the_commit_keeps_the_backup_and_exits_130(
 def test_a_signal_before_the_commit_removes_everything_and_records_the_attempt(
     sb: SB, env: dict[str, str]
 ) -> None:
-    res = run_patched(sb, env, BEFORE_COMMIT, "create")
+    res = run_patched({**sb.env, **env}, BEFORE_COMMIT, "create")
     assert res.code == 130, (res.code, res.err)
     records = sb.ok("list", "--json", env=env).json()
     assert [(r["status"], r["error"]) for r in records] == [("failed", "interrupted")]

@@ -15,14 +15,13 @@ import pwd
 import shutil
 import sqlite3
 import stat
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import SB, Result
+from helpers.cli import run_patched
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
 PRECIOUS = b"root's precious file: must not be truncated, appended to or chmodded\n"
@@ -89,26 +88,6 @@ def assert_refused_symlink(res: Result, link: Path) -> None:
     lines = res.err.strip().splitlines()
     assert len(lines) == 1, res.err
     assert f"refusing to use {link}: it is a symlink" in lines[0]
-
-
-def run_patched(sb: SB, env: dict[str, str], patch: str, *args: str) -> Result:
-    """The real CLI, in a child whose random names are made predictable by ``patch`` (the only
-    way to plant a symlink where a fresh random name will be)."""
-    code = "\n".join(
-        (
-            "import sys, sbbackup.cli, sbbackup.state.files, sbbackup.ops.restore",
-            patch,
-            "sbbackup.cli.main(sys.argv[1:])",
-        )
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        env={**sb.env, **env, "PYTHONPATH": str(Path(__file__).parents[2])},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
 FIXED_TEMP = "sbbackup.state.files.temp_name = lambda directory, name: directory / '.planted.tmp'"
@@ -180,7 +159,7 @@ def test_restore_record_symlink(
     target = tmp_path / "restored.db"
     patch = f"sbbackup.ops.restore.new_restore_id = lambda now=None: {restore_id!r}"
     res = run_patched(
-        ready, env, patch, "restore", backup_id, "--target-url", f"sqlite:///{target}"
+        {**ready.env, **env}, patch, "restore", backup_id, "--target-url", f"sqlite:///{target}"
     )
     assert_refused_symlink(res, link)
     assert not target.exists()
@@ -189,7 +168,7 @@ def test_restore_record_symlink(
 
 def test_manifest_temp_file_symlink(ready: SB, env: dict[str, str], victim: Victim) -> None:
     link = plant(ready.backup_path / ".planted.tmp", victim.path)
-    assert_refused_symlink(run_patched(ready, env, FIXED_TEMP, "create"), link)
+    assert_refused_symlink(run_patched({**ready.env, **env}, FIXED_TEMP, "create"), link)
     victim.assert_intact()
     assert link.is_symlink()  # not replaced either
 
@@ -220,7 +199,7 @@ def test_schedules_toml_temp_file_symlink(sb: SB, env: dict[str, str], victim: V
     sb.backup_path.mkdir(mode=0o700)
     link = plant(sb.backup_path / ".planted.tmp", victim.path)
     add = ("schedules", "add", "hourly", "--cron", "0 * * * *", "--retention-days", "2")
-    assert_refused_symlink(run_patched(sb, env, FIXED_TEMP, *add), link)
+    assert_refused_symlink(run_patched({**sb.env, **env}, FIXED_TEMP, *add), link)
     victim.assert_intact()
     assert not (sb.backup_path / "schedules.toml").exists()
 
