@@ -30,7 +30,6 @@ from sbbackup.model import BACKUP_ID_RE
 
 FULL_MARK = "fault_full"
 HERE = Path(__file__).parent
-ID_LEN = len("streambuddy_backup_2026-11-24T14-05-00-123Z")
 
 
 # --- sample or full -------------------------------------------------------------------------
@@ -506,12 +505,12 @@ def leftovers(bench: Bench, report: Report) -> None:
     ids = {n[:-5] for n in names if n.endswith(".json")}
     report.partials = [n for n in names if n.endswith(".partial")]
     report.temps = [n for n in names if n.endswith(".tmp")]
-    report.orphans = [
+    report.orphans = [  # by stem: ``ID-1.sql.zst`` is ID-1's, not ID's
         n
         for n in names
         if not n.endswith((".json", ".partial", ".tmp"))
-        and BACKUP_ID_RE.fullmatch(n[:ID_LEN])
-        and n[:ID_LEN] not in ids
+        and BACKUP_ID_RE.fullmatch(stem := n.split(".", 1)[0])
+        and stem not in ids
     ]
 
 
