@@ -47,9 +47,7 @@ _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _COMMON
 
 def storage_error(exc: OSError, what: str) -> StorageError:
     """``what: reason`` as one line (exit 4)."""
-    reason = os.strerror(exc.errno) if exc.errno else str(exc)
-    if exc.errno == errno.ENOSPC:
-        reason = "no space left on device"
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)  # "No space left on device"
     return StorageError(f"{what}: {reason}")
 
 

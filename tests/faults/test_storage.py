@@ -84,6 +84,7 @@ def test_disk_full_during_create(
         assert res.code in (0, 4), f"create on a full disk exited {res.code}: {res.err}"
         if res.code == 4:
             assert "Traceback" not in res.err and len(res.err.strip().splitlines()) <= 2
+            assert "No space left on device" in res.err, res.err
         full = check_invariant(bench, then_create=False)  # still full: no following create
         assert full.held, full.problems
         assert first in full.completed

@@ -262,7 +262,7 @@ def test_no_data_file_survives_a_manifest_that_could_not_be_written(
     settings = load_settings(
         env={"DATABASE_URL": f"sqlite:///{demo_db}", "DB_BACKUP_PATH": str(backups)}
     )
-    with pytest.raises(StorageError, match="no space left on device"):
+    with pytest.raises(StorageError, match="No space left on device"):
         ops.create_backup(ops.Context(settings), ops.CreateOptions())
     monkeypatch.setattr(LocalStorage, "write_bytes_atomic", real)
     assert not [p for p in backups.iterdir() if ".sql" in p.name]
