@@ -101,6 +101,17 @@ class Catalog:
             raise NotFoundError(f"backup {backup_id} not found") from None
         return self._parse(name, raw)
 
+    def get_or_orphan(self, backup_id: str) -> BackupRecord:
+        """``get``; for an ID with no manifest but a data file named after it, that data
+        file as an ``orphan`` (so ``show``/``verify ID`` flag it rather than say "not found")."""
+        try:
+            return self.get(backup_id)
+        except NotFoundError:
+            for name, size in self.storage.list_sizes().items():
+                if data_file_id(name) == backup_id:
+                    return orphan_record(backup_id, name, size)
+            raise
+
     def _parse(self, name: str, raw: bytes) -> BackupRecord:
         if len(raw) > MAX_MANIFEST_BYTES:
             raise IntegrityError(f"{name}: manifest is too large ({len(raw)} bytes)")

@@ -332,7 +332,8 @@ def list_backups(
 
 
 def show_backup(ctx: Context, backup_id: str) -> BackupRecord:
-    return ctx.catalog.with_file_status(ctx.catalog.get(backup_id))
+    """A backup's record, with its file status; an orphan data file as an ``orphan``."""
+    return ctx.catalog.with_file_status(ctx.catalog.get_or_orphan(backup_id))
 
 
 def delete_backup(ctx: Context, backup_id: str) -> BackupRecord:
@@ -346,17 +347,14 @@ def delete_backup(ctx: Context, backup_id: str) -> BackupRecord:
             record = show_backup(ctx, backup_id)
         except NewerSchemaError:
             raise
-        except NotFoundError:
-            orphans = [r for r in ctx.catalog.iter_records() if r.id == backup_id]
-            if not orphans:
-                raise
-            for orphan in orphans:
-                ctx.catalog.delete_any(orphan)
-            ctx.audit("delete", backup_id, "deleted", note="orphan data file")
-            return orphans[0]
         except IntegrityError as exc:
             record = ctx.catalog.delete_unreadable(backup_id, exc.message)
             ctx.audit("delete", backup_id, "deleted", note="unreadable manifest")
+            return record
+        if record.status == Status.ORPHAN:  # every data file named after the ID goes
+            for orphan in [r for r in ctx.catalog.iter_records() if r.id == backup_id]:
+                ctx.catalog.delete_any(orphan)
+            ctx.audit("delete", backup_id, "deleted", note="orphan data file")
             return record
         ctx.catalog.delete(record)
     ctx.audit("delete", backup_id, "deleted")

@@ -223,7 +223,7 @@ def test_orphan_data_files_are_listed_warned_pruned_and_deletable(
         keep["id"]: "completed",
     }
     assert "has no manifest" in listed[old_id]["error"]
-    assert sb("verify", old_id).code == 10  # an orphan is no backup
+    assert sb("verify", old_id).code == 13  # an orphan is no backup: flagged, not "not found"
     health = sb("health", "--json", env=env).json()
     orphan = [w for w in health["warnings"] if w["check"] == "orphan"]
     assert len(orphan) == 1 and orphan[0]["reason"].startswith("2 data file(s)"), health
