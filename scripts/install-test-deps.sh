@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What the tests need from Debian: a PostgreSQL server (initdb), the age and zstd CLIs.
+# What the tests need from Debian: a PostgreSQL server (initdb), the age and zstd CLIs, strace.
 # Installs only what is missing; fails loudly if it cannot.
 set -euo pipefail
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -10,6 +10,7 @@ command -v pg_dump >/dev/null 2>&1 || need+=(postgresql-client)
 command -v age >/dev/null 2>&1 || need+=(age)
 command -v zstd >/dev/null 2>&1 || need+=(zstd)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+command -v strace >/dev/null 2>&1 || need+=(strace)  # the fault suite's kill at each commit step
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
