@@ -175,7 +175,8 @@ def report(junit: Path) -> str:
         cls = fault_class(case, props)
         state, message = outcome(case)
         row = rows[cls]
-        row.nodes.add(f"{case.get('file', '?')}::{re.sub(r'\[.*$', '', case.get('name', '?'))}")
+        test = re.sub(r"\[.*$", "", case.get("name", "?"))
+        row.nodes.add(f"{case.get('file', '?')}::{test}")
         row.tests += 1
         if state == "passed":
             row.passed += 1
