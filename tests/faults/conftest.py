@@ -10,12 +10,14 @@ no ``-m``) deselects the ``fault_full`` cases, so it runs a short sample of ever
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 
 from faults.harness import (  # noqa: F401 - fixtures, registered by being here
     FULL_MARK,
     HERE,
+    SEED,
     bench,
     pg_source,
     small_pg_source,
@@ -40,3 +42,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = [i for i in items if i not in set(drop)]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"fault suite seed: {SEED} (SBBACKUP_FAULT_SEED={SEED} replays this run)"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _record_seed(record_testsuite_property: Callable[[str, object], None]) -> None:
+    record_testsuite_property("fault_seed", SEED)

@@ -30,6 +30,14 @@ from sbbackup.model import BACKUP_ID_RE
 
 FULL_MARK = "fault_full"
 HERE = Path(__file__).parent
+# Every random choice of the suite comes from ``rng(name)``, seeded by this (printed in the
+# pytest header and recorded in the report): ``SBBACKUP_FAULT_SEED=N`` replays a run.
+SEED = int(os.environ.get("SBBACKUP_FAULT_SEED", "12"))
+
+
+def rng(name: str) -> random.Random:
+    """The random source of one test or fixture: the same seed and name give the same run."""
+    return random.Random(f"{SEED}-{name}")
 
 
 # --- sample or full -------------------------------------------------------------------------
@@ -138,12 +146,12 @@ def known(defect: type[Defect]) -> pytest.MarkDecorator:
 def sqlite_source(tmp_path_factory: pytest.TempPathFactory) -> str:
     """~25 MB of mostly incompressible rows: create takes long enough to be caught mid-dump."""
     path = tmp_path_factory.mktemp("faultsrc") / "src.db"
-    rng = random.Random(12)
+    rand = rng("sqlite_source")
     con = sqlite3.connect(path)
     con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT, b BLOB)")
     con.executemany(
         "INSERT INTO t (s, b) VALUES (?, ?)",
-        ((f"row {i} " * 5, rng.randbytes(64)) for i in range(200_000)),
+        ((f"row {i} " * 5, rand.randbytes(64)) for i in range(200_000)),
     )
     con.commit()
     con.close()
@@ -165,11 +173,12 @@ def pg_source(pg: Cluster) -> str:
 def small_sqlite_source(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A few hundred KiB: for faults that need many backups, not a slow one."""
     path = tmp_path_factory.mktemp("faultsrc-small") / "small.db"
-    rng = random.Random(13)
+    rand = rng("small_sqlite_source")
     con = sqlite3.connect(path)
     con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT, b BLOB)")
     con.executemany(
-        "INSERT INTO t (s, b) VALUES (?, ?)", ((f"row {i}", rng.randbytes(64)) for i in range(3000))
+        "INSERT INTO t (s, b) VALUES (?, ?)",
+        ((f"row {i}", rand.randbytes(64)) for i in range(3000)),
     )
     con.commit()
     con.close()

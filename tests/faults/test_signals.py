@@ -3,7 +3,6 @@ test PostgreSQL cluster; after each, THE INVARIANT (conftest.check_invariant).""
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 
@@ -22,6 +21,7 @@ from faults.harness import (
     check_invariant,
     inject,
     no_leftovers,
+    rng,
     sample,
     wait_for,
 )
@@ -131,14 +131,14 @@ def test_signals_at_random_delays(
     """Random signal and delay (seeded) until the budget is spent; a run that caught no create
     mid-flight tested nothing, and fails."""
     bench.env["DATABASE_URL"] = str(request.getfixturevalue(f"{engine}_source"))
-    rng = random.Random(f"{engine}-{budget}")
+    rand = rng(f"random-delays-{engine}-{budget}")
     t = tally(f"random signal at random delay ({engine})")
     stop = time.monotonic() + budget
     hard: list[str] = []
     while time.monotonic() < stop and not hard:
-        sig = rng.choice(["KILL", "TERM", "INT"])
-        reached, code, err = trial(bench, sig, Moment("delay", rng.uniform(0.0, 0.9)))
-        report = check_invariant(bench, then_create=rng.random() < 0.3)
+        sig = rand.choice(["KILL", "TERM", "INT"])
+        reached, code, err = trial(bench, sig, Moment("delay", rand.uniform(0.0, 0.9)))
+        report = check_invariant(bench, then_create=rand.random() < 0.3)
         defects = judge(sig, code, err, report) if reached else []
         hard = [p for p in report.problems if not (defects and "traceback" in p)]
         bench.runs.clear()  # a traceback is judged once, in the trial that printed it
