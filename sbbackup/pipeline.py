@@ -161,18 +161,28 @@ def pump_fd(fd: int, sink: Writer, progress: Callable[[int], None] | None = None
             progress(total)
 
 
-class HashingReader:
-    """Reads the stored bytes and hashes them on the way through."""
+# A progress meter: ``meter(label, total)`` starts one bar (``total`` bytes, None if not
+# known) and returns what to call with the bytes done so far. The CLI's is a rich display on a
+# terminal; off a terminal there is none (None), and nothing is printed.
+Meter = Callable[[str, "int | None"], Callable[[int], None]]
 
-    def __init__(self, src: BinaryIO) -> None:
+
+class HashingReader:
+    """Reads the stored bytes and hashes them on the way through (``progress``, if given, is
+    told the bytes read so far)."""
+
+    def __init__(self, src: BinaryIO, progress: Callable[[int], None] | None = None) -> None:
         self.src = src
         self.hash = hashlib.sha256()
         self.size = 0
+        self.progress = progress
 
     def read(self, n: int = -1) -> bytes:
         data = self.src.read(n)
         self.hash.update(data)
         self.size += len(data)
+        if self.progress is not None:
+            self.progress(self.size)
         return data
 
     def readinto(self, buf: Any) -> int:
@@ -180,6 +190,8 @@ class HashingReader:
         if n:
             self.hash.update(memoryview(buf)[:n])
             self.size += n
+            if self.progress is not None:
+                self.progress(self.size)
         return int(n or 0)
 
     def drain(self) -> None:

@@ -10,7 +10,7 @@ from .. import ops
 from ..errors import ExitCode, UsageError, error_for_code
 from ..model import Status
 from ..render import render
-from .base import cli, command, get_ctx, json_option, progress_display
+from .base import cli, command, get_ctx, json_option, progress_display, read_meter
 
 # --- backups -----------------------------------------------------------------------------
 
@@ -83,7 +83,8 @@ def verify_cmd(
 
         report = verify_with_restore(get_ctx(), backup_id, all_, target_url)
     else:
-        report = ops.verify_backups(get_ctx(), backup_id, all_, deep)
+        with read_meter() as meter:
+            report = ops.verify_backups(get_ctx(), backup_id, all_, deep, meter)
     render(report, as_json)
     if report.failed:
         first = report.failed[0]

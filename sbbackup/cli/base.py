@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ from rich.console import Console
 from .. import __version__, ops
 from ..config import load_settings
 from ..errors import EXIT_CODE_HELP, ExitCode, SbbackupError, error_for_code, error_json
+from ..pipeline import Meter
 from ..render import render_error
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -124,6 +126,56 @@ class progress_display:
 
     def _update(self, task: Any, done: int) -> None:
         self.progress.update(task, completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+class read_meter:
+    """On a TTY, a rich display with one bar per file read (bytes of its stored size, rate,
+    elapsed, time left); off a TTY None, and nothing is printed."""
+
+    def __init__(self) -> None:
+        self.progress: Any = None
+
+    def __enter__(self) -> Meter | None:
+        if not sys.stderr.isatty():
+            return None
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=stderr_console(),
+            transient=True,
+        )
+        self.progress.start()
+        return self._start
+
+    def _start(self, label: str, total: int | None) -> Callable[[int], None]:
+        task = self.progress.add_task(label, total=total)
+        last = [0.0]
+
+        def update(done: int) -> None:  # a few times a second is enough for the eye
+            now = time.monotonic()
+            if now - last[0] >= 0.1 or done == total:
+                last[0] = now
+                self.progress.update(task, completed=done)
+
+        return update
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:

@@ -4,18 +4,20 @@ that every reader of a stored backup shares: the file's checksum, the key, the p
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ..engines import IncompleteDumpError
 from ..errors import IntegrityError, SbbackupError, UsageError
 from ..model import BackupRecord, Status
-from ..pipeline import Digest, HashingReader, check_digest, iter_plaintext, sha256_of
+from ..pipeline import Digest, HashingReader, Meter, check_digest, iter_plaintext, sha256_of
 from ..results import VerifyReport, VerifyResult
 from .backups import show_backup
 from .context import Context
 
 
-def verify_backups(ctx: Context, backup_id: str | None, all_: bool, deep: bool) -> VerifyReport:
+def verify_backups(
+    ctx: Context, backup_id: str | None, all_: bool, deep: bool, meter: Meter | None = None
+) -> VerifyReport:
     if backup_id is None and not all_:
         raise UsageError("give a backup ID or --all")
     if all_:
@@ -28,11 +30,13 @@ def verify_backups(ctx: Context, backup_id: str | None, all_: bool, deep: bool) 
         records = [show_backup(ctx, backup_id or "")]
     report = VerifyReport()
     for record in records:
-        report.results.append(_verify_one(ctx, record, deep))
+        report.results.append(_verify_one(ctx, record, deep, meter))
     return report
 
 
-def _verify_one(ctx: Context, record: BackupRecord, deep: bool) -> VerifyResult:
+def _verify_one(
+    ctx: Context, record: BackupRecord, deep: bool, meter: Meter | None = None
+) -> VerifyResult:
     result = VerifyResult(record.id, record.filename, ok=False, deep=deep)
     try:
         if record.status != Status.COMPLETED or not record.filename:
@@ -40,10 +44,12 @@ def _verify_one(ctx: Context, record: BackupRecord, deep: bool) -> VerifyResult:
                 f"{record.filename or record.id}: backup is {record.status}"
                 + (f" ({record.error})" if record.error else "")
             )
+        label = f"verify {record.id.rsplit('_', 1)[-1]}"  # the time: the prefix is the same
+        progress = meter(label, record.size) if meter else None
         if deep:
-            _deep_check(ctx, record)
+            _deep_check(ctx, record, progress)
         else:
-            check_file(ctx, record)
+            check_file(ctx, record, progress)
         result.ok, result.checksum = True, record.checksum
     except FileNotFoundError:
         result.error = f"{record.filename}: data file is missing"
@@ -54,13 +60,15 @@ def _verify_one(ctx: Context, record: BackupRecord, deep: bool) -> VerifyResult:
     return result
 
 
-def _deep_check(ctx: Context, record: BackupRecord) -> None:
+def _deep_check(
+    ctx: Context, record: BackupRecord, progress: Callable[[int], None] | None = None
+) -> None:
     """Hash, decrypt, decompress and check the dump's structure, all in one pass; then the
     stored file's digest, the dump stream's own digest, and only then the structure verdict."""
     assert record.filename
     content = hashlib.sha256()
     with ctx.storage.open_read(record.filename) as fh:
-        raw = HashingReader(fh)
+        raw = HashingReader(fh, progress)
         incomplete: IncompleteDumpError | None = None
         chunks = plaintext(ctx, record, raw, content)
         try:
@@ -78,12 +86,19 @@ def _deep_check(ctx: Context, record: BackupRecord) -> None:
 # --- what every reader of a stored backup checks -----------------------------------------
 
 
-def check_file(ctx: Context, record: BackupRecord) -> None:
+def check_file(
+    ctx: Context, record: BackupRecord, progress: Callable[[int], None] | None = None
+) -> None:
     """The data file is there and its SHA-256 is the manifest's (exit 13 otherwise)."""
     assert record.filename
     try:
         with ctx.storage.open_read(record.filename) as fh:
-            digest, _ = sha256_of(fh)
+            if progress is None:
+                digest, _ = sha256_of(fh)
+            else:
+                raw = HashingReader(fh, progress)
+                raw.drain()
+                digest = raw.hash.hexdigest()
     except FileNotFoundError:
         raise IntegrityError(f"{record.filename}: data file is missing") from None
     check_digest(digest, record.checksum, record.filename)
