@@ -133,10 +133,19 @@ class BackupWriter:
         return PipelineResult(self.hashing.size, stored, self.uncompressed, content)
 
     def abort(self) -> None:
-        for stage in reversed(self.stages):
-            with contextlib.suppress(Exception):
-                stage.close()
+        """Remove the partial file; never finish the stages. Closing a multithreaded zstd
+        stream compresses everything it has queued (a SIGTERM at level 19 waited minutes for
+        it), and even freeing its context waits, holding the GIL, for the jobs in flight. So
+        the stages are dropped unfinished and kept referenced (``_UNFINISHED``): a CLI run is
+        about to exit, and a server frees the oldest once more than a few are kept."""
         self.dest.abort()
+        _UNFINISHED.append(self.stages)
+        self.stages = []
+        del _UNFINISHED[:-_KEEP_UNFINISHED]
+
+
+_UNFINISHED: list[list[Stage]] = []
+_KEEP_UNFINISHED = 4
 
 
 def enlarge_pipe(fd: int) -> None:
