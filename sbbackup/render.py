@@ -105,6 +105,13 @@ def _backups(console: Console, records: Sequence[BackupRecord]) -> None:
         for r in records
     ]
     _table(console, header, rows, status_col=1)
+    for r in records:  # who is writing a running backup; why one is no backup
+        if r.status == Status.IN_PROGRESS:
+            w = r.writer or {}
+            who = f"pid {w.get('pid', '?')} on {w.get('host', '?')}"
+            console.print(Text(f"{r.id}: being written by {who}"))
+        elif r.status in (Status.ABANDONED, Status.ORPHAN) and r.error:
+            console.print(Text(f"{r.id}: {r.error}"))
 
 
 @show.register
