@@ -1,7 +1,10 @@
 """Loading a dump with psql or pg_restore, and reading a custom dump through.
 
 psql's and pg_restore's stdin carries only the dump. A load is one transaction except for a
-parallel pg_restore, which needs a seekable file and is used only for unencrypted backups.
+parallel pg_restore, which needs a seekable file and is used only for unencrypted backups; the
+engine loads into a staging database either way, so the target sees all of a load or none.
+Owners and privileges are kept as pg_dump wrote them unless the request says otherwise
+(pg_restore's flags; for psql, ``stmtfilter`` and a leading ``SET ROLE``).
 
 Nothing commits a dump that is not whole. The loader is fed through ``held_back``: it gets
 the last 64 KiB only once the stream has ended without an error and (plain) ends the way
