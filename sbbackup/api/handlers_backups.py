@@ -125,7 +125,12 @@ def restore_backup(api: Api, req: Request) -> Response:
     if "targetUrl" in body:
         raise UsageError(NO_TARGET_URL)
     only(body, RESTORE_FIELDS)
-    opts = ops.RestoreOptions(backup_id=backup_id, jobs=field(body, "jobs", int))  # checks jobs
+    opts = ops.RestoreOptions(  # checks jobs
+        backup_id=backup_id,
+        jobs=field(body, "jobs", int),
+        no_owner=bool(field(body, "noOwner", bool)),
+        no_privileges=bool(field(body, "noPrivileges", bool)),
+    )
     api.jobs.check_cap("restore")
     restore_id = ops.new_restore_id()
     target = restore_target(api.settings, api.restore_dir, ctx, body)

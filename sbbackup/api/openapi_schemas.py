@@ -141,7 +141,20 @@ SCHEMAS: dict[str, Any] = {
                 "description": "Drop and recreate: only a declared target (403 otherwise).",
             },
             "confirm": {"type": "boolean", "description": "Required over the source."},
-            "jobs": {"type": "integer", "minimum": 1, "maximum": 64},
+            "jobs": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 64,
+                "description": "Above 1 only for an unencrypted custom-format backup (400).",
+            },
+            "noOwner": {
+                "type": "boolean",
+                "description": "Do not restore owners: the restoring role owns everything.",
+            },
+            "noPrivileges": {
+                "type": "boolean",
+                "description": "Do not restore GRANT/REVOKE (pg_restore --no-privileges).",
+            },
         },
     )
     | {

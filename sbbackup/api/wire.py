@@ -51,7 +51,15 @@ FILE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
 RESERVED_DATABASES = frozenset({"postgres", "template0", "template1"})
 BACKUP_FIELDS = ("format", "compress", "level", "encrypt")
 TARGET_FIELDS = ("targetDatabase", "target", "targetFile")
-RESTORE_FIELDS = (*TARGET_FIELDS, "createTarget", "clean", "confirm", "jobs")
+RESTORE_FIELDS = (
+    *TARGET_FIELDS,
+    "createTarget",
+    "clean",
+    "confirm",
+    "jobs",
+    "noOwner",
+    "noPrivileges",
+)
 TEST_FIELDS = ("drill", "backupId", "latest", "target")
 # JSON types of the schedule fields (their values are checked by ``schedules.FIELDS``).
 SCHEDULE_FIELDS: dict[str, type] = {

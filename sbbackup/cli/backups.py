@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
@@ -98,9 +99,25 @@ def verify_cmd(
 @command(cli, "restore")
 @click.argument("backup_id")
 @click.option("--target-url", help="Restore here instead of the source database.")
-@click.option("--create-target", is_flag=True, help="Create the target database first.")
-@click.option("--clean", is_flag=True, help="Drop and recreate the target database first.")
-@click.option("--jobs", type=click.IntRange(1, 64), help="pg_restore --jobs for custom format.")
+@click.option("--create-target", is_flag=True, help="Create the target database if missing.")
+@click.option(
+    "--clean",
+    is_flag=True,
+    help="Replace an existing target (its sessions are terminated at the swap).",
+)
+@click.option(
+    "--into-existing",
+    is_flag=True,
+    help="Load straight into an existing non-empty target (not atomic).",
+)
+@click.option("--no-owner", is_flag=True, help="Do not restore owners (pg_restore --no-owner).")
+@click.option("--no-privileges", is_flag=True, help="Do not restore GRANT/REVOKE (pg_restore -x).")
+@click.option("--role", help="SET ROLE to this role before loading (pg_restore --role).")
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 64),
+    help="pg_restore --jobs: unencrypted custom format only.",
+)
 @click.option("--yes", "-y", is_flag=True, help="Confirm restoring over the source database.")
 @json_option
 def restore_cmd(
@@ -108,11 +125,27 @@ def restore_cmd(
     target_url: str | None,
     create_target: bool,
     clean: bool,
+    into_existing: bool,
+    no_owner: bool,
+    no_privileges: bool,
+    role: str | None,
     jobs: int | None,
     yes: bool,
     as_json: bool,
 ) -> None:
-    """Verify, prepare, restore, validate and clean up (the five restore steps)."""
+    """Verify, load into a staging database, validate it, then swap it in as the target."""
+    opts = ops.RestoreOptions(
+        backup_id,
+        target_url,
+        create_target,
+        clean,
+        yes,
+        jobs,
+        into_existing=into_existing,
+        no_owner=no_owner,
+        no_privileges=no_privileges,
+        role=role,
+    )
     ctx = get_ctx()
     if not yes and sys.stdin.isatty():
         target = ctx.engine.resolve_target(target_url)
@@ -120,7 +153,13 @@ def restore_cmd(
             yes = click.confirm(
                 f"Restore {backup_id} over the source database {target.display}?", err=True
             )
-    opts = ops.RestoreOptions(backup_id, target_url, create_target, clean, yes, jobs)
+            opts = dataclasses.replace(opts, confirmed=yes)
+    if into_existing:
+        click.echo(
+            "warning: --into-existing loads straight into the target: not atomic (a failure "
+            "can leave part of the backup loaded)",
+            err=True,
+        )
     render(ops.restore_backup(ctx, opts), as_json)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from ..errors import ConfigError
 from .base import (
+    BeforeCommit,
     DumpResult,
     Engine,
     EngineCheck,
@@ -18,10 +19,12 @@ from .base import (
     RestoreRequest,
     Target,
     compare_contents,
+    signals_deferred,
 )
 
 __all__ = [
     "ENGINES",
+    "BeforeCommit",
     "DumpResult",
     "Engine",
     "EngineCheck",
@@ -31,6 +34,7 @@ __all__ = [
     "Target",
     "compare_contents",
     "engine_for",
+    "signals_deferred",
 ]
 
 

@@ -6,6 +6,9 @@ registry imports them: no cycle.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -40,9 +43,14 @@ class RestoreRequest:
 
     target: str | None  # a URL, a path or a name, as ``resolve_target`` takes; None: the source
     create_target: bool = False  # create the target when it does not exist
-    clean: bool = False  # drop and recreate it first
+    clean: bool = False  # replace what is there (swapped in once the new copy validated)
     jobs: int = 1  # parallel loaders, where the format allows (PostgreSQL custom, unencrypted)
     must_be_new: bool = False  # this restore creates it: TargetExistsError if it exists
+    # Load straight into an existing target that holds other objects: not atomic.
+    into_existing: bool = False
+    no_owner: bool = False  # do not restore owners: the restoring role owns what it creates
+    no_privileges: bool = False  # do not restore GRANT/REVOKE (pg_restore -x)
+    role: str | None = None  # SET ROLE before loading (pg_restore --role)
 
 
 @dataclass(frozen=True)
@@ -100,10 +108,21 @@ class Engine(Protocol):
         IncompleteDumpError (after the last chunk) when it does not end the way the engine
         ends a dump (no completion marker, or anything after it the dumper does not write)."""
 
-    def restore(self, fmt: str, chunks: Iterable[bytes], request: RestoreRequest) -> None:
-        """Load a dump into ``request.target`` atomically where the format allows. Nothing
-        commits before ``chunks`` has ended without raising; a plain dump that does not end
-        the way the engine ends one raises IncompleteDumpError and commits nothing."""
+    def restore(
+        self,
+        fmt: str,
+        chunks: Iterable[bytes],
+        request: RestoreRequest,
+        before_commit: BeforeCommit | None = None,
+    ) -> None:
+        """Load a dump into a new staging copy beside ``request.target``, call
+        ``before_commit(staged)`` (``staged``: a target ``inventory`` accepts) to validate it,
+        and only then make it the target. On any exception (a signal included) the staging
+        copy is removed and the target is untouched. Nothing loads before ``chunks`` has
+        ended without raising; a plain dump that does not end the way the engine ends one
+        raises IncompleteDumpError. An existing target that holds objects needs ``clean``
+        (replaced) or ``into_existing`` (loaded straight into, not atomic; ``before_commit``
+        then gets the target itself): otherwise TargetExistsError."""
 
     def resolve_target(self, target: str | None) -> Target:
         """Reach ``target`` once (DatabaseError when it cannot be reached; ConfigError for a
@@ -134,6 +153,34 @@ class Engine(Protocol):
 # tail (where its completion marker sits), whatever the size of the dump.
 HEAD_SIZE = 4096
 TAIL_SIZE = 1 << 16
+
+BeforeCommit = Callable[[str | None], object]
+"""``before_commit(staged)``: validate the loaded copy ``staged`` before it becomes the target
+(raise to refuse it)."""
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM for the block (a swap or a cleanup must not stop halfway), then act
+    on them (KeyboardInterrupt). Handlers can only be set in the main thread; elsewhere (the
+    API server) there is nothing to defer."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def note(signum: int, frame: Any) -> None:
+        pending.append(signum)
+
+    old = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if pending:
+            raise KeyboardInterrupt
+
 
 EndRule = Callable[[bytes, bytes], str | None]
 """``rule(head, tail)``: why a dump with this head and tail does not end the way its dumper

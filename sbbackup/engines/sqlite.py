@@ -19,9 +19,17 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DatabaseError, TargetExistsError
+from ..errors import ConfigError, DatabaseError, TargetExistsError, UsageError
 from ..pipeline import Writer
-from .base import DumpResult, EngineCheck, RestoreRequest, Target, check_end, held_back
+from .base import (
+    BeforeCommit,
+    DumpResult,
+    EngineCheck,
+    RestoreRequest,
+    Target,
+    check_end,
+    held_back,
+)
 from .sqlite_dump import dump_lines, is_internal, quote_ident
 
 FLUSH = 1 << 20
@@ -137,11 +145,23 @@ class SQLiteEngine:
             is_source=self._is_source(target),
         )
 
-    def restore(self, fmt: str, chunks: Iterable[bytes], request: RestoreRequest) -> None:
-        """Replay into a private (0600) file beside the target, then move it into place: a
-        new target is linked in only if the name is still free (never over a file or a
-        symlink that appeared meanwhile); ``clean`` replaces the name itself, never a file
-        a symlink points to. A missing target is always created; ``jobs`` is ignored."""
+    def restore(
+        self,
+        fmt: str,
+        chunks: Iterable[bytes],
+        request: RestoreRequest,
+        before_commit: BeforeCommit | None = None,
+    ) -> None:
+        """Replay into a private (0600) file beside the target, let ``before_commit`` judge
+        it, then move it into place: a new target is linked in only if the name is still
+        free (never over a file or a symlink that appeared meanwhile); ``clean`` replaces
+        the name itself, never a file a symlink points to. A missing target is always
+        created; ``jobs`` is ignored, and so are owners and privileges (SQLite has none)."""
+        if request.into_existing or request.role is not None:
+            raise UsageError(
+                "--into-existing and --role are for PostgreSQL: a SQLite restore writes a new "
+                "file (--clean replaces an existing one)"
+            )
         dest = self._target(request.target)
         clean, must_be_new = request.clean, request.must_be_new
         if os.path.lexists(dest) and (must_be_new or not clean):
@@ -168,6 +188,8 @@ class SQLiteEngine:
                 con.execute(stmt)
             con.execute("COMMIT")
             con.close()
+            if before_commit is not None:
+                before_commit(f"sqlite:///{tmp}")
             self._move_into_place(tmp, dest, replace=clean and not must_be_new)
         except sqlite3.Error as exc:
             raise DatabaseError(f"restore into {dest} failed: {exc}") from None

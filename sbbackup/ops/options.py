@@ -54,6 +54,21 @@ class RestoreOptions:
     must_be_new: bool = False
     # May the target be the source at all? (The API: only with api.allowRestoreOverSource.)
     source_allowed: bool = True
+    into_existing: bool = False  # load straight into a non-empty target: not atomic
+    no_owner: bool = False  # the restoring role owns everything (pg_restore --no-owner)
+    no_privileges: bool = False  # no GRANT/REVOKE (pg_restore --no-privileges)
+    role: str | None = None  # SET ROLE before loading (pg_restore --role)
 
     def __post_init__(self) -> None:
         _in_range("jobs", self.jobs, JOBS)
+        if self.into_existing and (self.clean or self.must_be_new):
+            raise UsageError(
+                "--into-existing loads into the target as it is: it cannot go with --clean "
+                "or a new target"
+            )
+        if self.role is not None and not (
+            isinstance(self.role, str)
+            and 0 < len(self.role.encode()) <= 63
+            and self.role.isprintable()
+        ):
+            raise UsageError("field 'role' must be a role name of 1 to 63 bytes")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from ..engines import RestoreRequest, compare_contents
+from ..engines import BeforeCommit, RestoreRequest, compare_contents
 from ..errors import (
     IntegrityError,
     PolicyError,
@@ -59,9 +59,27 @@ def restore_backup(ctx: Context, opts: RestoreOptions) -> RestoreRecord:
         )
     if opts.must_be_new and target.exists:
         raise TargetExistsError(f"target {target.display} already exists")
+    _check_jobs(record, opts.jobs)
     lock = "restore-" + hashlib.sha256(target.key.encode()).hexdigest()[:16]
     with ctx.state.lock(lock, f"a restore into {target.display}"):
         return _restore_locked(ctx, record, opts, target.display)
+
+
+def _check_jobs(record: BackupRecord, jobs: int | None) -> None:
+    """``--jobs`` above 1 only where it is used: a custom archive that is not encrypted (an
+    encrypted one loads from the stream, so no plaintext is written to a temporary file)."""
+    if jobs is None or jobs <= 1:
+        return
+    if record.format != "custom":
+        raise UsageError(
+            f"--jobs {jobs}: backup {record.id} is {record.format} format, which loads "
+            "through one psql session; leave out --jobs"
+        )
+    if record.encryption is not None:
+        raise UsageError(
+            f"--jobs {jobs}: backup {record.id} is encrypted, and a parallel pg_restore needs "
+            "the plaintext in a file; it restores with one job: leave out --jobs"
+        )
 
 
 def _restore_locked(
@@ -77,8 +95,7 @@ def _restore_locked(
     ctx.state.write_restore(rec)
     started = time.monotonic()
     try:
-        fresh = opts.create_target or opts.clean or opts.must_be_new
-        _restore_steps(ctx, record, opts, rec, fresh=fresh)
+        _restore_steps(ctx, record, opts, rec)
         rec.status = Status.COMPLETED
     except BaseException as exc:
         rec.status = Status.FAILED
@@ -95,7 +112,7 @@ def _restore_locked(
 
 
 def _restore_steps(
-    ctx: Context, record: BackupRecord, opts: RestoreOptions, rec: RestoreRecord, fresh: bool
+    ctx: Context, record: BackupRecord, opts: RestoreOptions, rec: RestoreRecord
 ) -> None:
     if record.status != Status.COMPLETED or not record.filename:
         raise IntegrityError(f"refusing to restore {record.id}: backup is {record.status}")
@@ -109,18 +126,27 @@ def _restore_steps(
     if decrypting:
         check_key(ctx, record)  # a wrong key fails here, before the target is touched
     jobs = 1 if decrypting else (opts.jobs or ctx.settings.restore_jobs)
-    # 2. preparation and 3. restore (the engine prepares its target)
+    # 2. preparation and 3. restore: the engine loads into a staging copy, 4. validation
+    # judges that copy (it holds only the backup: strict, except --into-existing), and only
+    # then does the engine make it the target.
     request = RestoreRequest(
         opts.target,
         create_target=opts.create_target,
         clean=opts.clean,
         jobs=jobs,
         must_be_new=opts.must_be_new,
+        into_existing=opts.into_existing,
+        no_owner=opts.no_owner,
+        no_privileges=opts.no_privileges,
+        role=opts.role,
     )
-    step("restore", lambda: load_backup(ctx, record, request))
-    rec.validation = step(
-        "validate", lambda: validate_restore(ctx, record, opts.target, strict=fresh)
-    )
+    strict = not opts.into_existing
+
+    def judge(staged: str | None) -> None:
+        rec.validation = step("validate", lambda: validate_restore(ctx, record, staged, strict))
+
+    step("restore", lambda: load_backup(ctx, record, request, judge))
+    steps["restore"] = max(0, steps["restore"] - steps.get("validate", 0))
 
 
 def validate_restore(
@@ -155,15 +181,22 @@ def timed(timings: dict[str, int], step: str, fn: Callable[[], T], *, failed_too
             timings[step] = int((time.monotonic() - t) * 1000)
 
 
-def load_backup(ctx: Context, record: BackupRecord, request: RestoreRequest) -> None:
-    """Decrypt, decompress and load the backup into ``request.target``, hashing as it reads.
+def load_backup(
+    ctx: Context,
+    record: BackupRecord,
+    request: RestoreRequest,
+    before_commit: BeforeCommit | None = None,
+) -> None:
+    """Decrypt, decompress and load the backup into ``request.target``, hashing as it reads;
+    ``before_commit`` judges the loaded copy before it becomes the target (``Engine.restore``).
     Both digests (the stored file's ``checksum`` and the dump stream's ``contentChecksum``)
     are checked when the stream ends, before the engine may commit: a mismatch raises
     IntegrityError (exit 13) from the stream itself, and the engine then kills its loader, so
     the load rolls back instead of committing wrong data."""
     assert record.filename
     with ctx.storage.open_read(record.filename) as fh:
-        ctx.engine.restore(record.format, _verified(ctx, record, HashingReader(fh)), request)
+        stream = _verified(ctx, record, HashingReader(fh))
+        ctx.engine.restore(record.format, stream, request, before_commit)
 
 
 def _verified(ctx: Context, record: BackupRecord, raw: HashingReader) -> Iterator[bytes]:

@@ -325,13 +325,14 @@ def test_must_be_new_on_an_existing_target_raises_and_leaves_it_untouched(case: 
 
 
 def test_restore_into_a_full_target_without_clean_fails_and_keeps_it(case: Case) -> None:
-    """Both engines refuse here (SQLite: the target exists; PostgreSQL: the single
-    transaction fails on the first CREATE), and the target keeps exactly what it held."""
+    """Both engines refuse here before loading anything (SQLite: the target exists, exit 3;
+    PostgreSQL: the target is not empty, TargetExistsError, exit 2, naming --clean and
+    --into-existing), and the target keeps exactly what it held."""
     data, result = dump(case.engine, "plain")
     target = case.scratch()
     restore_new(case.engine, "plain", data, target)
     for create in (False, True):
-        with pytest.raises(DatabaseError):
+        with pytest.raises((DatabaseError, TargetExistsError), match="--clean"):
             case.make_engine().restore(
                 "plain", chunks(data), RestoreRequest(target, create_target=create)
             )

@@ -558,10 +558,11 @@ def test_job_caps_answer_429_before_any_work(server: Start, pg: Cluster, source:
 
 def blocked_restore(pg: Cluster, c: Client, bid: str, db: str) -> tuple[Locker, Reply]:
     """A restore into declared target ``staging`` (database ``db``, made afresh) that stays
-    running: a session holds the target's schema, so its CREATE TABLE waits."""
+    running: a session holds pg_database in SHARE mode, so the CREATE DATABASE of the
+    restore's staging database waits (the load never touches the target itself)."""
     pg.psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
     pg.psql(f"CREATE DATABASE {db}")
-    locker = Locker(pg, db, "DROP SCHEMA public CASCADE")
+    locker = Locker(pg, "postgres", "LOCK TABLE pg_catalog.pg_database IN SHARE MODE")
     try:
         first = restore(c, bid, {"target": "staging"})
         assert first.status == 202, first

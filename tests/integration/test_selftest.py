@@ -17,7 +17,11 @@ from conftest import SB
 from helpers.manifests import edit_manifest, read_manifest
 from helpers.pgcluster import Cluster, create_cluster, destroy_cluster
 
-SCRATCH_SQL = "SELECT datname FROM pg_database WHERE datname LIKE 'sbbackup\\_test\\_%' ORDER BY 1"
+# Scratch databases, and the staging databases a drill loads into before renaming them.
+SCRATCH_SQL = (
+    "SELECT datname FROM pg_database WHERE datname ~ '^sbbackup_(test|restore|replaced)_' "
+    "ORDER BY 1"
+)
 
 
 def scratch_dbs(pg: Cluster) -> list[str]:
@@ -150,8 +154,9 @@ def test_sigterm_mid_restore_drops_scratch(pg: Cluster, fresh_db: str, sb: SB) -
         stderr=subprocess.PIPE,
         text=True,
     )
+    # The drill loads the way a restore does: into a staging database, renamed afterwards.
     copying = (
-        "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'sbbackup\\_test\\_%' "
+        "SELECT count(*) FROM pg_stat_activity WHERE datname ~ '^sbbackup_restore_' "
         "AND state = 'active' AND query LIKE 'COPY %'"
     )
     deadline = time.time() + 60

@@ -223,6 +223,15 @@ class CopyCounter:
                 raise
         return dict(self._counts)
 
+    def at_statement_start(self) -> bool:
+        """Whether what comes next starts a new top-level statement (after a ``;`` or a COPY
+        block's end, outside every quote, comment and COPY data). Exact between lines."""
+        return self._state == _TOP and self._stmt_empty and not self._carry
+
+    def in_plain_sql(self) -> bool:
+        """Whether what was fed ends in SQL outside every quote, comment and parenthesis."""
+        return self._state == _TOP and self._paren == 0
+
     def _feed(self, data: bytes | bytearray) -> None:
         if self._carry:
             data = self._carry + data

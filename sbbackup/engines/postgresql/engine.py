@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigError, DatabaseError, SbbackupError, TargetExistsError
 from ...pipeline import Writer
-from ..base import DumpResult, EngineCheck, RestoreRequest, Target, check_end
+from ..base import (
+    BeforeCommit,
+    DumpResult,
+    EngineCheck,
+    RestoreRequest,
+    Target,
+    check_end,
+    signals_deferred,
+)
 from .client import TOOLS, Client, control_free, pinned_params, scalar
 from .conn import PgConn, url_with_db
 from .dump import SNAPSHOT_RE, PgDump
@@ -25,6 +34,48 @@ from .trailer import end_problem
 
 if TYPE_CHECKING:
     import psycopg
+
+
+STAGING_PREFIX = "sbbackup_restore_"  # a restore loads here, then renames it to the target
+REPLACED_PREFIX = "sbbackup_replaced_"  # the old target during a swap, dropped right after
+
+# Objects a fresh database from a stock template does not have: initdb's own objects all
+# have OIDs below FirstNormalObjectId (16384); large objects have none at all.
+USER_OBJECTS_SQL = (
+    " OR ".join(
+        f"EXISTS (SELECT 1 FROM pg_catalog.{cat} WHERE oid >= 16384)"
+        for cat in (
+            "pg_namespace",
+            "pg_class",
+            "pg_proc",
+            "pg_type",
+            "pg_operator",
+            "pg_collation",
+            "pg_conversion",
+            "pg_ts_config",
+            "pg_ts_dict",
+            "pg_extension",
+            "pg_event_trigger",
+            "pg_publication",
+            "pg_foreign_data_wrapper",
+            "pg_foreign_server",
+            "pg_cast",
+            "pg_default_acl",
+            "pg_language",
+        )
+    )
+    + " OR EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata)"
+)
+USER_OBJECTS_SQL = "SELECT " + USER_OBJECTS_SQL
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How a staged restore ends: rename into place, or replace an existing target."""
+
+    replace: bool  # an existing target is renamed aside and dropped
+    owner: str | None  # the staging database's owner (the old target's); None: this role
+    terminate: bool  # end the old target's sessions first (--clean)
 
 
 @dataclass
@@ -171,19 +222,11 @@ class PostgreSQLEngine:
             )
 
     def leftover_targets(self, prefix: str, server: str | None) -> list[str]:
-        """Unused databases named ``prefix`` plus 8 hex digits (what ``scratch_target`` makes)."""
+        """Unused databases named ``prefix`` plus 8 hex digits (what ``scratch_target`` makes).
+        Unused staging databases of restores that died are dropped on the way."""
         r = self._resolve(server)
-        regex = "^" + re.escape(prefix) + "[0-9a-f]{8}$"
-        # One with sessions belongs to a live drill: skip it here rather than have DROP wait
-        # five seconds for its sessions and then fail.
-        with self._admin(r) as session:
-            rows = session.execute(
-                "SELECT datname FROM pg_database d WHERE datname ~ %s AND NOT EXISTS "
-                "(SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname) ORDER BY 1",
-                (regex,),
-            ).fetchall()
-        names = [str(row[0]) for row in rows]
-        return [self.scratch_target(n, server) for n in names if re.fullmatch(regex, n)]
+        self._drop_unused_staging(r)
+        return [self.scratch_target(n, server) for n in self._unused(r, prefix)]
 
     def size_estimate(self) -> int:
         with self.client.session(self.conn, f"cannot query {self.conn.redacted()}") as session:
@@ -271,52 +314,174 @@ class PostgreSQLEngine:
         return DumpResult(database=database, tool_version=versions["pg_dump"][1], contents=contents)
 
     # --- restore -----------------------------------------------------------------------
-    def prepare_target(self, request: RestoreRequest) -> tuple[_Resolved, bool]:
-        """The target, reachable; and whether this restore created it (so owns it)."""
-        from psycopg import errors as pgerrors
-        from psycopg import sql
-
+    def restore(
+        self,
+        fmt: str,
+        chunks: Iterable[bytes],
+        request: RestoreRequest,
+        before_commit: BeforeCommit | None = None,
+    ) -> None:
+        """Stage, validate, swap (``Engine.restore``). The dump loads into a new database
+        ``sbbackup_restore_<8 hex>`` on the target's server; ``before_commit`` judges it;
+        then one transaction renames it to the target (an existing target is renamed aside
+        first, and dropped after). Any exception before the swap drops the staging database;
+        a signal during the swap waits for it to end. ``into_existing`` loads straight into
+        the target (not atomic)."""
         r = self._resolve(request.target)
-        name = r.conn.dbname
-        must_be_new, clean = request.must_be_new, request.clean
-        if not (request.create_target or clean or must_be_new):
-            if not r.exists:
-                raise DatabaseError(f"target database {control_free(name)} does not exist")
-            return r, False
-        ident = sql.Identifier(name)
+        plan = self._plan(r, request)
+        if plan is None:  # --into-existing
+            load(self.client, fmt, r.conn, chunks, request)
+            if before_commit is not None:
+                before_commit(request.target)
+            return
+        staged = self._stage(r, plan)
+        try:
+            # A session of our own in the staging database until the swap: no other run
+            # takes it for a leftover and drops it (it skips databases with sessions).
+            with self.client.session(staged.conn, f"cannot reach {staged.conn.redacted()}"):
+                load(self.client, fmt, staged.conn, chunks, request)
+                if before_commit is not None:
+                    before_commit(self._staged_target(request.target, staged.conn.dbname))
+            with signals_deferred():  # a swap is one transaction: never stopped halfway
+                try:
+                    self._swap(r, staged, plan)
+                except DatabaseError as exc:
+                    if "being accessed by other users" not in exc.message:
+                        raise
+                    raise DatabaseError(
+                        f"{exc.message} (hint: close its sessions, or use --clean, which "
+                        "terminates them)"
+                    ) from None
+        except BaseException:
+            with signals_deferred(), contextlib.suppress(SbbackupError):
+                self._drop(staged)  # gone already after a swap: IF EXISTS
+            raise
+
+    def _plan(self, r: _Resolved, request: RestoreRequest) -> _Plan | None:
+        """What this restore does with what is there; None: load into the target itself.
+        Refusals come here, before anything is created."""
+        name = control_free(r.conn.dbname)
         with self._admin(r) as session:
             self._same_server(session, r)
-            exists = (
-                session.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-                is not None
+            row = session.execute(
+                "SELECT pg_get_userbyid(datdba), pg_has_role(datdba, 'MEMBER') "
+                "FROM pg_database WHERE datname = %s",
+                (r.conn.dbname,),
+            ).fetchone()
+        r.exists = row is not None
+        if row is None:
+            if request.create_target or request.clean or request.must_be_new:
+                return _Plan(replace=False, owner=None, terminate=False)
+            raise DatabaseError(
+                f"target database {name} does not exist (hint: create it with --create-target)"
             )
-            if exists and must_be_new:
-                raise TargetExistsError(f"target database {control_free(name)} already exists")
-            if exists and clean:
-                session.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
-                exists = False
-            if exists:
-                return r, False
-            try:
-                session.execute(sql.SQL("CREATE DATABASE {}").format(ident))
-            except pgerrors.DuplicateDatabase:
-                raise TargetExistsError(
-                    f"target database {control_free(name)} already exists"
-                ) from None
-        r.exists = True
-        return r, True
+        if request.must_be_new:
+            raise TargetExistsError(f"target database {name} already exists")
+        owner = str(row[0]) if row[1] else None  # kept where this role may give it away
+        if request.clean:
+            return _Plan(replace=True, owner=owner, terminate=True)
+        if request.into_existing:
+            return None
+        if not self._is_empty(r):
+            raise TargetExistsError(
+                f"target database {name} is not empty: use --clean to replace it, or "
+                "--into-existing to load into it (not atomic)"
+            )
+        return _Plan(replace=True, owner=owner, terminate=False)
 
-    def restore(self, fmt: str, chunks: Iterable[bytes], request: RestoreRequest) -> None:
-        r, created = self.prepare_target(request)
-        try:
-            load(self.client, fmt, r.conn, chunks, request.jobs)
-        except BaseException:
-            # A database this restore created holds nothing worth keeping after a failure (a
-            # parallel pg_restore is not one transaction): drop it rather than leave a half.
-            if created:
-                with contextlib.suppress(SbbackupError):
-                    self._drop(r)
-            raise
+    def _is_empty(self, r: _Resolved) -> bool:
+        """No user objects: nothing a fresh ``CREATE DATABASE`` from a stock template lacks."""
+        with self.client.session(r.conn, f"cannot query {r.conn.redacted()}") as session:
+            return not scalar(session, USER_OBJECTS_SQL)
+
+    def _stage(self, r: _Resolved, plan: _Plan) -> _Resolved:
+        """Create the staging database beside the target (after dropping unused leftovers
+        of runs that died), pinned to the same server."""
+        from psycopg import sql
+
+        self._drop_unused_staging(r)
+        name = STAGING_PREFIX + secrets.token_hex(4)
+        staged = _Resolved(
+            conn=r.conn.with_db(name),
+            admin=r.admin,
+            system_id=r.system_id,
+            exists=True,
+            server_version_num=r.server_version_num,
+        )
+        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if plan.owner is not None:
+            query += sql.SQL(" OWNER {}").format(sql.Identifier(plan.owner))
+        with self._admin(r) as session:
+            self._same_server(session, r)
+            session.execute(query)
+        return staged
+
+    def _staged_target(self, target: str | None, name: str) -> str:
+        """``name`` spelled the way ``target`` is (a URL, or a bare name on the source's
+        server), pinned where the target is."""
+        spelled = url_with_db(target, name) if target and "://" in target else name
+        r = self._resolved.get(target)
+        if r is not None:
+            self._resolved[spelled] = _Resolved(
+                r.conn.with_db(name), r.admin, r.system_id, True, r.server_version_num
+            )
+        return spelled
+
+    def _swap(self, r: _Resolved, staged: _Resolved, plan: _Plan) -> None:
+        """One transaction: the old target aside, the staged copy in. Then drop the old one.
+        ALTER DATABASE RENAME runs in a transaction block and waits up to five seconds for
+        the sessions of a renamed database to end, so a failure anywhere in the block rolls
+        both renames back."""
+        from psycopg import sql
+
+        target = sql.Identifier(r.conn.dbname)
+        aside = REPLACED_PREFIX + secrets.token_hex(4)
+        with self._admin(r) as session:
+            self._same_server(session, r)
+            with session.transaction():
+                if plan.replace:
+                    if plan.terminate:
+                        session.execute(
+                            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                            "WHERE datname = %s AND pid <> pg_backend_pid()",
+                            (r.conn.dbname,),
+                        )
+                    session.execute(
+                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                            target, sql.Identifier(aside)
+                        )
+                    )
+                session.execute(
+                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                        sql.Identifier(staged.conn.dbname), target
+                    )
+                )
+            r.exists = True
+            if plan.replace:
+                session.execute(
+                    sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(aside))
+                )
+
+    def _drop_unused_staging(self, r: _Resolved) -> None:
+        """Drop staging and replaced databases of runs that died (kill -9): those nobody is
+        connected to. A live restore holds a session in its own."""
+        for prefix in (STAGING_PREFIX, REPLACED_PREFIX):
+            for name in self._unused(r, prefix):
+                old = _Resolved(r.conn.with_db(name), r.admin, r.system_id, True, 0)
+                with contextlib.suppress(DatabaseError):
+                    self._drop(old, force=False)
+
+    def _unused(self, r: _Resolved, prefix: str) -> list[str]:
+        regex = "^" + re.escape(prefix) + "[0-9a-f]{8}$"
+        # One with sessions belongs to a live run: skip it here rather than have DROP wait
+        # five seconds for its sessions and then fail.
+        with self._admin(r) as session:
+            rows = session.execute(
+                "SELECT datname FROM pg_database d WHERE datname ~ %s AND NOT EXISTS "
+                "(SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname) ORDER BY 1",
+                (regex,),
+            ).fetchall()
+        return [str(row[0]) for row in rows if re.fullmatch(regex, str(row[0]))]
 
     def inventory(self, target: str | None) -> dict[str, Any]:
         """Tables with exact row counts and object counts, in one REPEATABLE READ snapshot."""

@@ -1,7 +1,10 @@
 """Loading a dump with psql or pg_restore, and reading a custom dump through.
 
 psql's and pg_restore's stdin carries only the dump. A load is one transaction except for a
-parallel pg_restore, which needs a seekable file and is used only for unencrypted backups.
+parallel pg_restore, which needs a seekable file and is used only for unencrypted backups; the
+engine loads into a staging database either way, so the target sees all of a load or none.
+Owners and privileges are kept as pg_dump wrote them unless the request says otherwise
+(pg_restore's flags; for psql, ``stmtfilter`` and a leading ``SET ROLE``).
 
 Nothing commits a dump that is not whole. The loader is fed through ``held_back``: it gets
 the last 64 KiB only once the stream has ended without an error and (plain) ends the way
@@ -20,32 +23,78 @@ import contextlib
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from ...errors import DatabaseError, IntegrityError
-from ..base import held_back
+from ..base import RestoreRequest, held_back
 from .client import Client, first_error
 from .conn import PgConn
+from .stmtfilter import filter_statements
 from .trailer import end_problem
 
 
-def load(client: Client, fmt: str, conn: PgConn, chunks: Iterable[bytes], jobs: int) -> None:
-    """Load the dump ``chunks`` into the database ``conn`` reaches."""
-    if fmt == "custom" and jobs > 1:
-        code, stderr = restore_parallel(client, conn, chunks, jobs)
+def load(
+    client: Client, fmt: str, conn: PgConn, chunks: Iterable[bytes], request: RestoreRequest
+) -> None:
+    """Load the dump ``chunks`` into the database ``conn`` reaches, with the request's owner,
+    privilege and role options."""
+    if fmt == "custom" and request.jobs > 1:
+        code, stderr = restore_parallel(client, conn, chunks, request)
     else:
-        checked = held_back(chunks, None if fmt == "custom" else end_problem)
+        checked: Iterable[bytes] = held_back(chunks, None if fmt == "custom" else end_problem)
+        if fmt == "plain":
+            checked = _plain_options(checked, request)
         code, stderr = client.run(
-            _loader(client, fmt, conn),
+            _loader(client, fmt, conn, request),
             conn,
             lambda proc: feed(proc, checked),
             stdin=subprocess.PIPE,
         )
     if code != 0:
-        raise DatabaseError(f"restore into {conn.redacted()} failed: {first_error(stderr)}")
+        error = first_error(stderr)
+        raise DatabaseError(f"restore into {conn.redacted()} failed: {error}{hint(error)}")
 
 
-def _loader(client: Client, fmt: str, conn: PgConn) -> list[str]:
+HINTS = (
+    ("must be member of role", "restore with --no-owner (the restoring role then owns it all)"),
+    ("must be able to SET ROLE", "restore with --no-owner (the restoring role then owns it all)"),
+    ("already exists", "use --clean to replace the target, or restore into a new database"),
+    ("does not exist", "a role or object the dump needs is missing from this server"),
+)
+
+
+def hint(error: str) -> str:
+    """A one-line hint for a loader error of a known kind ("" for the others)."""
+    for needle, text in HINTS:
+        if needle in error:
+            if needle == "does not exist" and "database" in error.split(needle)[0][-80:]:
+                return " (hint: create it with --create-target)"
+            return f" (hint: {text})"
+    return ""
+
+
+def _plain_options(chunks: Iterable[bytes], request: RestoreRequest) -> Iterator[bytes]:
+    """psql has no --no-owner, -x nor --role: leave those statements out, and set the role
+    first (inside psql's single transaction)."""
+    if request.role is not None:
+        from psycopg import sql
+
+        yield sql.SQL("SET ROLE {};\n").format(sql.Identifier(request.role)).as_bytes(None)
+    yield from filter_statements(chunks, request.no_owner, request.no_privileges)
+
+
+def _restore_flags(request: RestoreRequest) -> list[str]:
+    flags = []
+    if request.no_owner:
+        flags.append("--no-owner")
+    if request.no_privileges:
+        flags.append("--no-privileges")
+    if request.role is not None:
+        flags.append(f"--role={request.role}")
+    return flags
+
+
+def _loader(client: Client, fmt: str, conn: PgConn, request: RestoreRequest) -> list[str]:
     """pg_restore (custom) or psql (plain), in one transaction, reading the dump on stdin."""
     if fmt == "custom":
         return [
@@ -53,7 +102,7 @@ def _loader(client: Client, fmt: str, conn: PgConn) -> list[str]:
             "--exit-on-error",
             "--single-transaction",
             "--no-password",
-            "--no-owner",
+            *_restore_flags(request),
             "-d",
             conn.conninfo(),
         ]
@@ -95,10 +144,11 @@ def drain_into(proc: subprocess.Popen[bytes], chunks: Iterable[bytes]) -> None:
 
 
 def restore_parallel(
-    client: Client, conn: PgConn, chunks: Iterable[bytes], jobs: int
+    client: Client, conn: PgConn, chunks: Iterable[bytes], request: RestoreRequest
 ) -> tuple[int, str]:
     """pg_restore --jobs needs a seekable file. Only used for unencrypted backups. It is not
-    one transaction, so the file is read through (``read_custom``) before it loads."""
+    one transaction (the staging database makes it atomic for the target), and the file is
+    read through (``read_custom``) before it loads."""
     fd, path = tempfile.mkstemp(prefix="sbbackup-restore-", suffix=".dump")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -108,9 +158,9 @@ def restore_parallel(
         args = [
             client.tool("pg_restore"),
             "--exit-on-error",
-            f"--jobs={jobs}",
+            f"--jobs={request.jobs}",
             "--no-password",
-            "--no-owner",
+            *_restore_flags(request),
             "-d",
             conn.conninfo(),
             path,
