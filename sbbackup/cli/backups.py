@@ -79,13 +79,14 @@ def verify_cmd(
     it into a scratch database and compare it exactly). Exit 13 on any mismatch."""
     if (restore and not deep) or (target_url and not restore):
         raise UsageError("--restore needs --deep, and --target-url needs --restore")
-    if restore:
-        from ..ops.selftest import verify_with_restore
+    ctx = get_ctx()
+    with read_meter() as ctx.meter:
+        if restore:
+            from ..ops.selftest import verify_with_restore
 
-        report = verify_with_restore(get_ctx(), backup_id, all_, target_url)
-    else:
-        with read_meter() as meter:
-            report = ops.verify_backups(get_ctx(), backup_id, all_, deep, meter)
+            report = verify_with_restore(ctx, backup_id, all_, target_url)
+        else:
+            report = ops.verify_backups(ctx, backup_id, all_, deep)
     render(report, as_json)
     if report.failed:
         first = report.failed[0]
@@ -160,7 +161,9 @@ def restore_cmd(
             "can leave part of the backup loaded)",
             err=True,
         )
-    render(ops.restore_backup(ctx, opts), as_json)
+    with read_meter() as ctx.meter:
+        rec = ops.restore_backup(ctx, opts)
+    render(rec, as_json)
 
 
 @command(cli, "delete")

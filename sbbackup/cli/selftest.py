@@ -6,7 +6,7 @@ import click
 
 from ..errors import ConfigError
 from ..render import render
-from .base import cli, command, get_ctx, json_option, raise_for_report
+from .base import cli, command, get_ctx, json_option, raise_for_report, read_meter
 
 
 @command(cli, "test")
@@ -35,6 +35,7 @@ def test_cmd(
     except ConfigError as exc:  # still a report: CI reads the checks array
         report = config_failure(exc)
     else:
-        report = run_self_test(ctx, opts)
+        with read_meter() as ctx.meter:  # the drill's restore and deep verify, on a TTY
+            report = run_self_test(ctx, opts)
     render(report, as_json)
     raise_for_report(report.ok, report.exit_code, "self test failed")

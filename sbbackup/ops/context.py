@@ -11,6 +11,7 @@ from ..catalog import Catalog, writer_lock
 from ..config import Settings
 from ..engines import ENGINES, Engine, EngineSettings, engine_for
 from ..model import BackupRecord
+from ..pipeline import Meter
 from ..state import StateDir
 from ..storage import Storage
 from ..storage.local import LocalStorage
@@ -22,6 +23,7 @@ class Context:
 
     settings: Settings
     remote: str | None = None  # the API's client address, for the audit log
+    meter: Meter | None = None  # progress of reading a stored backup (the CLI's, on a TTY)
 
     @cached_property
     def storage(self) -> Storage:

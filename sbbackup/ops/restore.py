@@ -25,7 +25,7 @@ from ..state.restores import RESTORE_ID_RE
 from .backups import show_backup
 from .context import Context
 from .options import RestoreOptions
-from .verify import check_content, check_file, check_key, plaintext
+from .verify import check_content, check_file, check_key, plaintext, reading
 
 T = TypeVar("T")
 
@@ -195,7 +195,7 @@ def load_backup(
     the load rolls back instead of committing wrong data."""
     assert record.filename
     with ctx.storage.open_read(record.filename) as fh:
-        stream = _verified(ctx, record, HashingReader(fh))
+        stream = _verified(ctx, record, HashingReader(fh, reading(ctx, "restore", record)))
         ctx.engine.restore(record.format, stream, request, before_commit)
 
 

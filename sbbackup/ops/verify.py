@@ -9,15 +9,13 @@ from collections.abc import Callable, Iterator
 from ..engines import IncompleteDumpError
 from ..errors import IntegrityError, SbbackupError, UsageError
 from ..model import BackupRecord, Status
-from ..pipeline import Digest, HashingReader, Meter, check_digest, iter_plaintext, sha256_of
+from ..pipeline import Digest, HashingReader, check_digest, iter_plaintext, sha256_of
 from ..results import VerifyReport, VerifyResult
 from .backups import show_backup
 from .context import Context
 
 
-def verify_backups(
-    ctx: Context, backup_id: str | None, all_: bool, deep: bool, meter: Meter | None = None
-) -> VerifyReport:
+def verify_backups(ctx: Context, backup_id: str | None, all_: bool, deep: bool) -> VerifyReport:
     if backup_id is None and not all_:
         raise UsageError("give a backup ID or --all")
     if all_:
@@ -30,13 +28,11 @@ def verify_backups(
         records = [show_backup(ctx, backup_id or "")]
     report = VerifyReport()
     for record in records:
-        report.results.append(_verify_one(ctx, record, deep, meter))
+        report.results.append(_verify_one(ctx, record, deep))
     return report
 
 
-def _verify_one(
-    ctx: Context, record: BackupRecord, deep: bool, meter: Meter | None = None
-) -> VerifyResult:
+def _verify_one(ctx: Context, record: BackupRecord, deep: bool) -> VerifyResult:
     result = VerifyResult(record.id, record.filename, ok=False, deep=deep)
     try:
         if record.status != Status.COMPLETED or not record.filename:
@@ -44,8 +40,7 @@ def _verify_one(
                 f"{record.filename or record.id}: backup is {record.status}"
                 + (f" ({record.error})" if record.error else "")
             )
-        label = f"verify {record.id.rsplit('_', 1)[-1]}"  # the time: the prefix is the same
-        progress = meter(label, record.size) if meter else None
+        progress = reading(ctx, "verify", record)
         if deep:
             _deep_check(ctx, record, progress)
         else:
@@ -84,6 +79,13 @@ def _deep_check(
 
 
 # --- what every reader of a stored backup checks -----------------------------------------
+
+
+def reading(ctx: Context, what: str, record: BackupRecord) -> Callable[[int], None] | None:
+    """A progress bar for reading ``record``'s stored bytes (None off a terminal)."""
+    if ctx.meter is None:
+        return None
+    return ctx.meter(f"{what} {record.id.rsplit('_', 1)[-1]}", record.size)  # the ID's time
 
 
 def check_file(

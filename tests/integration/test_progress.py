@@ -1,9 +1,10 @@
-"""Progress on a terminal: ``verify`` (and ``--deep``) draw a bar per backup on stderr when it
-is a TTY (bytes of the stored size, rate, elapsed, time left), and print nothing there when it
-is not (cron mail, pipes)."""
+"""Progress on a terminal: ``verify`` (and ``--deep``), ``restore`` and the drill draw a bar
+per backup on stderr when it is a TTY (bytes of the stored size, rate, elapsed, time left),
+and print nothing there when it is not (cron mail, pipes)."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import sqlite3
@@ -64,3 +65,26 @@ def test_verify_shows_progress_on_a_terminal_only(tmp_path: Path) -> None:
             [sys.executable, "-m", "sbbackup", *args], env=env, capture_output=True, text=True
         )
         assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+
+
+def test_restore_and_the_drill_show_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    env = backups(tmp_path)
+    listed = subprocess.run(
+        [sys.executable, "-m", "sbbackup", "list", "--json"], env=env, capture_output=True
+    )
+    backup_id = json.loads(listed.stdout)[0]["id"]
+    for n, args in enumerate(
+        [
+            ("restore", backup_id, "--target-url", f"sqlite:///{tmp_path / 'r1.db'}"),
+            ("test", "--latest"),
+        ]
+    ):
+        code, out, tty = run_with_tty_stderr(env, *args)
+        assert code == 0, tty.decode(errors="replace")
+        assert b"restore 20" in tty and b"MiB" in tty, tty[:500]  # the drill restores too
+        piped_args = [a.replace("r1.db", f"r{n + 2}.db") for a in args]
+        piped = subprocess.run(
+            [sys.executable, "-m", "sbbackup", *piped_args], env=env, capture_output=True, text=True
+        )
+        assert piped.returncode == 0, piped.stderr
+        assert piped.stderr == "", piped.stderr
