@@ -101,6 +101,12 @@ def verify_cmd(
 @click.option("--clean", is_flag=True, help="Drop and recreate the target database first.")
 @click.option("--jobs", type=click.IntRange(1, 64), help="pg_restore --jobs for custom format.")
 @click.option("--yes", "-y", is_flag=True, help="Confirm restoring over the source database.")
+@click.option(
+    "--no-database-properties",
+    "no_properties",
+    is_flag=True,
+    help="Do not re-apply the database's settings, comment and ACL (encoding and locale stay).",
+)
 @json_option
 def restore_cmd(
     backup_id: str,
@@ -109,6 +115,7 @@ def restore_cmd(
     clean: bool,
     jobs: int | None,
     yes: bool,
+    no_properties: bool,
     as_json: bool,
 ) -> None:
     """Verify, prepare, restore, validate and clean up (the five restore steps)."""
@@ -119,7 +126,15 @@ def restore_cmd(
             yes = click.confirm(
                 f"Restore {backup_id} over the source database {target.display}?", err=True
             )
-    opts = ops.RestoreOptions(backup_id, target_url, create_target, clean, yes, jobs)
+    opts = ops.RestoreOptions(
+        backup_id,
+        target_url,
+        create_target,
+        clean,
+        yes,
+        jobs,
+        database_properties=not no_properties,
+    )
     render(ops.restore_backup(ctx, opts), as_json)
 
 

@@ -18,6 +18,7 @@ from .base import (
     RestoreRequest,
     Target,
     compare_contents,
+    compare_properties,
 )
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "RestoreRequest",
     "Target",
     "compare_contents",
+    "compare_properties",
     "engine_for",
 ]
 

@@ -54,6 +54,8 @@ class RestoreOptions:
     must_be_new: bool = False
     # May the target be the source at all? (The API: only with api.allowRestoreOverSource.)
     source_allowed: bool = True
+    # Re-apply the database's settings, comment and ACL (its encoding and locale always are).
+    database_properties: bool = True
 
     def __post_init__(self) -> None:
         _in_range("jobs", self.jobs, JOBS)

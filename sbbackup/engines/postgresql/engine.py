@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import ConfigError, DatabaseError, SbbackupError, TargetExistsError
 from ...pipeline import Writer
 from ..base import DumpResult, EngineCheck, RestoreRequest, Target, check_end
+from . import dbprops
 from .client import TOOLS, Client, control_free, pinned_params, scalar
 from .conn import PgConn, url_with_db
 from .dump import SNAPSHOT_RE, PgDump
@@ -257,6 +258,7 @@ class PostgreSQLEngine:
                 raise DatabaseError(f"the server sent an invalid snapshot name {snapshot[:40]!r}")
             tables = catalog_tables(snap) if row_counts else []
             objects = object_counts(snap) if row_counts else {}
+            properties = dbprops.read(snap)
             run = PgDump(self.client, self.conn, snap, snapshot, self.lock_wait_timeout)
             contents = run.run(fmt, out, tables, row_counts, progress)
             if contents is not None:
@@ -267,7 +269,12 @@ class PostgreSQLEngine:
         finally:
             with contextlib.suppress(Exception):
                 snap.close()
-        database = {"engine": self.name, "name": self.conn.dbname, "serverVersion": server_version}
+        database = {
+            "engine": self.name,
+            "name": self.conn.dbname,
+            "serverVersion": server_version,
+            "properties": properties,
+        }
         return DumpResult(database=database, tool_version=versions["pg_dump"][1], contents=contents)
 
     # --- restore -----------------------------------------------------------------------
@@ -297,8 +304,10 @@ class PostgreSQLEngine:
                 exists = False
             if exists:
                 return r, False
+            if request.database_properties:
+                dbprops.check_roles(session, request.properties)  # before anything is loaded
             try:
-                session.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+                dbprops.create(session, name, request.properties)
             except pgerrors.DuplicateDatabase:
                 raise TargetExistsError(
                     f"target database {control_free(name)} already exists"
@@ -310,6 +319,9 @@ class PostgreSQLEngine:
         r, created = self.prepare_target(request)
         try:
             load(self.client, fmt, r.conn, chunks, request.jobs)
+            if request.database_properties:
+                with self.client.session(r.conn, f"cannot set up {r.conn.redacted()}") as s:
+                    dbprops.apply(s, r.conn.dbname, request.properties)
         except BaseException:
             # A database this restore created holds nothing worth keeping after a failure (a
             # parallel pg_restore is not one transaction): drop it rather than leave a half.
@@ -324,7 +336,11 @@ class PostgreSQLEngine:
         what = f"cannot count rows in {conn.redacted()}"
         with self.client.session(conn, what, snapshot=True) as session:
             tables = catalog_tables(session)
-            result = {"tables": count_rows(session, tables), "objects": object_counts(session)}
+            result = {
+                "tables": count_rows(session, tables),
+                "objects": object_counts(session),
+                "properties": dbprops.read(session),
+            }
             session.rollback()
             return result
 

@@ -155,7 +155,8 @@ def _signals_deferred() -> Iterator[None]:
 def _restore(ctx: Context, record: BackupRecord, scratch: str) -> None:
     if record.encryption:
         check_key(ctx, record)  # a wrong key fails here (exit 12), before anything is created
-    load_backup(ctx, record, RestoreRequest(scratch, create_target=True))
+    props = record.database.get("properties")
+    load_backup(ctx, record, RestoreRequest(scratch, create_target=True, properties=props))
 
 
 def _compare(ctx: Context, record: BackupRecord, scratch: str, drill: Drill) -> None:
