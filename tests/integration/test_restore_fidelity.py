@@ -524,3 +524,38 @@ def test_compare_properties(
     expected: dict[str, Any] | None, actual: dict[str, Any] | None, applied: bool, diffs: list[str]
 ) -> None:
     assert compare_properties(expected, actual, applied=applied) == diffs
+
+
+def test_a_role_that_may_not_apply_the_settings_is_told_what_to_do(pg: Cluster, sb: SB) -> None:
+    """A non-superuser restorer cannot ``ALTER ROLE ... IN DATABASE ... SET``: exit 3 with the
+    way out, the database it created is dropped; with --no-database-properties it restores."""
+    pg.psql(
+        "DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'restorer') THEN "
+        "CREATE ROLE restorer LOGIN CREATEDB PASSWORD 'restorer-pw'; END IF; END$$"
+    )
+    tuned = role(pg, "tuned")
+    db = f"fid_nonsuper_{uuid.uuid4().hex[:6]}"
+    target = f"{db}_r"
+    pg.psql(f"CREATE DATABASE {db}")
+    pg.psql(f"ALTER ROLE {tuned} IN DATABASE {db} SET work_mem = '3MB'")
+    env = {"DATABASE_URL": pg.url(db)}
+    url = f"postgresql://restorer:restorer-pw@127.0.0.1:{pg.port}/{target}"
+    try:
+        rec = sb.ok("create", "--json", env=env).json()
+        res = sb("restore", rec["id"], "--target-url", url, "--create-target", env=env)
+        print(res.err.strip())
+        assert res.code == 3, res.err
+        assert "may not re-apply" in res.err and "--no-database-properties" in res.err
+        assert pg.psql(f"SELECT count(*) FROM pg_database WHERE datname = '{target}'") == "0"
+        sb.ok(
+            "restore",
+            rec["id"],
+            "--target-url",
+            url,
+            "--create-target",
+            "--no-database-properties",
+            env=env,
+        )
+        assert props_of(pg, target)["settings"] == []
+    finally:
+        drop(pg, db, target)

@@ -379,10 +379,20 @@ def apply(session: psycopg.Connection[Any], name: str, props: dict[str, Any] | N
     transaction. A role the target server lacks: DatabaseError naming it, before any change."""
     if not props:
         return
+    from psycopg import errors as pgerrors
+
     check_roles(session, props)
     statements = apply_sql(name, props)
     if not statements:
         return
-    with session.transaction():
-        for statement in statements:
-            session.execute(statement)
+    try:
+        with session.transaction():
+            for statement in statements:
+                session.execute(statement)
+    except pgerrors.InsufficientPrivilege as exc:
+        said = control_free(str(exc.diag.message_primary or exc))
+        raise DatabaseError(
+            "the restoring role may not re-apply the backup's database settings, comment or "
+            f"privileges ({said}): restore as a superuser (per-role settings need one), "
+            f"{NO_PROPS_HINT}"
+        ) from None
