@@ -153,6 +153,7 @@ def settings_comment_acl(pg: Cluster, db: str, _: Path) -> None:
     odd_q = quoted(odd)
     pg.psql(
         f"ALTER DATABASE {db} SET work_mem = '7MB';"
+        f"ALTER DATABASE {db} SET myapp.flag = 'it''s on';"  # a placeholder (custom) setting
         f'ALTER DATABASE {db} SET search_path = "$user", public, "My Schema";'
         f"ALTER ROLE {tuned} IN DATABASE {db} SET statement_timeout = '5s';"
         f"ALTER ROLE {tuned} IN DATABASE {db} SET search_path = app, public;"
@@ -275,6 +276,7 @@ def _case_checks(pg: Cluster, case: str, db: str, target: str, rec: dict[str, An
         assert pg.psql("SELECT count(*) FROM docs WHERE body % 'text 7'", target) != "0"
     elif case == "settings_comment_acl":
         assert {"role": None, "name": "work_mem", "value": "7MB"} in props["settings"]
+        assert {"role": None, "name": "myapp.flag", "value": "it's on"} in props["settings"]
         assert {"role": "tuned", "name": "statement_timeout", "value": "5s"} in props["settings"]
         assert props["comment"] == 'it\'s "ours"'
         assert {"grantee": None, "privilege": "CONNECT", "grantable": False} not in props["acl"]
