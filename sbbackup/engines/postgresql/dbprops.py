@@ -35,15 +35,16 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg import sql
 
-LOCALE_KEYS = ("encoding", "collate", "ctype", "localeProvider", "locale", "icuRules")
-APPLIED_KEYS = ("settings", "comment", "acl")
 PROVIDERS = {"c": "libc", "i": "icu", "b": "builtin"}
 DATABASE_PRIVILEGES = frozenset({"CREATE", "TEMPORARY", "CONNECT"})
-# A database nobody granted anything on: PUBLIC may connect and create temporary tables.
-DEFAULT_ACL: list[dict[str, Any]] = [
-    {"grantee": None, "privilege": "CONNECT", "grantable": False},
-    {"grantee": None, "privilege": "TEMPORARY", "grantable": False},
-]
+
+
+def default_acl() -> list[dict[str, Any]]:
+    """The ACL of a database nobody granted anything on: PUBLIC may connect and create
+    temporary tables (the owner's own entries are left out, as ``read`` leaves them out)."""
+    return [{"grantee": None, "privilege": p, "grantable": False} for p in ("CONNECT", "TEMPORARY")]
+
+
 # pg_dump's variable_is_guc_list_quote(): the settings flatten_set_variable_args() stores as
 # a list of double-quoted elements, which a SET must get back as one literal per element.
 GUC_LIST_QUOTE = frozenset(
@@ -241,7 +242,7 @@ def _checked(
         ):
             raise bad
     if acl is None:
-        acl = DEFAULT_ACL
+        acl = default_acl()
     if not isinstance(acl, list):
         raise bad
     for a in acl:
@@ -357,7 +358,7 @@ def apply_sql(name: str, props: dict[str, Any]) -> list[sql.Composed]:
         )
     if comment is not None:
         out.append(sql.SQL("COMMENT ON DATABASE {} IS {}").format(db, sql.Literal(comment)))
-    if canonical(acl) != canonical(DEFAULT_ACL):
+    if canonical(acl) != canonical(default_acl()):
         # The new database has the defaults: take PUBLIC's away, then grant what the source
         # granted (PUBLIC's share again where it kept it).
         out.append(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
