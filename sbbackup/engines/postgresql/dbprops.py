@@ -62,7 +62,8 @@ GUC_LIST_QUOTE = frozenset(
 # match locale"), wrong_object_type ("invalid locale name", PG15+), feature_not_supported
 # (a provider the server was built without), syntax_error (an option an older server lacks).
 LOCALE_SQLSTATES = frozenset({"22023", "42809", "0A000", "42601"})
-NO_PROPS_HINT = "or restore with --no-database-properties"
+# The drill has no such flag: the hint says it is a restore's.
+NO_PROPS_HINT = "or skip them with `restore --no-database-properties`"
 
 
 def _locale_columns(version: int) -> str:
