@@ -120,6 +120,12 @@ def verify_cmd(
     help="pg_restore --jobs: unencrypted custom format only.",
 )
 @click.option("--yes", "-y", is_flag=True, help="Confirm restoring over the source database.")
+@click.option(
+    "--no-database-properties",
+    "no_properties",
+    is_flag=True,
+    help="Do not re-apply the database's settings, comment and ACL (encoding and locale stay).",
+)
 @json_option
 def restore_cmd(
     backup_id: str,
@@ -132,6 +138,7 @@ def restore_cmd(
     role: str | None,
     jobs: int | None,
     yes: bool,
+    no_properties: bool,
     as_json: bool,
 ) -> None:
     """Verify, load into a staging database, validate it, then swap it in as the target."""
@@ -146,6 +153,7 @@ def restore_cmd(
         no_owner=no_owner,
         no_privileges=no_privileges,
         role=role,
+        database_properties=not no_properties,
     )
     ctx = get_ctx()
     if not yes and sys.stdin.isatty():

@@ -19,6 +19,7 @@ from .base import (
     RestoreRequest,
     Target,
     compare_contents,
+    compare_properties,
     signals_deferred,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "RestoreRequest",
     "Target",
     "compare_contents",
+    "compare_properties",
     "engine_for",
     "signals_deferred",
 ]

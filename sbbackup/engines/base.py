@@ -7,6 +7,7 @@ registry imports them: no cycle.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -51,6 +52,8 @@ class RestoreRequest:
     no_owner: bool = False  # do not restore owners: the restoring role owns what it creates
     no_privileges: bool = False  # do not restore GRANT/REVOKE (pg_restore -x)
     role: str | None = None  # SET ROLE before loading (pg_restore --role)
+    properties: dict[str, Any] | None = None  # the manifest's database.properties, if any
+    database_properties: bool = True  # re-apply its settings, comment and ACL after the load
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,9 @@ class Engine(Protocol):
         exists, whether it is the source however it is spelled."""
 
     def inventory(self, target: str | None) -> dict[str, Any]:
-        """Tables with exact row counts and object counts, as ``DumpResult.contents``."""
+        """Tables with exact row counts and object counts, as ``DumpResult.contents``; an
+        engine that records database properties in ``DumpResult.database["properties"]`` adds
+        them here as ``properties``, in the same shape."""
 
     def scratch_target(self, name: str, server: str | None) -> str:
         """A throwaway target called ``name`` beside ``server`` (default: the source)."""
@@ -245,3 +250,54 @@ def compare_contents(expected: dict[str, Any] | None, actual: dict[str, Any]) ->
         elif exp_obj[kind] != act_obj[kind]:
             diffs.append(f"{kind}: {exp_obj[kind]} in the backup, {act_obj[kind]} restored")
     return diffs
+
+
+# What a database's properties (``database.properties``) hold: its encoding and locale are
+# always compared (a restore cannot change them and keep every row readable); its settings,
+# comment and ACL only when the restore re-applied them.
+LOCALE_PROPERTIES = ("encoding", "collate", "ctype", "localeProvider", "locale", "icuRules")
+APPLIED_PROPERTIES = ("settings", "comment", "acl")
+
+
+def compare_properties(
+    expected: dict[str, Any] | None, actual: dict[str, Any] | None, applied: bool = True
+) -> list[str]:
+    """Every difference between the database properties a manifest recorded and those of the
+    restored database. A manifest without them (older, or another engine) has none to compare;
+    a key it does not hold is not compared."""
+    if not expected:
+        return []
+    if not actual:
+        return ["database properties: recorded in the backup, none read from the restore"]
+    keys = LOCALE_PROPERTIES + (APPLIED_PROPERTIES if applied else ())
+    diffs: list[str] = []
+    for key in keys:
+        if key not in expected:
+            continue
+        exp, act = expected.get(key), actual.get(key)
+        if isinstance(exp, list) or isinstance(act, list):
+            diffs += _list_diffs(key, exp or [], act or [])
+        elif exp != act:
+            diffs.append(f"database {key}: {_shown(exp)} in the backup, {_shown(act)} restored")
+    return diffs
+
+
+def _list_diffs(key: str, exp: list[Any], act: list[Any]) -> list[str]:
+    def keyed(items: list[Any]) -> dict[str, Any]:
+        return {json.dumps(i, sort_keys=True): i for i in items}
+
+    e, a = keyed(exp), keyed(act)
+    out = [
+        f"database {key}: {_shown(e[k])} in the backup, not restored"
+        for k in sorted(e.keys() - a.keys())
+    ]
+    out += [
+        f"database {key}: {_shown(a[k])} restored, not in the backup"
+        for k in sorted(a.keys() - e.keys())
+    ]
+    return out
+
+
+def _shown(value: Any) -> str:
+    """JSON: quoted, every control or non-ASCII character escaped, fit for one line."""
+    return json.dumps(value, sort_keys=True)[:200]

@@ -58,6 +58,8 @@ class RestoreOptions:
     no_owner: bool = False  # the restoring role owns everything (pg_restore --no-owner)
     no_privileges: bool = False  # no GRANT/REVOKE (pg_restore --no-privileges)
     role: str | None = None  # SET ROLE before loading (pg_restore --role)
+    # Re-apply the database's settings, comment and ACL (its encoding and locale always are).
+    database_properties: bool = True
 
     def __post_init__(self) -> None:
         _in_range("jobs", self.jobs, JOBS)

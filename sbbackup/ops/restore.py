@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from ..engines import BeforeCommit, RestoreRequest, compare_contents
+from ..engines import BeforeCommit, RestoreRequest, compare_contents, compare_properties
 from ..errors import (
     IntegrityError,
     PolicyError,
@@ -139,21 +139,26 @@ def _restore_steps(
         no_owner=opts.no_owner,
         no_privileges=opts.no_privileges,
         role=opts.role,
+        properties=record.database.get("properties"),
+        database_properties=opts.database_properties,
     )
-    strict = not opts.into_existing
+    strict, applied = not opts.into_existing, opts.database_properties
 
     def judge(staged: str | None) -> None:
-        rec.validation = step("validate", lambda: validate_restore(ctx, record, staged, strict))
+        rec.validation = step(
+            "validate", lambda: validate_restore(ctx, record, staged, strict, applied)
+        )
 
     step("restore", lambda: load_backup(ctx, record, request, judge))
     steps["restore"] = max(0, steps["restore"] - steps.get("validate", 0))
 
 
 def validate_restore(
-    ctx: Context, record: BackupRecord, target: str | None, strict: bool
+    ctx: Context, record: BackupRecord, target: str | None, strict: bool, properties: bool = True
 ) -> dict[str, Any]:
-    """4. validation: exact row counts and object counts against the manifest."""
-    found = compare_restored(ctx, record, target, strict)
+    """4. validation: exact row counts, object counts and database properties against the
+    manifest (settings, comment and ACL only when ``properties`` were re-applied)."""
+    found = compare_restored(ctx, record, target, strict, properties)
     if found.differences:
         diffs = found.differences
         raise IntegrityError(
@@ -222,18 +227,22 @@ class Comparison:
 
 
 def compare_restored(
-    ctx: Context, record: BackupRecord, target: str | None, strict: bool
+    ctx: Context, record: BackupRecord, target: str | None, strict: bool, properties: bool = True
 ) -> Comparison:
     """The restored database's row and object counts against the manifest's. ``strict``
-    for a target that held nothing else; otherwise only the backup's tables are judged."""
+    for a target that held nothing else; otherwise only the backup's tables are judged.
+    Its encoding and locale are always compared with the manifest's; its settings, comment
+    and ACL too when ``properties`` (they were re-applied)."""
     actual = ctx.engine.inventory(target)
+    recorded = record.database.get("properties")
+    prop_diffs = compare_properties(recorded, actual.get("properties"), applied=properties)
     expected = record.contents
     if expected and not strict:
         # Restoring into a database that held other things: judge only what the backup holds.
         tables = expected.get("tables", {})
         actual = {"tables": {k: v for k, v in actual.get("tables", {}).items() if k in tables}}
         expected = {"tables": tables}
-    diffs = compare_contents(expected, actual)
+    diffs = compare_contents(expected, actual) + prop_diffs
     return Comparison(len(actual.get("tables", {})), diffs, expected is not None)
 
 

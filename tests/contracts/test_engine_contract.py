@@ -33,6 +33,7 @@ from sbbackup.engines import (
     IncompleteDumpError,
     RestoreRequest,
     compare_contents,
+    compare_properties,
     engine_for,
 )
 from sbbackup.errors import (
@@ -225,12 +226,19 @@ def chunks(data: bytes) -> Iterator[bytes]:
         yield data[i : i + CHUNK]
 
 
-def restore_new(engine: Engine, fmt: str, data: bytes, target: str | None) -> None:
-    engine.restore(fmt, chunks(data), RestoreRequest(target, create_target=True, must_be_new=True))
+def restore_new(
+    engine: Engine, fmt: str, data: bytes, target: str | None, props: Any = None
+) -> None:
+    request = RestoreRequest(target, create_target=True, must_be_new=True, properties=props)
+    engine.restore(fmt, chunks(data), request)
 
 
 def inventory(case: Case, target: str | None) -> dict[str, Any]:
-    return case.make_engine().inventory(target)
+    """What a restore is compared by, in ``DumpResult.contents``' shape: without the database
+    properties an engine may add (those compare with ``DumpResult.database``)."""
+    found = case.make_engine().inventory(target)
+    found.pop("properties", None)
+    return found
 
 
 # --- dump, restore, inventory -----------------------------------------------------------
@@ -249,11 +257,15 @@ def test_dump_then_restore_gives_back_the_dumped_contents(case: Case, fmt: str) 
     assert compare_contents(result.contents, engine.inventory(None)) == []
     assert result.database["engine"] == engine.name
     target = case.scratch()
-    restore_new(engine, fmt, data, target)
+    props = result.database.get("properties")
+    restore_new(engine, fmt, data, target, props)
     assert engine.resolve_target(target).exists
     restored = inventory(case, target)
     assert compare_contents(result.contents, restored) == []
     assert restored == result.contents  # the same shape, not only no differences
+    # An engine that records database properties gives them back (and compares them).
+    assert engine.inventory(target).get("properties") == props
+    assert compare_properties(props, engine.inventory(target).get("properties")) == []
 
 
 def test_dump_without_row_counts_has_no_contents(case: Case) -> None:

@@ -25,6 +25,7 @@ from ..base import (
     check_end,
     signals_deferred,
 )
+from . import dbprops
 from .client import TOOLS, Client, control_free, pinned_params, scalar
 from .conn import PgConn, url_with_db
 from .dump import SNAPSHOT_RE, PgDump
@@ -300,6 +301,7 @@ class PostgreSQLEngine:
                 raise DatabaseError(f"the server sent an invalid snapshot name {snapshot[:40]!r}")
             tables = catalog_tables(snap) if row_counts else []
             objects = object_counts(snap) if row_counts else {}
+            properties = dbprops.read(snap)
             run = PgDump(self.client, self.conn, snap, snapshot, self.lock_wait_timeout)
             contents = run.run(fmt, out, tables, row_counts, progress)
             if contents is not None:
@@ -310,7 +312,12 @@ class PostgreSQLEngine:
         finally:
             with contextlib.suppress(Exception):
                 snap.close()
-        database = {"engine": self.name, "name": self.conn.dbname, "serverVersion": server_version}
+        database = {
+            "engine": self.name,
+            "name": self.conn.dbname,
+            "serverVersion": server_version,
+            "properties": properties,
+        }
         return DumpResult(database=database, tool_version=versions["pg_dump"][1], contents=contents)
 
     # --- restore -----------------------------------------------------------------------
@@ -331,15 +338,17 @@ class PostgreSQLEngine:
         plan = self._plan(r, request)
         if plan is None:  # --into-existing
             load(self.client, fmt, r.conn, chunks, request)
+            self._apply_properties(r, request)
             if before_commit is not None:
                 before_commit(request.target)
             return
-        staged = self._stage(r, plan)
+        staged = self._stage(r, plan, request)
         try:
             # A session of our own in the staging database until the swap: no other run
             # takes it for a leftover and drops it (it skips databases with sessions).
             with self.client.session(staged.conn, f"cannot reach {staged.conn.redacted()}"):
                 load(self.client, fmt, staged.conn, chunks, request)
+                self._apply_properties(staged, request)  # they follow it through the rename
                 if before_commit is not None:
                     before_commit(self._staged_target(request.target, staged.conn.dbname))
             with signals_deferred():  # a swap is one transaction: never stopped halfway
@@ -394,11 +403,16 @@ class PostgreSQLEngine:
         with self.client.session(r.conn, f"cannot query {r.conn.redacted()}") as session:
             return not scalar(session, USER_OBJECTS_SQL)
 
-    def _stage(self, r: _Resolved, plan: _Plan) -> _Resolved:
-        """Create the staging database beside the target (after dropping unused leftovers
-        of runs that died), pinned to the same server."""
-        from psycopg import sql
+    def _apply_properties(self, r: _Resolved, request: RestoreRequest) -> None:
+        """Re-apply the backup's database settings, comment and ACL (``dbprops.apply``)."""
+        if request.database_properties:
+            with self.client.session(r.conn, f"cannot set up {r.conn.redacted()}") as session:
+                dbprops.apply(session, r.conn.dbname, request.properties)
 
+    def _stage(self, r: _Resolved, plan: _Plan, request: RestoreRequest) -> _Resolved:
+        """Create the staging database beside the target (after dropping unused leftovers
+        of runs that died), pinned to the same server, with the backup's encoding and
+        locale (``dbprops.create``)."""
         self._drop_unused_staging(r)
         name = STAGING_PREFIX + secrets.token_hex(4)
         staged = _Resolved(
@@ -408,12 +422,11 @@ class PostgreSQLEngine:
             exists=True,
             server_version_num=r.server_version_num,
         )
-        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-        if plan.owner is not None:
-            query += sql.SQL(" OWNER {}").format(sql.Identifier(plan.owner))
         with self._admin(r) as session:
             self._same_server(session, r)
-            session.execute(query)
+            if request.database_properties:
+                dbprops.check_roles(session, request.properties)  # before anything is made
+            dbprops.create(session, name, request.properties, plan.owner)
         return staged
 
     def _staged_target(self, target: str | None, name: str) -> str:
@@ -489,7 +502,11 @@ class PostgreSQLEngine:
         what = f"cannot count rows in {conn.redacted()}"
         with self.client.session(conn, what, snapshot=True) as session:
             tables = catalog_tables(session)
-            result = {"tables": count_rows(session, tables), "objects": object_counts(session)}
+            result = {
+                "tables": count_rows(session, tables),
+                "objects": object_counts(session),
+                "properties": dbprops.read(session),
+            }
             session.rollback()
             return result
 

@@ -42,13 +42,35 @@ def _count_rel(kinds: str) -> str:
     )
 
 
-INDEX_KINDS = "'i', 'I'"
+# What pg_dump dumps of an index: not an invalid one (a failed CREATE INDEX CONCURRENTLY
+# leaves it; pg_dump skips it) unless it is a partitioned index (dumped, and valid again once
+# its partitions' indexes are attached), never one that is being dropped, never one of an
+# extension's table (the extension's script makes it).
+INDEXES_SQL = (
+    "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+    "JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+    f"WHERE c.relkind IN ('i', 'I') AND {USER_NS} AND i.indislive "
+    "AND (i.indisvalid OR t.relkind = 'p') "
+    f"AND {NOT_EXT.format(oid='t.oid', cat='pg_class')}"
+)
+# Triggers and constraints of an extension's table or type come with the extension too.
+TRIGGERS_SQL = (
+    "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+    f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND {USER_NS} "
+    f"AND {NOT_EXT.format(oid='c.oid', cat='pg_class')}"
+)
+CONSTRAINTS_SQL = (
+    "SELECT count(*) FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace "
+    f"WHERE {USER_NS} AND {NOT_EXT.format(oid='k.conrelid', cat='pg_class')} "
+    f"AND {NOT_EXT.format(oid='k.contypid', cat='pg_type')}"
+)
 OBJECTS_SQL = "\nUNION ALL ".join(
     [
         f"SELECT 'sequences', ({_count_rel(repr('S'))})",
         f"SELECT 'views', ({_count_rel(repr('v'))})",
         f"SELECT 'materializedViews', ({_count_rel(repr('m'))})",
-        f"SELECT 'indexes', ({_count_rel(INDEX_KINDS)})",
+        f"SELECT 'foreignTables', ({_count_rel(repr('f'))})",
+        f"SELECT 'indexes', ({INDEXES_SQL})",
         "SELECT 'functions', (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON "
         f"n.oid = p.pronamespace WHERE {USER_NS} AND "
         f"{NOT_EXT.format(oid='p.oid', cat='pg_proc')})",
@@ -57,11 +79,8 @@ OBJECTS_SQL = "\nUNION ALL ".join(
         f"LEFT JOIN pg_class c ON c.oid = t.typrelid WHERE {USER_NS} AND (t.typtype IN "
         "('e', 'd', 'r', 'm') OR (t.typtype = 'c' AND c.relkind = 'c')) AND "
         f"{NOT_EXT.format(oid='t.oid', cat='pg_type')})",
-        "SELECT 'triggers', (SELECT count(*) FROM pg_trigger t JOIN pg_class c ON "
-        "c.oid = t.tgrelid "
-        f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND {USER_NS})",
-        "SELECT 'constraints', (SELECT count(*) FROM pg_constraint k JOIN pg_namespace n ON "
-        f"n.oid = k.connamespace WHERE {USER_NS})",
+        f"SELECT 'triggers', ({TRIGGERS_SQL})",
+        f"SELECT 'constraints', ({CONSTRAINTS_SQL})",
         "SELECT 'largeObjects', (SELECT count(*) FROM pg_largeobject_metadata)",
     ]
 )
@@ -70,6 +89,7 @@ OBJECT_KINDS = frozenset(
         "sequences",
         "views",
         "materializedViews",
+        "foreignTables",
         "indexes",
         "functions",
         "types",
@@ -109,14 +129,17 @@ def object_counts(session: psycopg.Connection[Any]) -> dict[str, int]:
 def count_rows(
     session: psycopg.Connection[Any], tables: list[tuple[str, str, str]]
 ) -> dict[str, int]:
-    """``SELECT count(*)`` of every table, a batch per query, names composed as identifiers."""
+    """``SELECT count(*) FROM ONLY`` every table, a batch per query, names composed as
+    identifiers. ``ONLY``: an inheritance parent's count must not include its children's rows
+    (each child is counted on its own, as pg_dump copies each on its own; a foreign child is
+    not counted at all, and reading it may need a file or server that is not there)."""
     from psycopg import sql
 
     counts: dict[str, int] = {}
     for start in range(0, len(tables), COUNT_BATCH):
         batch = tables[start : start + COUNT_BATCH]
         query = sql.SQL(" UNION ALL ").join(
-            sql.SQL("SELECT {}::int, count(*) FROM {}.{}").format(
+            sql.SQL("SELECT {}::int, count(*) FROM ONLY {}.{}").format(
                 sql.Literal(i), sql.Identifier(schema), sql.Identifier(table)
             )
             for i, (schema, table, _) in enumerate(batch)

@@ -138,7 +138,8 @@ def _restore(
 ) -> None:
     if record.encryption:
         check_key(ctx, record)  # a wrong key fails here (exit 12), before anything is created
-    load_backup(ctx, record, RestoreRequest(scratch, create_target=True), judge)
+    props = record.database.get("properties")
+    load_backup(ctx, record, RestoreRequest(scratch, create_target=True, properties=props), judge)
 
 
 def _compare(ctx: Context, record: BackupRecord, scratch: str, drill: Drill) -> None:
