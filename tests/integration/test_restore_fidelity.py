@@ -327,14 +327,24 @@ def test_counts_above_what_the_dump_holds_fail_the_drill(
 
 def test_sql_ascii_forced_into_utf8_fails_validation(pg: Cluster, sb: SB, fdw_dir: Path) -> None:
     """The issue's false pass: an SQL_ASCII backup loaded into an existing UTF8 database.
-    psql loads it, but the rows are not readable as UTF8; the validation says why (13)."""
+    An empty existing target is swapped for a staging database made like the source (so it
+    comes back SQL_ASCII); ``--into-existing`` forces the load into the UTF8 one: psql loads
+    it, but the rows are not readable as UTF8, and the validation says why (13)."""
     db = build(pg, "sql_ascii", fdw_dir)
     target = f"{db}_utf8"
     env = {"DATABASE_URL": pg.url(db)}
     try:
         rec = sb.ok("create", "--json", env=env).json()
         pg.psql(f"CREATE DATABASE {target}")  # UTF8, the cluster's default
-        res = sb("restore", rec["id"], "--target-url", target, "--json", env=env)
+        swapped = sb("restore", rec["id"], "--target-url", target, "--json", env=env)
+        assert swapped.code == 0, swapped.err
+        encoding = pg.psql(
+            f"SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = '{target}'"
+        )
+        assert encoding.strip() == "SQL_ASCII", encoding
+        drop(pg, target)
+        pg.psql(f"CREATE DATABASE {target}")
+        res = sb("restore", rec["id"], "--target-url", target, "--into-existing", "--json", env=env)
         print(f"exit {res.code}: {res.err.strip()}")
         assert res.code == 13, res.out + res.err
         assert 'database encoding: "SQL_ASCII" in the backup, "UTF8" restored' in res.err
@@ -344,7 +354,7 @@ def test_sql_ascii_forced_into_utf8_fails_validation(pg: Cluster, sb: SB, fdw_di
         edit_manifest(sb.backup_path, rec["id"], database=database)
         drop(pg, target)
         pg.psql(f"CREATE DATABASE {target}")
-        old = sb("restore", rec["id"], "--target-url", target, "--json", env=env)
+        old = sb("restore", rec["id"], "--target-url", target, "--into-existing", "--json", env=env)
         print(f"old manifest: exit {old.code}")
         assert old.code == 0, old.err  # the limit of an old manifest: documented in the README
     finally:
