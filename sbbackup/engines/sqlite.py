@@ -14,7 +14,9 @@ import contextlib
 import os
 import secrets
 import sqlite3
+import stat
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -155,8 +157,10 @@ class SQLiteEngine:
         """Replay into a private (0600) file beside the target, let ``before_commit`` judge
         it, then move it into place: a new target is linked in only if the name is still
         free (never over a file or a symlink that appeared meanwhile); ``clean`` replaces
-        the name itself, never a file a symlink points to. A missing target is always
-        created; ``jobs`` is ignored, and so are owners and privileges (SQLite has none)."""
+        the name itself, never a file a symlink points to. An existing empty target (0 bytes,
+        or no schema) is replaced as if ``clean``; any other existing one without ``clean``
+        is refused (TargetExistsError, exit 2). A missing target is always created; ``jobs``
+        is ignored, and so are owners and privileges (SQLite has none)."""
         if request.into_existing or request.role is not None:
             raise UsageError(
                 "--into-existing and --role are for PostgreSQL: a SQLite restore writes a new "
@@ -167,10 +171,13 @@ class SQLiteEngine:
         if os.path.lexists(dest) and (must_be_new or not clean):
             if must_be_new:
                 raise TargetExistsError(f"target {dest.name} already exists")
-            raise DatabaseError(
-                f"target {dest} exists: use --clean to replace it, or restore to "
-                "a new path with --target-url sqlite:///new.db"
-            )
+            if not _is_empty(dest):
+                raise TargetExistsError(
+                    f"target {dest} exists and is not an empty database: use --clean to "
+                    "replace it, or restore to "
+                    "a new path with --target-url sqlite:///new.db"
+                )
+            clean = True  # an empty database (no schema, no user_version): replaced
         if not dest.parent.is_dir():
             raise DatabaseError(f"target directory {dest.parent} does not exist")
         _refuse_pending_changes(dest)
@@ -352,3 +359,28 @@ def _inventory(con: sqlite3.Connection) -> dict[str, Any]:
     }
     objects = {plural: sum(1 for k, _ in rows if k == kind) for kind, plural in OBJECT_KINDS}
     return {"tables": tables, "objects": objects}
+
+
+def _is_empty(path: Path) -> bool:
+    """A regular file of 0 bytes, or a SQLite database with no schema objects and no
+    ``user_version``/``application_id``: what a fresh ``sqlite3 new.db`` leaves (a symlink or
+    anything unreadable is not empty: it is refused)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    if st.st_size == 0:
+        return True
+    try:
+        con = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True)
+        try:
+            objects = con.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            app = con.execute("PRAGMA application_id").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+    return objects == 0 and version == 0 and app == 0

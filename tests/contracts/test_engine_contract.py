@@ -140,7 +140,7 @@ def sqlite_case(tmp_path: Path) -> Case:
         password=None,
         promises=Promises(
             creates_missing_target_anyway=True,
-            loads_into_existing_target=False,
+            loads_into_existing_target=True,
             cancel_refuses_new_work=False,
             refuses_unknown_format=True,
         ),
@@ -337,14 +337,13 @@ def test_must_be_new_on_an_existing_target_raises_and_leaves_it_untouched(case: 
 
 
 def test_restore_into_a_full_target_without_clean_fails_and_keeps_it(case: Case) -> None:
-    """Both engines refuse here before loading anything (SQLite: the target exists, exit 3;
-    PostgreSQL: the target is not empty, TargetExistsError, exit 2, naming --clean and
-    --into-existing), and the target keeps exactly what it held."""
+    """Both engines refuse here before loading anything (the target is not empty:
+    TargetExistsError, exit 2, naming --clean), and the target keeps exactly what it held."""
     data, result = dump(case.engine, "plain")
     target = case.scratch()
     restore_new(case.engine, "plain", data, target)
     for create in (False, True):
-        with pytest.raises((DatabaseError, TargetExistsError), match="--clean"):
+        with pytest.raises(TargetExistsError, match="--clean"):
             case.make_engine().restore(
                 "plain", chunks(data), RestoreRequest(target, create_target=create)
             )

@@ -62,9 +62,16 @@ def test_sqlite_round_trip(sb: SB, demo_db: Path, tmp_path: Path) -> None:
     assert rows(target, q) == rows(demo_db, q)
     q = "SELECT type, name, sql FROM sqlite_master ORDER BY name"
     assert rows(target, q) == rows(demo_db, q)
-    # An existing target is never overwritten without --clean.
+    # An existing target is never overwritten without --clean (exit 2, as for PostgreSQL)...
     res = sb("restore", record["id"], "--target-url", f"sqlite:///{target}", env=env)
-    assert res.code == 3 and "--clean" in res.err
+    assert res.code == 2 and "--clean" in res.err
+    # ...unless it is empty: a fresh `sqlite3 empty.db` file is filled, no flag needed.
+    empty = target.with_name("empty.db")
+    sqlite3.connect(empty).close()
+    sb.ok("restore", record["id"], "--target-url", f"sqlite:///{empty}", env=env)
+    assert rows(empty, "SELECT * FROM t ORDER BY id") == rows(
+        demo_db, "SELECT * FROM t ORDER BY id"
+    )
     # A restored file is private, whatever the umask: it holds the whole database.
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
 
@@ -81,7 +88,7 @@ def test_sqlite_restore_never_writes_through_a_symlink(
     link = tmp_path / "link.db"
     link.symlink_to(victim)
     res = sb("restore", record["id"], "--target-url", f"sqlite:///{link}", env=env)
-    assert res.code == 3 and "--clean" in res.err
+    assert res.code == 2 and "--clean" in res.err
     sb.ok("restore", record["id"], "--target-url", f"sqlite:///{link}", "--clean", env=env)
     assert victim.read_bytes() == before
     assert not link.is_symlink() and stat.S_IMODE(link.stat().st_mode) == 0o600
