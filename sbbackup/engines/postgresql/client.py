@@ -227,6 +227,9 @@ class Client:
             text=True,
             env=child_env(self.env, None),
         )
+        if res.returncode != 0:  # killed, or broken: say so, not "cannot parse ''"
+            detail = first_error(res.stderr) if res.stderr.strip() else "no message"
+            raise DatabaseError(f"{name} --version {exit_status(res.returncode)}: {detail}")
         return parse_major(res.stdout)
 
     # --- sessions ----------------------------------------------------------------------
