@@ -22,8 +22,8 @@ pytestmark = pytest.mark.faults
 FULL = getattr(pytest.mark, FULL_MARK)
 
 WIDTH = 20
-SEED_BATCH = 8  # backups made before the first round, for it to prune and delete
-PRUNED, DELETED = 4, 3  # per round: moved past retention for prune, named to delete
+SEED_BATCH = 10  # backups made before the first round, for it to prune and delete
+SPARED = 4  # the newest backups no round touches: the rest go, so the count stays bounded
 
 
 def shape(rng: random.Random) -> list[str]:
@@ -48,17 +48,19 @@ def completed(bench: Bench) -> dict[str, dict[str, Any]]:
 
 
 def prepare(bench: Bench, rng: random.Random, when: datetime) -> tuple[set[str], list[str]]:
-    """With nothing running: move ``PRUNED`` completed backups 100 days back (manual retention
-    is 30 days) and pick ``DELETED`` others to delete; the newest is left alone, so the
-    prune's last good copy is never one of them."""
+    """With nothing running: of the completed backups but the ``SPARED`` newest (so the
+    prune's last good copy is never one of them), move three in five 100 days back (manual
+    retention is 30 days) for the prune, and name the others to delete."""
     have = sorted(completed(bench))
-    assert len(have) > PRUNED + DELETED, have
-    victims = rng.sample(have[:-1], PRUNED + DELETED)
+    assert len(have) > SPARED + 1, have
+    victims = have[:-SPARED]
+    rng.shuffle(victims)
+    cut = (len(victims) * 3 + 4) // 5
     aged = {
-        backdate(bench.backup_dir, i, when - timedelta(days=100, seconds=n))
-        for n, i in enumerate(victims[:PRUNED])
+        backdate(bench.backup_dir, backup_id, when - timedelta(days=100, seconds=n))
+        for n, backup_id in enumerate(victims[:cut])
     }
-    return aged, victims[PRUNED:]
+    return aged, victims[cut:]
 
 
 def one_round(bench: Bench, rng: random.Random, when: datetime) -> Round:
@@ -143,8 +145,10 @@ def test_mixed_creates_with_prune_and_delete(
     batch = [bench.spawn("create", "--json", *shape(rng)) for _ in range(SEED_BATCH)]
     assert all(s.wait().code == 0 for s in batch), [s.err.read_text() for s in batch]
     shapes: dict[str, int] = {}
+    gone = 0
     for n in range(rounds):
         rnd = one_round(bench, rng, datetime.now(UTC))
+        gone += len(rnd.aged) + len(rnd.deletes)
         for args, _ in rnd.creates:
             shapes[" ".join(args)] = shapes.get(" ".join(args), 0) + 1
         lost, failed, wrong = judge(bench, rnd)
@@ -157,7 +161,8 @@ def test_mixed_creates_with_prune_and_delete(
         assert report.held, report.problems
         assert not report.partials and not report.temps, (report.partials, report.temps)
         bench.runs.clear()
-    print(f"{rounds} rounds of {WIDTH}: shapes {dict(sorted(shapes.items()))}")
+    print(f"{rounds} rounds of {WIDTH} creates; {gone} backups pruned or deleted meanwhile")
+    print(f"shapes: {dict(sorted(shapes.items()))}")
     report = check_invariant(bench)
     assert report.held, report.problems
     no_leftovers(report)

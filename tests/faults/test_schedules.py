@@ -5,6 +5,7 @@ deleted."""
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
@@ -32,6 +33,16 @@ def stamp(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def on_disk(bench: Bench) -> list[str]:
+    """The completed backups' IDs, read from their manifests here (no CLI run: cheap)."""
+    found = []
+    for path in sorted(bench.backup_dir.glob("*.json")):
+        doc = json.loads(path.read_text())
+        if doc.get("status") == "completed":
+            found.append(doc["id"])
+    return found
+
+
 # --- row 10: two run-schedule of one schedule at once -------------------------------------
 
 
@@ -41,7 +52,7 @@ def stamp(when: datetime) -> str:
 )
 def test_two_concurrent_run_schedules(
     bench: Bench,
-    sqlite_source: str,
+    small_sqlite_source: str,
     tmp_path: Path,
     tally: Callable[[str], Tally],
     trials: int,
@@ -51,7 +62,7 @@ def test_two_concurrent_run_schedules(
     Each trial runs 8 days after the last (``--now``), so the winner's own retention removes
     the previous trial's backup: one completed daily backup after every trial. THE
     INVARIANT at the end."""
-    bench.env["DATABASE_URL"] = sqlite_source
+    bench.env["DATABASE_URL"] = small_sqlite_source
     seed = f"run-schedule-pair-{trials}"
     rng = random.Random(seed)
     print(f"seed {seed!r}")
@@ -60,7 +71,7 @@ def test_two_concurrent_run_schedules(
     previous: str | None = None
     lags = []
     for n in range(trials):
-        lag = rng.choice([0.0, 0.0, rng.uniform(0, 0.1)])
+        lag = rng.choice([0.0, 0.0, rng.uniform(0, 0.02)])
         lags.append(lag)
         at = ("--now", stamp(base + timedelta(days=8 * n)))
         first, second = tmp_path / f"go{n}a", tmp_path / f"go{n}b"
@@ -74,14 +85,14 @@ def test_two_concurrent_run_schedules(
         release(second, 1)
         results = [r.wait() for r in runs]
         codes = sorted(r.code for r in results)
-        listed = [r for r in bench.ok("list", "--json").json() if r["status"] == "completed"]
+        listed = on_disk(bench)
         held = codes == [0, 11] and len(listed) == 1
         t.add(reached=True, held=held)
         assert codes == [0, 11], (n, lag, [(r.code, r.err) for r in results])
         loser = next(r for r in results if r.code == 11)
         assert one_line(loser.err) and "schedule daily" in loser.err, loser.err
         won = next(r for r in results if r.code == 0).json()
-        assert [r["id"] for r in listed] == [won["backup"]["id"]], (n, listed)
+        assert listed == [won["backup"]["id"]], (n, listed)
         assert won["removed"] == ([previous] if previous else []), won["removed"]
         previous = won["backup"]["id"]
     print(f"{trials} trials, {sum(1 for x in lags if x)} with the second run late")
@@ -196,7 +207,7 @@ GOOD += [("monthly", 100), ("daily", 1)]
 KINDS = ["bad-url-schedule", "bad-url-manual", "missing-sqlite", "missing-recipient"]
 
 
-@pytest.mark.parametrize("seed", sample(list(range(4)), keep=1, ids=lambda n: f"seed{n}"))
+@pytest.mark.parametrize("seed", sample(list(range(3)), keep=1, ids=lambda n: f"seed{n}"))
 def test_retention_after_failing_runs(
     bench: Bench,
     small_sqlite_source: str,
