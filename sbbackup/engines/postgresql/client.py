@@ -227,6 +227,13 @@ class Client:
             text=True,
             env=child_env(self.env, None),
         )
+        if res.returncode < 0:  # killed: say so (as dump does), not "cannot parse ''"
+            raise DatabaseError(f"{name} --version was {exit_status(res.returncode)}")
+        if res.returncode > 0:
+            detail = first_error(res.stderr) if res.stderr.strip() else "no message"
+            raise DatabaseError(
+                f"{name} --version failed ({exit_status(res.returncode)}): {detail}"
+            )
         return parse_major(res.stdout)
 
     # --- sessions ----------------------------------------------------------------------
