@@ -69,7 +69,12 @@ TABLE: list[tuple[int, str, str, str]] = [
         "12, target untouched",
         r"wrong (identity|passphrase|key)",
     ),
-    (10, "100 trials of two concurrent run-schedule", "one backup, one exit 11", r"run-schedule"),
+    (
+        10,
+        "100 trials of two concurrent run-schedule",
+        "one backup, one exit 11",
+        r"^two concurrent run-schedule",
+    ),
     (11, "kill -9 while holding the lock", "the next run proceeds", r"holding (its|the) lock"),
     (
         12,
