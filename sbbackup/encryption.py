@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from .config import Settings
-from .errors import ConfigError, WrongKeyError
+from .errors import ConfigError, IntegrityError, WrongKeyError
 from .pipeline import ReaderFactory, Stage, StageFactory, Writer
 
 PASSPHRASE_WORK_FACTOR = 18
@@ -97,8 +98,16 @@ def identities(settings: Settings) -> list[Any]:
     return found
 
 
-def decryptor(settings: Settings, record_id: str, ids: list[Any] | None = None) -> ReaderFactory:
-    """Opens age streams with ``ids`` (default: the configured identities)."""
+def decryptor(
+    settings: Settings,
+    record_id: str,
+    ids: list[Any] | None = None,
+    recipients: Sequence[str] = (),
+) -> ReaderFactory:
+    """Opens age streams with ``ids`` (default: the configured identities). ``recipients``
+    are the public keys the manifest says the file was encrypted to: if one of them is an
+    identity's here and still no stanza opens, the header is damaged (IntegrityError, exit
+    13), not the key wrong (exit 12)."""
     ids = identities(settings) if ids is None else ids
     if not ids:
         raise WrongKeyError(
@@ -107,11 +116,26 @@ def decryptor(settings: Settings, record_id: str, ids: list[Any] | None = None) 
         )
     from .crypto import age
 
+    listed = [k for k in _public_keys(ids) if k in recipients]
+
     def factory(src: BinaryIO) -> BinaryIO:
         # An io.RawIOBase: reads like a binary file, raises on any defect.
-        return cast(BinaryIO, age.AgeReader(src, ids))
+        try:
+            return cast(BinaryIO, age.AgeReader(src, ids))
+        except age.NoIdentityMatchError:
+            if not listed:
+                raise
+            raise IntegrityError(
+                f"backup {record_id} is encrypted to {listed[0]}, whose identity is configured, "
+                "but no stanza of its age header opens with it: the header is damaged"
+            ) from None
 
     return factory
+
+
+def _public_keys(ids: Sequence[Any]) -> list[str]:
+    """The X25519 recipients of ``ids`` (a passphrase has no public key to compare)."""
+    return [str(i.recipient().public_key_str) for i in ids if hasattr(i, "recipient")]
 
 
 def keygen(output: str | None) -> dict[str, Any]:

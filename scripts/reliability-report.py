@@ -60,9 +60,14 @@ TABLE: list[tuple[int, str, str, str]] = [
         "1,000+ bit flips across plain, zstd, age and custom, manifest intact and checksum "
         "recomputed",
         "13 every time, with --deep for the second kind",
-        r"flip",
+        r"^bit flip|^data flip",
     ),
-    (8, "truncation and appended data, same two kinds", "13", r"truncat|append"),
+    (
+        8,
+        "truncation and appended data, same two kinds",
+        "13",
+        r"^truncation|^appended|^data (truncate|append)",
+    ),
     (
         9,
         "wrong identity, wrong passphrase",

@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 
 from ..engines import IncompleteDumpError
-from ..errors import IntegrityError, SbbackupError, UsageError
+from ..errors import IntegrityError, SbbackupError, UsageError, WrongKeyError
 from ..model import BackupRecord, Status
 from ..pipeline import Digest, HashingReader, check_digest, iter_plaintext, sha256_of
 from ..results import VerifyReport, VerifyResult
@@ -59,19 +59,26 @@ def _deep_check(
     ctx: Context, record: BackupRecord, progress: Callable[[int], None] | None = None
 ) -> None:
     """Hash, decrypt, decompress and check the dump's structure, all in one pass; then the
-    stored file's digest, the dump stream's own digest, and only then the structure verdict."""
+    stored file's digest, the dump stream's own digest, and only then the structure verdict.
+    No key opening the file (exit 12) is the verdict only for a file whose digest matches."""
     assert record.filename
     content = hashlib.sha256()
     with ctx.storage.open_read(record.filename) as fh:
         raw = HashingReader(fh, progress)
         incomplete: IncompleteDumpError | None = None
-        chunks = plaintext(ctx, record, raw, content)
         try:
+            chunks = plaintext(ctx, record, raw, content)
             ctx.reader_for(record).check_structure(record.format, chunks)
+            for _ in chunks:  # what the structure check left unread still counts
+                pass
         except IncompleteDumpError as exc:  # the whole file was read: its digest comes first
             incomplete = exc
-        for _ in chunks:  # what the structure check left unread still counts
-            pass
+            for _ in chunks:
+                pass
+        except WrongKeyError:  # a damaged file is exit 13 whatever else fails on it
+            raw.drain()
+            check_digest(raw.hash.hexdigest(), record.checksum, record.filename)
+            raise
         check_digest(raw.hash.hexdigest(), record.checksum, record.filename)
     check_content(record, content.hexdigest())
     if incomplete is not None:
@@ -111,7 +118,7 @@ def check_key(ctx: Context, record: BackupRecord) -> None:
     from ..encryption import decryptor
 
     assert record.filename
-    opener = decryptor(ctx.settings, record.id, ctx.identities)
+    opener = decryptor(ctx.settings, record.id, ctx.identities, _recipients(record))
     with ctx.storage.open_read(record.filename) as fh:
         opener(fh)
 
@@ -131,5 +138,11 @@ def plaintext(
     if record.encryption:
         from ..encryption import decryptor
 
-        decrypt = decryptor(ctx.settings, record.id, ctx.identities)
+        decrypt = decryptor(ctx.settings, record.id, ctx.identities, _recipients(record))
     return iter_plaintext(raw, record.compression is not None, decrypt, content)
+
+
+def _recipients(record: BackupRecord) -> list[str]:
+    """The public keys the manifest says the backup was encrypted to."""
+    keys = (record.encryption or {}).get("recipients") or []
+    return [k for k in keys if isinstance(k, str)]

@@ -131,10 +131,10 @@ def mutations(raw: bytes) -> dict[str, tuple[bytes, set[int]]]:
         return raw[:pos] + bytes([raw[pos] ^ 1]) + raw[pos + 1 :]
 
     return {
-        # A damaged stanza body either stops being canonical base64 (a malformed header, 13)
-        # or decodes and cannot be unwrapped, which is indistinguishable from a wrong key (12):
-        # which one depends on the random byte that was flipped.
-        "flip_stanza": (flip(mac_line - 10), {12, 13}),
+        # A damaged stanza body either stops being canonical base64 (a malformed header) or
+        # decodes and cannot be unwrapped: alone that looks like a wrong key, but the manifest
+        # lists the configured identity's recipient, so it is damage (13) either way.
+        "flip_stanza": (flip(mac_line - 10), {13}),
         "flip_mac": (flip(mac_line + 8), {13}),
         "flip_nonce": (flip(nonce + 3), {13}),
         "flip_first_chunk": (flip(first + 100), {13}),
