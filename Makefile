@@ -5,6 +5,8 @@
 #   `make pytest` runs only its sample: tests/faults/conftest.py deselects the cases marked
 #   `fault_full` unless pytest runs with -m faults or SBBACKUP_FAULTS=full.
 # `make reliability`: `make faults`, then scripts/reliability-report.py writes docs/RELIABILITY.md.
+FAULT_JOBS ?= 2  # pytest-xdist workers for `make faults`
+
 .PHONY: demo test deps lint typecheck pytest faults reliability bench clean
 
 demo:
@@ -29,7 +31,7 @@ test: deps lint typecheck pytest
 
 faults:
 	mkdir -p build
-	.venv/bin/pytest -q -m faults tests/faults -p no:cacheprovider \
+	.venv/bin/pytest -q -n $(FAULT_JOBS) -m faults tests/faults -p no:cacheprovider \
 		-o junit_family=legacy --junitxml=build/faults.xml
 
 reliability:

@@ -182,7 +182,7 @@ def report(junit: Path) -> str:
     seeds = {
         p.get("value")
         for s in suites
-        for p in s.findall("properties/property")
+        for p in s.iter("property")  # the suite's, and each test's (xdist drops the former)
         if p.get("name") == "fault_seed"
     }
     seed = ", ".join(sorted(str(x) for x in seeds if x)) or "not recorded"

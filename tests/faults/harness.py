@@ -610,6 +610,8 @@ def tally(request: pytest.FixtureRequest, record_property: Callable[[str, object
         return made[-1]
 
     yield make
+    if made:
+        record_property("fault_seed", SEED)  # per test too: xdist drops suite properties
     for t in made:
         record_property("fault_class", t.fault_class)
         record_property("trials", t.trials)
