@@ -9,7 +9,7 @@ import contextlib
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import psycopg
 
 
+STAGING_LOCK = int.from_bytes(b"sbbackup", "big")  # pg_advisory_lock key (fits a bigint)
 STAGING_PREFIX = "sbbackup_restore_"  # a restore loads here, then renames it to the target
 REPLACED_PREFIX = "sbbackup_replaced_"  # the old target during a swap, dropped right after
 
@@ -226,7 +227,8 @@ class PostgreSQLEngine:
         """Unused databases named ``prefix`` plus 8 hex digits (what ``scratch_target`` makes).
         Unused staging databases of restores that died are dropped on the way."""
         r = self._resolve(server)
-        self._drop_unused_staging(r)
+        with self._staging_lock(r):
+            self._drop_unused_staging(r)
         return [self.scratch_target(n, server) for n in self._unused(r, prefix)]
 
     def size_estimate(self) -> int:
@@ -342,29 +344,55 @@ class PostgreSQLEngine:
             if before_commit is not None:
                 before_commit(request.target)
             return
-        staged = self._stage(r, plan, request)
+        # A session of our own in the staging database until the swap: no other run takes
+        # it for a leftover and drops it (cleanups skip databases with sessions). The staging
+        # lock covers the moments it has none: from its CREATE until the guard is in, and
+        # from the guard's close until the swap has committed.
+        guard = contextlib.ExitStack()
+        with self._staging_lock(r):
+            staged = self._stage(r, plan, request)
+            try:
+                guard.enter_context(
+                    self.client.session(staged.conn, f"cannot reach {staged.conn.redacted()}")
+                )
+            except BaseException:
+                with signals_deferred(), contextlib.suppress(SbbackupError):
+                    self._drop(staged)
+                raise
         try:
-            # A session of our own in the staging database until the swap: no other run
-            # takes it for a leftover and drops it (it skips databases with sessions).
-            with self.client.session(staged.conn, f"cannot reach {staged.conn.redacted()}"):
+            with guard:
                 load(self.client, fmt, staged.conn, chunks, request)
                 self._apply_properties(staged, request)  # they follow it through the rename
                 if before_commit is not None:
                     before_commit(self._staged_target(request.target, staged.conn.dbname))
-            with signals_deferred():  # a swap is one transaction: never stopped halfway
-                try:
-                    self._swap(r, staged, plan)
-                except DatabaseError as exc:
-                    if "being accessed by other users" not in exc.message:
-                        raise
-                    raise DatabaseError(
-                        f"{exc.message} (hint: close its sessions, or use --clean, which "
-                        "terminates them)"
-                    ) from None
+                # A swap is one transaction: never stopped halfway.
+                with signals_deferred(), self._staging_lock(r):
+                    guard.close()
+                    self._swap_explained(r, staged, plan)
         except BaseException:
             with signals_deferred(), contextlib.suppress(SbbackupError):
                 self._drop(staged)  # gone already after a swap: IF EXISTS
             raise
+
+    def _swap_explained(self, r: _Resolved, staged: _Resolved, plan: _Plan) -> None:
+        try:
+            self._swap(r, staged, plan)
+        except DatabaseError as exc:
+            if "being accessed by other users" not in exc.message:
+                raise
+            raise DatabaseError(
+                f"{exc.message} (hint: close its sessions, or use --clean, which terminates them)"
+            ) from None
+
+    @contextlib.contextmanager
+    def _staging_lock(self, r: _Resolved) -> Iterator[None]:
+        """The server-wide advisory lock every sbbackup run on ``r``'s server holds while it
+        drops leftovers, and while its own staging database has no session of its own (just
+        created, or about to be renamed): a cleanup never takes a live run's for a leftover.
+        Held by a session on the maintenance database (advisory locks are per database)."""
+        with self._admin(r) as session:
+            session.execute("SELECT pg_advisory_lock(%s)", (STAGING_LOCK,))
+            yield
 
     def _plan(self, r: _Resolved, request: RestoreRequest) -> _Plan | None:
         """What this restore does with what is there; None: load into the target itself.
@@ -412,7 +440,7 @@ class PostgreSQLEngine:
     def _stage(self, r: _Resolved, plan: _Plan, request: RestoreRequest) -> _Resolved:
         """Create the staging database beside the target (after dropping unused leftovers
         of runs that died), pinned to the same server, with the backup's encoding and
-        locale (``dbprops.create``)."""
+        locale (``dbprops.create``). The caller holds the staging lock."""
         self._drop_unused_staging(r)
         name = STAGING_PREFIX + secrets.token_hex(4)
         staged = _Resolved(
