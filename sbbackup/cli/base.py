@@ -94,6 +94,23 @@ def raise_for_report(ok: bool, code: int, message: str) -> None:
 # --- plumbing ----------------------------------------------------------------------------
 
 
+def _binary_speed() -> Any:
+    """A rate column in MiB/s (rich's own says MB/s), the unit of every size sbbackup shows."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    from ..render import human_size
+
+    class BinarySpeed(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(
+                "?" if speed is None else f"{human_size(int(speed))}/s", "progress.data.speed"
+            )
+
+    return BinarySpeed()
+
+
 class progress_display:
     """rich progress on a TTY (bytes dumped, rate, elapsed); nothing otherwise."""
 
@@ -108,14 +125,13 @@ class progress_display:
             Progress,
             SpinnerColumn,
             TimeElapsedColumn,
-            TransferSpeedColumn,
         )
 
         self.progress = Progress(
             SpinnerColumn(),
             "dumping",
-            DownloadColumn(),
-            TransferSpeedColumn(),
+            DownloadColumn(binary_units=True),
+            _binary_speed(),
             TimeElapsedColumn(),
             console=stderr_console(),
             transient=True,
@@ -149,14 +165,13 @@ class read_meter:
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
-            TransferSpeedColumn,
         )
 
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
+            _binary_speed(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=stderr_console(),
@@ -192,6 +207,10 @@ def main(argv: list[str] | None = None) -> None:
     as_json = "--json" in args
     signal.signal(signal.SIGTERM, _sigterm)
     err = stderr_console()
+    if not args:  # bare `sbbackup` asks what there is: help on stdout, exit 0
+        with click.Context(cli, info_name="sbbackup") as help_ctx:
+            click.echo(cli.get_help(help_ctx))
+        sys.exit(0)
     try:
         cli.main(args=args, prog_name="sbbackup", standalone_mode=False)
     except SbbackupError as exc:

@@ -14,7 +14,7 @@ import click
 from rich.text import Text
 
 from ..config import DEFAULT_MIN_FREE
-from ..errors import ExitCode
+from ..errors import ExitCode, UsageError
 from ..render import render
 from ..results import RunOutcome
 from .base import cli, command, get_ctx, json_option, raise_for_report, stderr_console
@@ -62,9 +62,12 @@ def run_schedule_cmd(schedule_id: str, verbose: bool, as_json: bool, now: str | 
 
 
 @cli.group("schedules", invoke_without_command=True, context_settings={"max_content_width": 100})
+@json_option
+@now_option
 @click.pass_context
-def schedules_group(click_ctx: click.Context) -> None:
-    """List schedules, or change them at run time (saved in schedules.toml in the backup path).
+def schedules_group(click_ctx: click.Context, as_json: bool, now: str | None) -> None:
+    """List schedules (as `schedules list`), or change them at run time (saved in
+    schedules.toml in the backup path).
 
     Runtime changes win over the YAML file and the DB_BACKUP_{DAILY,WEEKLY,MONTHLY}_*
     variables; the YAML file is never rewritten.
@@ -72,7 +75,12 @@ def schedules_group(click_ctx: click.Context) -> None:
     if click_ctx.invoked_subcommand is None:
         from ..ops import schedules
 
-        render(schedules.list_schedules(get_ctx()), False)
+        render(schedules.list_schedules(get_ctx(), _parse_now(now)), as_json)
+    elif as_json or now:
+        raise UsageError(
+            f"put --json/--now after the subcommand: schedules {click_ctx.invoked_subcommand} "
+            "--json"
+        )
 
 
 @command(schedules_group, "list")
