@@ -29,19 +29,9 @@ from .results import (
     TestReport,
     VerifyReport,
 )
+from .results.base import human_size
 
 __all__ = ["human_size", "render", "render_error", "show", "to_jsonable"]
-
-
-def human_size(n: int | None) -> str:
-    if n is None or n < 0:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def render(result: object, as_json: bool, console: Console | None = None) -> None:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import signal
 import sys
 import time
@@ -31,6 +32,31 @@ def stderr_console() -> Console:
 
 def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")(fn)
+
+
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*", re.IGNORECASE)
+_SIZE_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+def parse_size(text: str) -> int:
+    """``10G``, ``100T``, ``512MiB``, ``1.5g`` or plain bytes: binary units (1K = 1024 bytes),
+    as every size sbbackup prints. ValueError for anything else."""
+    m = _SIZE_RE.fullmatch(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a size (bytes, or a number with K, M, G, T or P)")
+    return int(float(m.group(1)) * 1024 ** _SIZE_POWERS[m.group(2).lower()])
+
+
+class SizeParam(click.ParamType):
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def get_ctx() -> ops.Context:

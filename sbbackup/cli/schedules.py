@@ -17,7 +17,15 @@ from ..config import DEFAULT_MIN_FREE
 from ..errors import ExitCode, UsageError
 from ..render import render
 from ..results import RunOutcome
-from .base import cli, command, get_ctx, json_option, raise_for_report, stderr_console
+from .base import (
+    SizeParam,
+    cli,
+    command,
+    get_ctx,
+    json_option,
+    raise_for_report,
+    stderr_console,
+)
 
 
 def _parse_now(value: str | None) -> datetime | None:
@@ -235,10 +243,10 @@ def metrics_cmd(as_json: bool, now: str | None) -> None:
 @command(cli, "health")
 @click.option(
     "--min-free",
-    type=click.IntRange(0),
+    type=SizeParam(),
     default=DEFAULT_MIN_FREE,
     show_default=True,
-    help="Bytes that must stay free in the backup path.",
+    help="Space that must stay free in the backup path: bytes, or 10G, 500M, 2T (binary).",
 )
 @click.option("--restore-test-days", type=click.IntRange(1), help="Warn without a recent drill.")
 @json_option

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -63,3 +64,17 @@ def test_test_with_a_bad_backup_is_refused_before_any_check(sb: SB, tmp_path: Pa
     assert res.code == 2 and res.out == "" and "invalid backup ID" in res.err, res
     res = sb("test", "--backup", "streambuddy_backup_2026-01-01T00-00-00-000Z", env=env)
     assert res.code == 10 and res.out == "" and "not found" in res.err, res
+
+
+def test_health_min_free_takes_units_and_speaks_them(sb: SB, tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    sqlite3.connect(db).executescript("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+    env = {"DATABASE_URL": f"sqlite:///{db}"}
+    sb.ok("run-schedule", "daily", env=env)  # the path exists, the schedule is not overdue
+    res = sb("health", "--json", "--min-free", "100P", env=env)  # more than any disk here
+    assert res.code == 14, res.err
+    [problem] = [p for p in res.json()["problems"] if p["check"] == "free-space"]
+    assert "(threshold 102400.0 TiB)" in problem["reason"] and "bytes" not in problem["reason"]
+    res = sb("health", "--min-free", "10X", env=env)
+    assert res.code == 2 and "not a size" in res.err
+    assert sb("health", "--min-free", "0", env=env).code == 0
