@@ -186,13 +186,19 @@ _simple("disable", "Disable a schedule: run-schedule exits 0 without a backup.")
 @command(cli, "prune")
 @click.option("--schedule", "schedule_id", help="Only this schedule's backups.")
 @click.option("--dry-run", "-n", is_flag=True, help="Show the plan; delete nothing.")
+@click.option("--verbose", "-v", is_flag=True, help="Show what was kept and removed, and why.")
 @json_option
 @now_option
-def prune_cmd(schedule_id: str | None, dry_run: bool, as_json: bool, now: str | None) -> None:
-    """Apply retention: keep or remove every backup, with the reason for each."""
+def prune_cmd(
+    schedule_id: str | None, dry_run: bool, verbose: bool, as_json: bool, now: str | None
+) -> None:
+    """Apply retention: keep or remove every backup, with the reason for each. Quiet on
+    success (cron mails nothing) unless --verbose, --dry-run or --json."""
     from ..ops import schedules
 
-    render(schedules.prune(get_ctx(), schedule_id, dry_run, _parse_now(now)), as_json)
+    result = schedules.prune(get_ctx(), schedule_id, dry_run, _parse_now(now))
+    if verbose or dry_run or as_json:
+        render(result, as_json)
 
 
 @command(cli, "next")

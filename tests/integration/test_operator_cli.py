@@ -78,3 +78,15 @@ def test_health_min_free_takes_units_and_speaks_them(sb: SB, tmp_path: Path) -> 
     res = sb("health", "--min-free", "10X", env=env)
     assert res.code == 2 and "not a size" in res.err
     assert sb("health", "--min-free", "0", env=env).code == 0
+
+
+def test_prune_is_quiet_on_success_unless_asked(sb: SB, tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    sqlite3.connect(db).executescript("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+    env = {"DATABASE_URL": f"sqlite:///{db}"}
+    sb.ok("create", env=env)
+    quiet = sb.ok("prune", env=env)
+    assert quiet.out == "" and quiet.err == ""
+    for flag in ("-v", "--dry-run"):
+        assert "KEEP" in sb.ok("prune", flag, env=env).out
+    assert sb.ok("prune", "--json", env=env).json()["keep"] == 1
