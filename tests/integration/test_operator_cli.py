@@ -90,3 +90,23 @@ def test_prune_is_quiet_on_success_unless_asked(sb: SB, tmp_path: Path) -> None:
     for flag in ("-v", "--dry-run"):
         assert "KEEP" in sb.ok("prune", flag, env=env).out
     assert sb.ok("prune", "--json", env=env).json()["keep"] == 1
+
+
+def test_show_is_readable_key_values(sb: SB, tmp_path: Path) -> None:
+    """Units on durations and sizes, yes/no, nested objects as indented rows, the checksum
+    whole, no padding after the values, no JSON braces."""
+    db = tmp_path / "app.db"
+    sqlite3.connect(db).executescript("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+    env = {"DATABASE_URL": f"sqlite:///{db}"}
+    rec = sb.ok("create", "--json", env=env).json()
+    out = sb.ok("show", rec["id"], env=env).out
+    lines = out.splitlines()
+    assert all(line == line.rstrip() for line in lines)
+    assert "{" not in out and "True" not in out and "False" not in out
+    assert any(line.startswith("duration") and line.endswith((" ms", " s")) for line in lines)
+    assert any(line.split() == ["frameChecksum", "yes"] for line in lines)
+    assert any(line.split() == ["checksum", rec["checksum"]] for line in lines)
+    assert "compression" in lines and "  algorithm      zstd" in lines, out
+    assert any(line.startswith("size") and "B)" in line for line in lines)
+    shown = sb.ok("schedules", "show", "daily", env=env).out
+    assert any(line.split() == ["enabled", "yes"] for line in shown.splitlines()), shown
