@@ -9,7 +9,6 @@ from functools import singledispatch
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from .jsonable import to_jsonable
@@ -29,19 +28,9 @@ from .results import (
     TestReport,
     VerifyReport,
 )
+from .results.base import human_size
 
 __all__ = ["human_size", "render", "render_error", "show", "to_jsonable"]
-
-
-def human_size(n: int | None) -> str:
-    if n is None or n < 0:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def render(result: object, as_json: bool, console: Console | None = None) -> None:
@@ -173,20 +162,64 @@ def _drill_details(console: Console, d: Drill) -> None:
 
 
 def _mapping(console: Console, data: Mapping[str, object]) -> None:
-    table = Table(box=None, show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
+    """Keys and values, one a line, written as plain text (never cut, never padded past the
+    value): durations with units, sizes in bytes and binary units, booleans as yes/no, nested
+    objects as indented sub-rows, lists of scalars comma-separated."""
+    console.file.write("".join(line + "\n" for line in key_values(data)))
+
+
+SIZE_KEYS = frozenset({"size", "uncompressedSize", "totalSize", "freeBytes", "usedBytes"})
+MS_PARENTS = frozenset({"steps", "timings"})  # objects whose values are milliseconds
+
+
+def key_values(data: Mapping[str, object], indent: int = 0, ms: bool = False) -> list[str]:
+    """The lines of ``_mapping``: ``ms`` marks an object whose values are milliseconds."""
+    width = max((len(str(k)) for k in data), default=0) + 2
+    pad = " " * indent
+    out: list[str] = []
     for key, value in data.items():
-        if isinstance(value, (dict, list)):
-            value = (
-                json.dumps(value, sort_keys=True)
-                if len(json.dumps(value)) < 200
-                else f"({len(value)} entries)"
-            )
-        if key in ("size", "uncompressedSize") and isinstance(value, int):
-            value = f"{value} ({human_size(value)})"
-        table.add_row(Text(str(key)), Text("-" if value is None else str(value)))
-    console.print(table)
+        name = str(key)
+        if isinstance(value, Mapping):
+            out.append(f"{pad}{name}" if value else f"{pad}{name.ljust(width)}-")
+            out += key_values(value, indent + 2, ms=name in MS_PARENTS)
+        elif isinstance(value, list) and any(isinstance(v, (Mapping, list)) for v in value):
+            out.append(f"{pad}{name}")
+            for i, item in enumerate(value):
+                if isinstance(item, Mapping):
+                    out.append(f"{pad}  - [{i}]")
+                    out += key_values(item, indent + 4)
+                else:
+                    out.append(f"{pad}  - {_scalar(name, item, ms)}")
+        else:
+            out.append(f"{pad}{name.ljust(width)}{_scalar(name, value, ms)}".rstrip())
+    return out
+
+
+def _scalar(key: str, value: object, ms: bool) -> str:
+    if value is None or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join("-" if v is None else str(v) for v in value)
+    if isinstance(value, int) and (ms or key == "duration" or key.endswith("Ms")):
+        return human_duration(value)
+    if isinstance(value, int) and (key in SIZE_KEYS or key.endswith("Bytes")):
+        return f"{value} ({human_size(value)})"
+    return str(value)
+
+
+def human_duration(ms: int) -> str:
+    """Milliseconds as people read them: ``850 ms``, ``1.7 s``, ``2 min 05 s``."""
+    if ms < 1000:
+        return f"{ms} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    minutes, seconds = divmod(round(ms / 1000), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 def render_error(message: str, payload: Mapping[str, object] | None, console: Console) -> None:

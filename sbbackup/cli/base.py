@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import signal
 import sys
 import time
@@ -31,6 +32,31 @@ def stderr_console() -> Console:
 
 def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")(fn)
+
+
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*", re.IGNORECASE)
+_SIZE_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+def parse_size(text: str) -> int:
+    """``10G``, ``100T``, ``512MiB``, ``1.5g`` or plain bytes: binary units (1K = 1024 bytes),
+    as every size sbbackup prints. ValueError for anything else."""
+    m = _SIZE_RE.fullmatch(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a size (bytes, or a number with K, M, G, T or P)")
+    return int(float(m.group(1)) * 1024 ** _SIZE_POWERS[m.group(2).lower()])
+
+
+class SizeParam(click.ParamType):
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def get_ctx() -> ops.Context:
@@ -94,6 +120,23 @@ def raise_for_report(ok: bool, code: int, message: str) -> None:
 # --- plumbing ----------------------------------------------------------------------------
 
 
+def _binary_speed() -> Any:
+    """A rate column in MiB/s (rich's own says MB/s), the unit of every size sbbackup shows."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    from ..render import human_size
+
+    class BinarySpeed(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(
+                "?" if speed is None else f"{human_size(int(speed))}/s", "progress.data.speed"
+            )
+
+    return BinarySpeed()
+
+
 class progress_display:
     """rich progress on a TTY (bytes dumped, rate, elapsed); nothing otherwise."""
 
@@ -108,14 +151,13 @@ class progress_display:
             Progress,
             SpinnerColumn,
             TimeElapsedColumn,
-            TransferSpeedColumn,
         )
 
         self.progress = Progress(
             SpinnerColumn(),
             "dumping",
-            DownloadColumn(),
-            TransferSpeedColumn(),
+            DownloadColumn(binary_units=True),
+            _binary_speed(),
             TimeElapsedColumn(),
             console=stderr_console(),
             transient=True,
@@ -149,14 +191,13 @@ class read_meter:
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
-            TransferSpeedColumn,
         )
 
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
+            _binary_speed(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=stderr_console(),
@@ -192,6 +233,10 @@ def main(argv: list[str] | None = None) -> None:
     as_json = "--json" in args
     signal.signal(signal.SIGTERM, _sigterm)
     err = stderr_console()
+    if not args:  # bare `sbbackup` asks what there is: help on stdout, exit 0
+        with click.Context(cli, info_name="sbbackup") as help_ctx:
+            click.echo(cli.get_help(help_ctx))
+        sys.exit(0)
     try:
         cli.main(args=args, prog_name="sbbackup", standalone_mode=False)
     except SbbackupError as exc:

@@ -14,10 +14,18 @@ import click
 from rich.text import Text
 
 from ..config import DEFAULT_MIN_FREE
-from ..errors import ExitCode
+from ..errors import ExitCode, UsageError
 from ..render import render
 from ..results import RunOutcome
-from .base import cli, command, get_ctx, json_option, raise_for_report, stderr_console
+from .base import (
+    SizeParam,
+    cli,
+    command,
+    get_ctx,
+    json_option,
+    raise_for_report,
+    stderr_console,
+)
 
 
 def _parse_now(value: str | None) -> datetime | None:
@@ -62,9 +70,12 @@ def run_schedule_cmd(schedule_id: str, verbose: bool, as_json: bool, now: str | 
 
 
 @cli.group("schedules", invoke_without_command=True, context_settings={"max_content_width": 100})
+@json_option
+@now_option
 @click.pass_context
-def schedules_group(click_ctx: click.Context) -> None:
-    """List schedules, or change them at run time (saved in schedules.toml in the backup path).
+def schedules_group(click_ctx: click.Context, as_json: bool, now: str | None) -> None:
+    """List schedules (as `schedules list`), or change them at run time (saved in
+    schedules.toml in the backup path).
 
     Runtime changes win over the YAML file and the DB_BACKUP_{DAILY,WEEKLY,MONTHLY}_*
     variables; the YAML file is never rewritten.
@@ -72,7 +83,12 @@ def schedules_group(click_ctx: click.Context) -> None:
     if click_ctx.invoked_subcommand is None:
         from ..ops import schedules
 
-        render(schedules.list_schedules(get_ctx()), False)
+        render(schedules.list_schedules(get_ctx(), _parse_now(now)), as_json)
+    elif as_json or now:
+        raise UsageError(
+            f"put --json/--now after the subcommand: schedules {click_ctx.invoked_subcommand} "
+            "--json"
+        )
 
 
 @command(schedules_group, "list")
@@ -170,13 +186,19 @@ _simple("disable", "Disable a schedule: run-schedule exits 0 without a backup.")
 @command(cli, "prune")
 @click.option("--schedule", "schedule_id", help="Only this schedule's backups.")
 @click.option("--dry-run", "-n", is_flag=True, help="Show the plan; delete nothing.")
+@click.option("--verbose", "-v", is_flag=True, help="Show what was kept and removed, and why.")
 @json_option
 @now_option
-def prune_cmd(schedule_id: str | None, dry_run: bool, as_json: bool, now: str | None) -> None:
-    """Apply retention: keep or remove every backup, with the reason for each."""
+def prune_cmd(
+    schedule_id: str | None, dry_run: bool, verbose: bool, as_json: bool, now: str | None
+) -> None:
+    """Apply retention: keep or remove every backup, with the reason for each. Quiet on
+    success (cron mails nothing) unless --verbose, --dry-run or --json."""
     from ..ops import schedules
 
-    render(schedules.prune(get_ctx(), schedule_id, dry_run, _parse_now(now)), as_json)
+    result = schedules.prune(get_ctx(), schedule_id, dry_run, _parse_now(now))
+    if verbose or dry_run or as_json:
+        render(result, as_json)
 
 
 @command(cli, "next")
@@ -227,10 +249,10 @@ def metrics_cmd(as_json: bool, now: str | None) -> None:
 @command(cli, "health")
 @click.option(
     "--min-free",
-    type=click.IntRange(0),
+    type=SizeParam(),
     default=DEFAULT_MIN_FREE,
     show_default=True,
-    help="Bytes that must stay free in the backup path.",
+    help="Space that must stay free in the backup path: bytes, or 10G, 500M, 2T (binary).",
 )
 @click.option("--restore-test-days", type=click.IntRange(1), help="Warn without a recent drill.")
 @json_option

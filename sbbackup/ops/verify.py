@@ -18,6 +18,8 @@ from .context import Context
 def verify_backups(ctx: Context, backup_id: str | None, all_: bool, deep: bool) -> VerifyReport:
     if backup_id is None and not all_:
         raise UsageError("give a backup ID or --all")
+    if backup_id is not None and all_:
+        raise UsageError("give a backup ID or --all, not both")
     if all_:
         # A failed attempt was never a backup, one still being written is not one yet, and an
         # abandoned one is a failed attempt awaiting its sweep; everything else is judged

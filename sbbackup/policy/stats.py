@@ -23,6 +23,7 @@ from ..results import (
     Statistics,
     SuccessRate,
 )
+from ..results.base import human_size
 from .retention import record_time
 from .schedules import Schedule, due_after
 
@@ -239,7 +240,8 @@ def health(
             Finding(
                 "free-space",
                 None,
-                f"only {free} bytes free in the backup path (threshold {min_free})",
+                f"only {human_size(free)} free in the backup path (threshold "
+                f"{human_size(min_free)})",
             )
         )
     _record_warnings(report, records, now)

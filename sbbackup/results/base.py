@@ -19,3 +19,15 @@ def plain(value: object) -> Any:
     if isinstance(value, Mapping):
         return {k: plain(v) for k, v in value.items()}
     return value
+
+
+def human_size(n: int | None) -> str:
+    """Bytes as people read them, in binary units: ``76.2 GiB``."""
+    if n is None or n < 0:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

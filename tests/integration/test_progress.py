@@ -88,3 +88,12 @@ def test_restore_and_the_drill_show_progress_on_a_terminal_only(tmp_path: Path) 
         )
         assert piped.returncode == 0, piped.stderr
         assert piped.stderr == "", piped.stderr
+
+
+def test_progress_uses_binary_units_like_the_records(tmp_path: Path) -> None:
+    """Sizes and rates in MiB and MiB/s, as `list` and the records say, never decimal MB."""
+    env = backups(tmp_path)
+    for args in (("create",), ("verify", "--deep", "--all")):
+        code, _, tty = run_with_tty_stderr(env, *args)
+        assert code == 0, tty.decode(errors="replace")
+        assert b"MiB" in tty and b"MB/s" not in tty and b" MB" not in tty, tty[:600]

@@ -12,8 +12,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from ...engines import RestoreRequest, signals_deferred
-from ...errors import DatabaseError, ExitCode, IntegrityError, NotFoundError, SbbackupError
-from ...model import BackupRecord, Status, iso
+from ...errors import (
+    DatabaseError,
+    ExitCode,
+    IntegrityError,
+    NotFoundError,
+    SbbackupError,
+    StorageError,
+)
+from ...model import BackupRecord, Status, iso, validate_backup_id
 from ...results import CheckStatus, Drill, DrillStatus, TestReport, VerifyReport
 from ..backups import create_backup, show_backup
 from ..context import Context
@@ -30,6 +37,10 @@ DRILL_LOCK = "drill"
 
 def run_self_test(ctx: Context, opts: TestOptions, now: datetime | None = None) -> TestReport:
     now = now or datetime.now(UTC)
+    if opts.drill and opts.backup_id:  # a bad argument is refused before any check runs
+        validate_backup_id(opts.backup_id)  # UsageError (2)
+        with contextlib.suppress(StorageError):  # an unusable path: the checks say why
+            show_backup(ctx, opts.backup_id)  # NotFoundError (10), IntegrityError (13)
     report = TestReport(checks=preflight(ctx, now), drill=Drill(), startedAt=iso(now) or "")
     if opts.drill and any(c.status == CheckStatus.FAIL for c in report.checks):
         report.drill.error = "not run: a preflight check failed"
