@@ -110,3 +110,40 @@ def test_show_is_readable_key_values(sb: SB, tmp_path: Path) -> None:
     assert any(line.startswith("size") and "B)" in line for line in lines)
     shown = sb.ok("schedules", "show", "daily", env=env).out
     assert any(line.split() == ["enabled", "yes"] for line in shown.splitlines()), shown
+
+
+def test_the_preflight_writes_nothing(sb: SB, tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    sqlite3.connect(db).executescript("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+    env = {"DATABASE_URL": f"sqlite:///{db}"}
+    res = sb("test", "--no-drill", "--json", env=env)
+    checks = {c["name"]: c["status"] for c in res.json()["checks"]}
+    assert checks["backup-path"] == "warn" and checks["locks"] == "pass", checks
+    assert not sb.backup_path.exists(), "the preflight created the backup path"
+    sb.ok("create", env=env)
+    before = sorted(p.name for p in sb.backup_path.rglob("*"))
+    assert sb("test", "--no-drill", env=env).code == 0
+    assert sorted(p.name for p in sb.backup_path.rglob("*")) == before
+
+
+def test_test_on_a_read_only_backup_path_reports_every_check(sb: SB, tmp_path: Path) -> None:
+    """Diagnose, don't die: every preflight check is reported (JSON too), the unusable path
+    fails its checks, the audit log that cannot be written is one more failed check, and the
+    exit code is the storage error's."""
+    db = tmp_path / "app.db"
+    sqlite3.connect(db).executescript("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+    where = tmp_path / "m"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where)], check=True)
+    try:
+        env = {"DATABASE_URL": f"sqlite:///{db}", "DB_BACKUP_PATH": str(where / "b")}
+        sb.ok("create", env=env)
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        res = sb("test", "--json", env=env)
+        assert res.code == 4, res.err
+        checks = {c["name"]: c["status"] for c in res.json()["checks"]}
+        assert {"config", "tools", "database", "free-space", "schedules"} <= set(checks)
+        assert checks["backup-path"] == checks["locks"] == checks["audit"] == "fail", checks
+        assert "Traceback" not in res.err
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

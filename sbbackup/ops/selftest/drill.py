@@ -21,7 +21,7 @@ from ...errors import (
     StorageError,
 )
 from ...model import BackupRecord, Status, iso, validate_backup_id
-from ...results import CheckStatus, Drill, DrillStatus, TestReport, VerifyReport
+from ...results import Check, CheckStatus, Drill, DrillStatus, TestReport, VerifyReport
 from ..backups import create_backup, show_backup
 from ..context import Context
 from ..options import CreateOptions
@@ -47,7 +47,11 @@ def run_self_test(ctx: Context, opts: TestOptions, now: datetime | None = None) 
     elif opts.drill:
         run_drill(ctx, lambda d: _pick_backup(ctx, opts, d), opts.target_url, report.drill)
     report.finishedAt = iso(datetime.now(UTC))
-    ctx.audit("test", report.drill.backupId, "passed" if report.ok else "failed")
+    try:  # only a drill writes: the preflight alone leaves no trace
+        if opts.drill:
+            ctx.audit("test", report.drill.backupId, "passed" if report.ok else "failed")
+    except StorageError as exc:  # diagnose, don't die: the report says it, with the rest
+        report.checks.append(Check("audit", CheckStatus.FAIL, exc.message, int(exc.exit_code)))
     return report
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from ...errors import (
@@ -219,6 +220,26 @@ def _check_schedules(ctx: Context, now: datetime) -> Outcome:
 
 
 def _check_locks(ctx: Context) -> Outcome:
-    with ctx.state.lock("preflight-probe", "preflight"):
-        pass
-    return "pass", f"{ctx.state.lock_path('preflight-probe').parent} is usable"
+    """The lock directory is usable, judged without creating it or anything in it (the
+    preflight writes nothing): an existing one must be private and writable; a missing one
+    is made by the first run, if its parent is writable."""
+    directory = ctx.state.lock_path("preflight-probe").parent
+    if not directory.exists():
+        parent = next((p for p in directory.parents if p.exists()), directory)
+        if not _writable(parent):
+            raise StorageError(f"{directory} does not exist and {parent} is not writable")
+        return "pass", f"{directory} does not exist yet; the first run creates it (mode 700)"
+    if not state.check_private_dir(directory):  # a shared or foreign directory: exit 4
+        raise StorageError(f"{directory} is not a private directory")
+    if not _writable(directory):
+        raise StorageError(f"{directory} is not writable")
+    return "pass", f"{directory} is usable"
+
+
+def _writable(path: Path) -> bool:
+    """Writable by this process, on a file system mounted read-write."""
+    try:
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+    return not read_only and os.access(path, os.W_OK)
