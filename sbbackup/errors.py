@@ -165,3 +165,17 @@ def redact_secrets(text: str) -> str:
     text = _JSON_SECRET_RE.sub(r'\1"***"', text)
     text = _BEARER_RE.sub(r"\1***", text)
     return _SECRET_RE.sub(r"\1\2***", text)
+
+
+def from_interrupt(exc: BaseException) -> bool:
+    """Is ``exc`` a KeyboardInterrupt in disguise? Python 3.11 wraps one raised while a class
+    is being made (a dataclass field's ``__set_name__``, during a lazy import) in a
+    RuntimeError. (``launch`` has its own copy: it runs before this module may be imported.)"""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

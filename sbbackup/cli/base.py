@@ -12,14 +12,21 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
 
 from .. import __version__, ops
 from ..config import load_settings
-from ..errors import EXIT_CODE_HELP, ExitCode, SbbackupError, error_for_code, error_json
+from ..errors import (
+    EXIT_CODE_HELP,
+    ExitCode,
+    SbbackupError,
+    error_for_code,
+    error_json,
+    from_interrupt,
+)
 from ..pipeline import Meter
 from ..render import render_error
 
@@ -227,6 +234,12 @@ def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _interrupted(as_json: bool, err: Console) -> NoReturn:
+    payload = error_json(int(ExitCode.INTERRUPTED), "interrupted", "interrupted")
+    render_error("interrupted", payload if as_json else None, err)
+    sys.exit(int(ExitCode.INTERRUPTED))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point and the only place that turns errors into exit codes."""
     args = sys.argv[1:] if argv is None else argv
@@ -255,17 +268,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        render_error(
-            "interrupted",
-            error_json(int(ExitCode.INTERRUPTED), "interrupted", "interrupted")
-            if as_json
-            else None,
-            err,
-        )
-        sys.exit(int(ExitCode.INTERRUPTED))
+        _interrupted(as_json, err)
     except BrokenPipeError:
         sys.exit(0)
-    except Exception:  # noqa: BLE001 - the unexpected-error boundary
+    except Exception as exc:  # noqa: BLE001 - the unexpected-error boundary
+        if from_interrupt(exc):  # a signal during a lazy import, wrapped by Python 3.11
+            _interrupted(as_json, err)
         traceback.print_exc()
         err.print(
             "sbbackup: unexpected error: please report it at "
