@@ -24,7 +24,9 @@ from ..errors import ConfigError, UsageError
 SCHEDULE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # ``manual`` labels backups without a schedule in statistics and metrics; ``test`` is the
 # self-test's restore drill. Neither can be a schedule of its own.
-RESERVED_IDS = frozenset({"manual", "test"})
+# "manual" and "test" name the backups of `create` and of the drill; "next" and "statistics"
+# are API paths beside /api/backup/schedules/{scheduleId}: such a schedule could not be read.
+RESERVED_IDS = frozenset({"manual", "test", "next", "statistics"})
 FORMATS = ("plain", "custom")
 LOCAL = "local"
 
@@ -83,7 +85,10 @@ def validate_schedule_id(schedule_id: str) -> str:
             "'-' and '_', starting with a letter or digit"
         )
     if schedule_id in RESERVED_IDS:
-        raise UsageError(f"schedule ID {schedule_id!r} is reserved: choose another")
+        raise UsageError(
+            f"schedule ID {schedule_id!r} is reserved (reserved: "
+            f"{', '.join(sorted(RESERVED_IDS))}): choose another"
+        )
     return schedule_id
 
 

@@ -147,3 +147,11 @@ def test_test_on_a_read_only_backup_path_reports_every_check(sb: SB, tmp_path: P
         assert "Traceback" not in res.err
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_schedule_ids_that_are_api_paths_are_refused(sb: SB, tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}"}
+    for name in ("next", "statistics", "test", "manual"):
+        res = sb("schedules", "add", name, "--cron", "0 3 * * *", "--retention-days", "3", env=env)
+        assert res.code == 2 and "reserved" in res.err, (name, res.err)
+    sb.ok("schedules", "add", "nightly", "--cron", "0 3 * * *", "--retention-days", "3", env=env)
