@@ -170,7 +170,7 @@ def redact_secrets(text: str) -> str:
 def from_interrupt(exc: BaseException) -> bool:
     """Is ``exc`` a KeyboardInterrupt in disguise? Python 3.11 wraps one raised while a class
     is being made (a dataclass field's ``__set_name__``, during a lazy import) in a
-    RuntimeError. (``launch`` has its own copy: it runs before this module may be imported.)"""
+    RuntimeError."""
     seen: BaseException | None = exc
     for _ in range(10):
         if seen is None:

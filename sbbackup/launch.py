@@ -35,19 +35,6 @@ def _interrupted() -> int:
     return INTERRUPTED
 
 
-def _from_interrupt(exc: BaseException) -> bool:
-    """Is ``exc`` a KeyboardInterrupt in disguise? Python 3.11 wraps one raised while a class
-    is being made (a dataclass field's ``__set_name__``) in a RuntimeError."""
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            return False
-        if isinstance(seen, KeyboardInterrupt):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
 def _code(value: object) -> int:
     if value is None:
         return 0
@@ -64,7 +51,9 @@ def _run() -> int:
         except KeyboardInterrupt:
             return _interrupted()
         except Exception as exc:
-            if _from_interrupt(exc):
+            from .errors import from_interrupt  # stdlib only: it never fails to load
+
+            if from_interrupt(exc):
                 return _interrupted()
             raise
         try:

@@ -43,18 +43,22 @@ def strace() -> str:
     return found
 
 
-def commit_steps(bench: Bench, tmp_path: Path) -> list[Step]:
-    """The commit steps of one create, from a traced run."""
-    log = tmp_path / "trace.log"
-    argv = [strace(), "-f", "-qq", "-y", "-e", f"trace={SYSCALLS}", "-o", str(log)]
-    proc = subprocess.run(
-        [*argv, *bench.argv("create", "--json")],
+def traced_create(bench: Bench, *options: str) -> subprocess.CompletedProcess[str]:
+    """``sbbackup create --json`` under ``strace -f -qq`` with ``options``."""
+    return subprocess.run(
+        [strace(), "-f", "-qq", *options, *bench.argv("create", "--json")],
         env=bench.env,
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
         timeout=300,
     )
+
+
+def commit_steps(bench: Bench, tmp_path: Path) -> list[Step]:
+    """The commit steps of one create, from a traced run."""
+    log = tmp_path / "trace.log"
+    proc = traced_create(bench, "-y", "-e", f"trace={SYSCALLS}", "-o", str(log))
     assert proc.returncode == 0, proc.stderr
     lines = log.read_text().splitlines()
     main = lines[0].split()[0]
@@ -94,16 +98,8 @@ def test_kill_at_each_commit_step(
     assert len(steps) >= 9, steps
     print(f"{engine}: {len(steps)} commit steps:", ", ".join(map(str, steps)))
     for step in steps:
-        argv = [strace(), "-f", "-qq", "-o", "/dev/null", "-e", f"trace={step.syscall}"]
-        argv += ["-e", f"inject={step.syscall}:signal=KILL:when={step.nth}"]
-        proc = subprocess.run(
-            [*argv, *bench.argv("create", "--json")],
-            env=bench.env,
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            timeout=300,
-        )
+        inject = f"inject={step.syscall}:signal=KILL:when={step.nth}"
+        proc = traced_create(bench, "-o", "/dev/null", "-e", f"trace={step.syscall}", "-e", inject)
         bench.runs.append(
             Run(("create", "--json", f"killed at {step}"), proc.returncode, proc.stderr)
         )

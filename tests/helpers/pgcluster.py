@@ -178,3 +178,25 @@ def pgbench_cluster(scale: int, dbname: str = "bench") -> Cluster:
         capture_output=True,
     )
     return cluster
+
+
+def dump_bytes(pg: Cluster, db: str, *extra: str) -> bytes:
+    """``pg_dump`` of ``db`` (``extra``: its options) without the ``\\restrict`` and
+    ``\\unrestrict`` lines, whose key is random per dump (PostgreSQL 15.14+): two dumps of
+    equal databases compare equal."""
+    res = subprocess.run(
+        ["pg_dump", "--no-password", *extra, "-d", db],
+        env=pg.env(),
+        capture_output=True,
+        check=True,
+    )
+    return b"".join(
+        ln
+        for ln in res.stdout.splitlines(keepends=True)
+        if not ln.startswith((b"\\restrict ", b"\\unrestrict "))
+    )
+
+
+def plain_dump(pg: Cluster, db: str, *extra: str) -> str:
+    """``dump_bytes`` as text."""
+    return dump_bytes(pg, db, *extra).decode()

@@ -14,23 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SB
-from helpers.pgcluster import PASSWORD, Cluster, create_cluster, destroy_cluster
-
-
-def plain_dump(pg: Cluster, db: str, *extra: str) -> str:
-    res = subprocess.run(
-        ["pg_dump", "--no-password", *extra, "-d", db],
-        env=pg.env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    # \restrict / \unrestrict carry a random key per dump (PostgreSQL 15.14+).
-    return "".join(
-        ln
-        for ln in res.stdout.splitlines(keepends=True)
-        if not ln.startswith(("\\restrict ", "\\unrestrict "))
-    )
+from helpers.pgcluster import PASSWORD, Cluster, create_cluster, destroy_cluster, plain_dump
 
 
 def newest(sb: SB) -> dict:

@@ -17,26 +17,10 @@ import psycopg
 import pytest
 from conftest import SB
 from helpers.cli import run_patched
-from helpers.pgcluster import Cluster
+from helpers.pgcluster import Cluster, plain_dump
 from helpers.pgwait import wait_for
 
 STAGING = r"^sbbackup_(restore|replaced)_[0-9a-f]{8}$"
-
-
-def plain_dump(pg: Cluster, db: str, *extra: str) -> str:
-    res = subprocess.run(
-        ["pg_dump", "--no-password", *extra, "-d", db],
-        env=pg.env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    # \restrict / \unrestrict carry a random key per dump (PostgreSQL 15.14+).
-    return "".join(
-        ln
-        for ln in res.stdout.splitlines(keepends=True)
-        if not ln.startswith(("\\restrict ", "\\unrestrict "))
-    )
 
 
 def staging(pg: Cluster) -> list[str]:

@@ -22,26 +22,12 @@ import psycopg
 import pytest
 from conftest import SB
 from helpers.manifests import edit_manifest, read_manifest
-from helpers.pgcluster import Cluster
+from helpers.pgcluster import Cluster, dump_bytes
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sbbackup.engines.base import compare_properties
 from sbbackup.engines.postgresql import dbprops
-
-
-def dump_bytes(pg: Cluster, db: str, *extra: str) -> bytes:
-    res = subprocess.run(
-        ["pg_dump", "--no-password", *extra, "-d", db],
-        env=pg.env(),
-        capture_output=True,
-        check=True,
-    )
-    return b"".join(
-        ln
-        for ln in res.stdout.splitlines(keepends=True)
-        if not ln.startswith((b"\\restrict ", b"\\unrestrict "))
-    )
 
 
 def props_of(pg: Cluster, db: str) -> dict[str, Any]:

@@ -4,31 +4,19 @@ work for plain dumps too. Against the real session cluster and the real command 
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 from conftest import SB
-from helpers.pgcluster import PASSWORD, Cluster
+from helpers.pgcluster import PASSWORD, Cluster, plain_dump
 
 STAGING = r"^sbbackup_(restore|replaced)_[0-9a-f]{8}$"
 
 
 def schema_dump(pg: Cluster, db: str) -> str:
-    res = subprocess.run(
-        ["pg_dump", "--no-password", "--schema-only", "-d", db],
-        env=pg.env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return "".join(
-        ln
-        for ln in res.stdout.splitlines(keepends=True)
-        if not ln.startswith(("\\restrict ", "\\unrestrict "))
-    )
+    return plain_dump(pg, db, "--schema-only")
 
 
 @dataclass
