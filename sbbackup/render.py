@@ -416,7 +416,14 @@ def _health(report: HealthReport, console: Console) -> None:
 
 @show.register
 def _crontab(result: Crontab, console: Console) -> None:
-    _write(console, "\n".join(result.lines) + "\n")
+    if result.written:
+        timers = " ".join(f["name"] for f in result.files if f["name"].endswith(".timer"))
+        _write(console, "".join(f"wrote {path}\n" for path in result.written))
+        _write(console, f"then: systemctl daemon-reload && systemctl enable --now {timers}\n")
+    elif result.files:  # each unit under a comment naming its file
+        _write(console, "\n".join(f"# {f['name']}\n{f['content']}" for f in result.files))
+    else:
+        _write(console, "\n".join(result.lines) + "\n")
 
 
 @show.register

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -274,14 +275,42 @@ def health_cmd(
 
 
 @command(cli, "crontab")
+@click.option(
+    "--cron",
+    "cron",
+    type=click.Choice(["debian", "cronie", "systemd"]),
+    help="What runs the schedules (default: detected). debian: Debian's and Ubuntu's cron, "
+    "which ignores CRON_TZ, so other zones' times are converted to this machine's zone for "
+    "the current DST period, with a comment saying until when (rerun after a DST change). "
+    "cronie: CRON_TZ=ZONE before the lines. systemd: a .service and a .timer per schedule, "
+    "OnCalendar= in the schedule's zone. Detection: /usr/sbin/crond (not busybox) is "
+    "cronie; Debian is debian unless dpkg has cronie installed; anything else debian.",
+)
 @click.option("--executable", help="sbbackup's absolute path in the lines (default: this one).")
 @click.option("--config-path", help="Config file named in the lines (default: --config's).")
 @click.option("--log", "log", help="Append output to this file instead of cron mail.")
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --cron systemd: write the units here (e.g. /etc/systemd/system), mode 0644.",
+)
+@now_option
 @json_option
 def crontab_cmd(
-    executable: str | None, config_path: str | None, log: str | None, as_json: bool
+    cron: str | None,
+    executable: str | None,
+    config_path: str | None,
+    log: str | None,
+    output_dir: Path | None,
+    now: str | None,
+    as_json: bool,
 ) -> None:
-    """Crontab lines for the enabled schedules: sbbackup crontab | crontab -"""
+    """Crontab lines for the enabled schedules: sbbackup crontab | crontab -
+    (or systemd timers: sbbackup crontab --cron systemd --output-dir /etc/systemd/system)."""
     from ..ops import schedules
 
-    render(schedules.get_crontab(get_ctx(), executable, config_path, log), as_json)
+    ctx = get_ctx()
+    render(
+        schedules.get_crontab(ctx, executable, config_path, log, cron, output_dir, _parse_now(now)),
+        as_json,
+    )

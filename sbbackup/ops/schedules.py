@@ -6,17 +6,20 @@ module feeds them the catalog and ``now``, takes the locks, and applies plans.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from ..catalog import writer_lock
-from ..errors import LockedError
+from ..errors import LockedError, UsageError
 from ..model import Status, iso
+from ..policy.crontab import Job, UnitFile, detect_cron, render_cron
 from ..policy.retention import RetentionPolicy, plan_all
-from ..policy.schedules import Schedule, crontab_lines, next_runs, validate_schedule_id
+from ..policy.schedules import Schedule, local_zone, next_runs, validate_schedule_id
 from ..policy.sources import ScheduleSet, change_schedule, load_schedules
 from ..results import (
     Crontab,
@@ -30,6 +33,8 @@ from ..results import (
     ScheduleRemoved,
     ScheduleView,
 )
+from ..results.schedules import UnitFileView
+from ..state import files as state_files
 from .backups import create_backup, sweep_abandoned
 from .context import Context
 from .options import CreateOptions
@@ -233,13 +238,61 @@ def get_crontab(
     executable: str | None = None,
     config_path: str | None = None,
     log: str | None = None,
+    cron: str | None = None,
+    output_dir: Path | None = None,
+    now: datetime | None = None,
 ) -> Crontab:
-    """Crontab lines for the enabled schedules, with absolute paths."""
+    """Crontab lines (or systemd units) for the enabled schedules, with absolute paths.
+
+    ``cron`` None: the machine's, as ``detect_cron`` finds it. ``output_dir`` (systemd only)
+    gets the unit files, mode 0644, each written atomically; a symlink there is refused."""
+    if output_dir is not None and cron != "systemd":
+        raise UsageError("--output-dir writes systemd units: use it with --cron systemd")
+    kind, why = (cron, "--cron") if cron else detect_cron()
     command = [executable] if executable else _own_command()
     if config_path is None and ctx.settings.config_file:
         config_path = str(ctx.settings.config_file)
     enabled = [s for s in schedules(ctx).schedules.values() if s.enabled]
-    return Crontab(crontab_lines(enabled, command, config_path, log, not ctx.settings.enabled))
+    out = render_cron(
+        kind,
+        enabled,
+        Job(command, config_path, log),
+        _now(now),
+        local_zone(),
+        not ctx.settings.enabled,
+    )
+    files = [UnitFileView(name=f.name, content=f.content) for f in out.files]
+    written = _write_units(output_dir, out.files) if output_dir is not None else []
+    return Crontab(cron=kind, cronReason=why, lines=out.lines, files=files, written=written)
+
+
+def _write_units(directory: Path, files: Sequence[UnitFile]) -> list[str]:
+    """Each unit to ``directory/name`` through a temp file renamed over it (0644: systemd and
+    ``systemctl cat`` read units as any user); a symlink at a name is refused, not followed."""
+    if not directory.is_dir() or directory.is_symlink():
+        raise UsageError(f"--output-dir {directory}: not a directory (or a symlink)")
+    written = []
+    for f in files:
+        path = directory / state_files.check_name(f.name)
+        if path.is_symlink():
+            raise state_files.symlink_error(path)
+        fd, tmp = state_files.create_temp(directory, f.name)
+        try:
+            try:
+                os.fchmod(fd, 0o644)
+                os.write(fd, f.content.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            state_files.fsync_dir(directory)
+        except OSError as exc:
+            raise state_files.storage_error(exc, f"cannot write {path}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        written.append(str(path))
+    return written
 
 
 def _own_command() -> list[str]:

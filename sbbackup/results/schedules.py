@@ -167,11 +167,29 @@ class NextFires:
         return self.rows
 
 
+class UnitFileView(TypedDict):
+    """A systemd unit `crontab --cron systemd` makes: its file name and its text."""
+
+    name: str
+    content: str
+
+
 @dataclass
 class Crontab:
-    """`crontab`: one line per enabled schedule."""
+    """`crontab`: for a cron (``debian``, ``cronie``) its lines; for ``systemd`` a .service and
+    a .timer per enabled schedule, and where ``--output-dir`` wrote them."""
 
+    cron: str
+    cronReason: str  # why this cron: "--cron" or what detection found
     lines: list[str]
+    files: list[UnitFileView]
+    written: list[str] = field(default_factory=list)
 
     def to_json(self) -> JsonObject:
-        return {"lines": self.lines}
+        return {
+            "cron": self.cron,
+            "cronReason": self.cronReason,
+            "lines": self.lines,
+            "files": list(self.files),
+            "written": self.written,
+        }

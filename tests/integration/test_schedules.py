@@ -262,6 +262,8 @@ def test_example_crontab_is_what_crontab_prints(capsys: pytest.CaptureFixture[st
         "--config",
         str(EXAMPLE_CONFIG),
         "crontab",
+        "--cron",
+        "debian",
         "--executable",
         "/usr/local/bin/sbbackup",
         "--config-path",
@@ -296,7 +298,9 @@ def test_crontab_defaults_are_absolute(
         "schedules:\n  eu:\n    cron: '0 1 * * *'\n    retentionDays: 2\n"
         "    timezone: Europe/Berlin\n"
     )
-    res = run(capsys, "--config", str(cfg), "crontab", "--log", "/var/log/sb.log")
+    res = run(
+        capsys, "--config", str(cfg), "crontab", "--cron", "cronie", "--log", "/var/log/sb.log"
+    )
     lines = res.out.splitlines()
     assert "CRON_TZ=Europe/Berlin" in lines
     job = next(ln for ln in lines if ln.endswith("run-schedule eu >> /var/log/sb.log 2>&1"))

@@ -1,0 +1,409 @@
+"""What `sbbackup crontab` prints: crontab lines for a given cron, or systemd timer units.
+
+Pure: ``now`` and the system's zone are parameters; the only reads are ``detect_cron``'s, of
+a few files under a root directory the caller names.
+
+Crons differ in one thing that matters here, time zones:
+
+- **cronie** (Fedora, RHEL, Arch, openSUSE) honours ``CRON_TZ``: "The CRON_TZ variable
+  specifies the time zone specific for the cron table" (cronie's crontab(5),
+  github.com/cronie-crond/cronie man/crontab.5).
+- **Debian's cron** (vixie cron 3.0pl1 as patched by Debian, also Ubuntu's) does not: its
+  crontab(5) says under LIMITATIONS "The cron daemon runs with a defined timezone. It currently
+  does not support per-user timezones" (quoted from Ubuntu's man page in
+  github.com/BrianWilkinsFL/open-hamclock-backend/issues/348); a ``CRON_TZ=`` line there is one
+  more environment variable, and the times are read in the system zone, silently. busybox
+  crond has no ``CRON_TZ`` either. For these we convert each time to the system zone for the
+  current offset period and say until when it holds.
+- **systemd** timers take a zone after the time in ``OnCalendar=`` (systemd.time(7), since
+  systemd 235), so they need no conversion at all.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+from pathlib import Path
+
+from croniter import croniter
+
+from ..errors import ConfigError
+from .schedules import LOCAL, Schedule
+
+CRONS = ("debian", "cronie", "systemd")
+DAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat")
+_SEARCH = timedelta(days=400)  # how far ahead an offset change is looked for
+
+
+# --- which cron ------------------------------------------------------------------------
+
+
+def detect_cron(root: Path = Path("/")) -> tuple[str, str]:
+    """The cron this machine runs, and why we think so: ``(kind, reason)``.
+
+    ``/usr/sbin/crond`` that is not busybox is cronie's daemon; on Debian (``/etc/debian_version``)
+    the ``cronie`` package may replace the stock ``cron``, so dpkg's status decides. Anything
+    else gets ``debian``: times converted to the system zone work on every cron.
+    """
+    crond = root / "usr/sbin/crond"
+    if crond.exists() and crond.resolve().name != "busybox":
+        return "cronie", f"{crond} is cronie's daemon"
+    if (root / "etc/debian_version").exists():
+        if _dpkg_installed(root / "var/lib/dpkg/status", "cronie"):
+            return "cronie", "Debian with the cronie package installed"
+        return "debian", "Debian without cronie: its cron ignores CRON_TZ"
+    return "debian", "no cronie found: times in the system zone work on any cron"
+
+
+def _dpkg_installed(status: Path, package: str) -> bool:
+    try:
+        text = status.read_text(errors="replace")
+    except OSError:
+        return False
+    for stanza in text.split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " "
+        )
+        if fields.get("Package") == package:
+            return fields.get("Status", "").endswith(" installed")
+    return False
+
+
+# --- the output ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnitFile:
+    """One systemd unit: its file name and its text."""
+
+    name: str
+    content: str
+
+
+@dataclass(frozen=True)
+class CronOutput:
+    cron: str
+    lines: list[str]
+    files: list[UnitFile]
+
+
+@dataclass(frozen=True)
+class Job:
+    """How a schedule is run: the command line, quoted for the shell, and the log file."""
+
+    command: Sequence[str]
+    config: str | None
+    log: str | None
+
+    def argv(self, schedule_id: str) -> list[str]:
+        base = [*self.command]
+        if self.config:
+            base += ["--config", self.config]
+        return [*base, "run-schedule", schedule_id]
+
+
+# Where secrets go, said the same way in examples/config.yaml and the README.
+SECRETS_NOTE = (
+    "environment is bare (no DATABASE_URL): put the password in ~/.pgpass (mode 0600)",
+    "or in the config file's database.url, the file mode 0600; keys stay in the files it names.",
+)
+
+
+def render_cron(
+    kind: str,
+    schedules: Iterable[Schedule],
+    job: Job,
+    now: datetime,
+    system_zone: tzinfo,
+    disabled_globally: bool = False,
+) -> CronOutput:
+    """The crontab lines (``debian``, ``cronie``) or unit files (``systemd``) for ``schedules``.
+
+    A ``debian`` line that cannot be converted to the system zone raises ConfigError (exit 2)
+    naming the schedule and the way out.
+    """
+    ordered = sorted(schedules, key=lambda s: (s.timezone != LOCAL, s.timezone))
+    if kind == "systemd":
+        files = [f for s in ordered for f in systemd_units(s, job)]
+        return CronOutput(kind, [], files)
+    head = [
+        f"# sbbackup schedules: generated by `sbbackup crontab --cron {kind}`; install with",
+        f"#   sbbackup --config CONFIG crontab --cron {kind} | crontab -   (replaces the"
+        " user's crontab)",
+        "# run-schedule prints nothing on success, so cron mails only failures (set MAILTO).",
+        f"# cron's {SECRETS_NOTE[0]}",
+        f"#   {SECRETS_NOTE[1]}",
+    ]
+    if disabled_globally:
+        head.append("# NOTE: backup.enabled is false: these runs will exit 0 without a backup.")
+    body = (
+        _cronie_lines(ordered, job)
+        if kind == "cronie"
+        else _debian_lines(ordered, job, now, system_zone)
+    )
+    return CronOutput(kind, head + body, [])
+
+
+def _cron_line(fields: str, argv: Sequence[str], log: str | None) -> str:
+    redirect = f" >> {shlex.quote(log)} 2>&1" if log else ""
+    # cron turns an unescaped % into a newline.
+    return f"{fields} {shlex.join(argv)}{redirect}".replace("%", "\\%")
+
+
+def _describe(s: Schedule) -> list[str]:
+    return [f"# {s.id}: {' '.join(s.description.split())}"] if s.description else []
+
+
+def _cronie_lines(schedules: Sequence[Schedule], job: Job) -> list[str]:
+    """CRON_TZ before the lines of each zone; local-zone schedules first, so it never needs
+    resetting."""
+    lines: list[str] = []
+    zone = LOCAL
+    for s in schedules:
+        if s.timezone != zone:
+            lines.append(f"CRON_TZ={s.timezone}")
+            zone = s.timezone
+        lines += _describe(s)
+        lines.append(_cron_line(s.cron, job.argv(s.id), job.log))
+    return lines
+
+
+# --- debian: the system zone's times ---------------------------------------------------
+
+
+def zone_name(zone: tzinfo) -> str:
+    return str(getattr(zone, "key", None) or datetime.now(zone).tzname() or "local")
+
+
+def _debian_lines(
+    schedules: Sequence[Schedule], job: Job, now: datetime, system: tzinfo
+) -> list[str]:
+    lines: list[str] = []
+    system_name = zone_name(system)
+    shifted = False
+    for s in schedules:
+        lines += _describe(s)
+        if s.timezone in (LOCAL, system_name):
+            lines.append(_cron_line(s.cron, job.argv(s.id), job.log))
+            continue
+        delta, until = offset_period(s.zone, system, now)
+        if not delta and until is None:  # another name for the system's zone (UTC, Etc/UTC)
+            lines.append(_cron_line(s.cron, job.argv(s.id), job.log))
+            continue
+        converted = shift_cron(s, delta)
+        shifted = True
+        note = f"# {s.id}: {_when(s.cron)} {s.timezone} = " + " / ".join(
+            f"{_when(c)} {system_name}" for c in converted
+        )
+        if until is not None:
+            note += (
+                f" until {until.astimezone(system):%Y-%m-%d %H:%M}; rerun `sbbackup crontab`"
+                " after that DST change"
+            )
+        lines.append(note)
+        lines += [_cron_line(c, job.argv(s.id), job.log) for c in converted]
+    if shifted:
+        lines.insert(
+            0,
+            f"# Times are in this machine's zone ({system_name}): this cron ignores CRON_TZ.",
+        )
+    return lines
+
+
+def _when(cron: str) -> str:
+    """``02:00`` for a single time of day, else the cron fields themselves."""
+    minute, hour, *days = cron.split()
+    if minute.isdigit() and hour.isdigit():
+        clock = f"{int(hour):02d}:{int(minute):02d}"
+        return clock if days == ["*", "*", "*"] else f"{clock} ({' '.join(days)})"
+    return f"'{cron}'"
+
+
+def offset_period(zone: tzinfo, system: tzinfo, now: datetime) -> tuple[timedelta, datetime | None]:
+    """How far the system zone's clock is ahead of ``zone``'s at ``now``, and until when (the
+    next instant either zone changes its offset, to the minute; None if not within 400 days)."""
+
+    def delta(at: datetime) -> timedelta:
+        a = at.astimezone(system).utcoffset()
+        b = at.astimezone(zone).utcoffset()
+        assert a is not None and b is not None
+        return a - b
+
+    start = delta(now)
+    lo, step = now, timedelta(hours=6)
+    while lo - now < _SEARCH:
+        hi = lo + step
+        if delta(hi) != start:
+            while hi - lo > timedelta(minutes=1):
+                mid = lo + (hi - lo) / 2
+                lo, hi = (mid, hi) if delta(mid) == start else (lo, mid)
+            return start, hi.replace(second=0, microsecond=0)
+        lo = hi
+    return start, None
+
+
+def shift_cron(s: Schedule, delta: timedelta) -> list[str]:
+    """``s.cron`` (read in its zone) as cron lines read ``delta`` later on the clock.
+
+    Each fire time moves by ``delta``; those that cross midnight move their day too, so one
+    expression can become several lines. Day fields that cannot move exactly (the month's
+    first or last days, a month restriction with weekdays, ``L``, ``#``) are refused."""
+    minutes_shift = int(delta.total_seconds() // 60)
+    if minutes_shift == 0:
+        return [s.cron]
+    fields = s.cron.split()
+    expanded, nth = croniter.expand(s.cron)
+    mins = range(60) if expanded[0] == ["*"] else [int(m) for m in expanded[0]]
+    hours = range(24) if expanded[1] == ["*"] else [int(h) for h in expanded[1]]
+    by_hour: dict[tuple[int, int], set[int]] = {}
+    for h in hours:
+        for m in mins:
+            carry, rest = divmod(h * 60 + m + minutes_shift, 1440)
+            by_hour.setdefault((carry, rest // 60), set()).add(rest % 60)
+    groups: dict[tuple[str, str], set[int]] = {}
+    for (carry, hour), minute_set in sorted(by_hour.items()):
+        days = _shift_days(s, fields, expanded, bool(nth), carry)
+        minute_text = fields[0] if minutes_shift % 60 == 0 else _list(minute_set, 60, "-")
+        groups.setdefault((minute_text, days), set()).add(hour)
+    return [f"{m} {_list(h, 24, '-')} {days}" for (m, days), h in groups.items()]
+
+
+def _shift_days(
+    s: Schedule, fields: list[str], expanded: list[list[int | str]], nth: bool, carry: int
+) -> str:
+    days = " ".join(fields[2:])
+    if carry == 0:
+        return days
+    dom, month, dow = expanded[2], expanded[3], expanded[4]
+    any_dom, any_month, any_dow = dom == ["*"], month == ["*"], dow == ["*"]
+    if any_dom and any_dow and any_month:
+        return days
+    why = None
+    if nth or "l" in dom:
+        why = "'L' and '#' days have no shifted form"
+    elif not any_month and (not any_dow or any_dom):
+        why = "a month restriction with weekdays or every day would spill into the next month"
+    elif not any_dom and any(int(d) + carry not in range(1, 29) for d in dom):
+        why = "a day of the month would move outside 1-28"
+    if why is not None:
+        raise ConfigError(
+            f"schedule {s.id!r}: cron {s.cron!r} in {s.timezone} cannot be converted to this "
+            f"machine's zone: some runs move across midnight and {why}; use "
+            "`crontab --cron systemd` or `--cron cronie`, or give the schedule a local time"
+        )
+    new_dom = fields[2] if any_dom else _list({int(d) + carry for d in dom}, 0, "-")
+    new_dow = fields[4] if any_dow else _list({(int(d) + carry) % 7 for d in dow}, 0, "-")
+    return f"{new_dom} {fields[3]} {new_dow}"
+
+
+def _list(values: Iterable[int], full: int, dash: str, show: Callable[[int], str] = str) -> str:
+    """Sorted values as cron or systemd text: runs of three or more as ranges, every value of
+    a ``full``-sized field as ``*``."""
+    vals = sorted(set(values))
+    if full and vals == list(range(full)):
+        return "*"
+    parts: list[str] = []
+    i = 0
+    while i < len(vals):
+        j = i
+        while j + 1 < len(vals) and vals[j + 1] == vals[j] + 1:
+            j += 1
+        if j - i >= 2:
+            parts.append(f"{show(vals[i])}{dash}{show(vals[j])}")
+        else:
+            parts += [show(v) for v in vals[i : j + 1]]
+        i = j + 1
+    return ",".join(parts)
+
+
+# --- systemd ---------------------------------------------------------------------------
+
+
+def on_calendar(s: Schedule) -> list[str]:
+    """``OnCalendar=`` values for ``s.cron`` in ``s.timezone``; two when both day fields are
+    restricted (cron runs when either matches, a systemd calendar needs both)."""
+    expanded, nth = croniter.expand(s.cron)
+    if nth:
+        raise ConfigError(
+            f"schedule {s.id!r}: cron {s.cron!r}: '#' (the nth weekday) has no systemd form"
+        )
+    mins, hours, dom, month, dow = expanded
+    clock = f"{_field(hours, 24)}:{_field(mins, 60)}:00" + (
+        "" if s.timezone == LOCAL else f" {s.timezone}"
+    )
+    months = _field(month, 0)
+    day = f"*-{months}~01" if dom == ["l"] else f"*-{months}-{_field(dom, 0)}"
+    weekdays = None if dow == ["*"] else _list({int(d) % 7 for d in dow}, 0, "..", DAYS.__getitem__)
+    if weekdays is None:
+        return [f"{day} {clock}"]
+    if dom == ["*"]:
+        return [f"{weekdays} {day} {clock}"]
+    return [f"{day} {clock}", f"{weekdays} *-{months}-* {clock}"]
+
+
+def _field(values: list[int | str], full: int) -> str:
+    if values == ["*"]:
+        return "*"
+    return _list((int(v) for v in values), full, "..", "{:02d}".format)
+
+
+def _unit_quote(arg: str) -> str:
+    """One ExecStart= argument: systemd expands ``%`` specifiers and ``$`` variables, and splits
+    on whitespace unless quoted (systemd.service(5), "Command lines")."""
+    arg = arg.replace("%", "%%").replace("$", "$$")
+    if arg and not any(c in arg for c in " \t\"'\\;"):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _unit_text(value: str) -> str:
+    return " ".join(value.split()).replace("%", "%%")
+
+
+def systemd_units(s: Schedule, job: Job) -> list[UnitFile]:
+    """``sbbackup-ID.service`` (one run-schedule) and ``sbbackup-ID.timer`` (when).
+
+    ``Persistent=true``: a run missed while the machine was off starts once when it is back, so
+    a reboot over 02:00 does not cost a day's backup (cron would skip it). run-schedule takes
+    the schedule's lock, so a late run never overlaps another."""
+    what = f"sbbackup schedule {s.id}" + (
+        f" ({_unit_text(s.description)})" if s.description else ""
+    )
+    exec_start = " ".join(_unit_quote(a) for a in job.argv(s.id))
+    service = [
+        "# generated by `sbbackup crontab --cron systemd`",
+        "[Unit]",
+        f"Description={what}",
+        "Documentation=man:sbbackup(1)",
+        "Wants=network-online.target",
+        "After=network-online.target",
+        "",
+        "[Service]",
+        "Type=oneshot",
+        f"# systemd's {SECRETS_NOTE[0]}",
+        f"#   {SECRETS_NOTE[1]}",
+        f"ExecStart={exec_start}",
+    ]
+    if job.log:
+        target = _unit_quote(f"append:{job.log}")
+        service += [f"StandardOutput={target}", f"StandardError={target}"]
+    timer = [
+        "# generated by `sbbackup crontab --cron systemd`",
+        "[Unit]",
+        f"Description={what}: cron {s.cron}" + ("" if s.timezone == LOCAL else f" in {s.timezone}"),
+        "",
+        "[Timer]",
+        *(f"OnCalendar={c}" for c in on_calendar(s)),
+        "# A run missed while the machine was off starts once when it is back.",
+        "Persistent=true",
+        f"Unit=sbbackup-{s.id}.service",
+        "",
+        "[Install]",
+        "WantedBy=timers.target",
+    ]
+    return [
+        UnitFile(f"sbbackup-{s.id}.service", "\n".join(service) + "\n"),
+        UnitFile(f"sbbackup-{s.id}.timer", "\n".join(timer) + "\n"),
+    ]
