@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from .errors import ConfigError
 
@@ -265,7 +265,7 @@ SECTIONS = {k.path[0] for k in KEYS} | {"schedules"}
 
 @dataclass(frozen=True)
 class Settings:
-    """Validated settings. Every field but the last three is a key of ``KEYS``, which holds
+    """Validated settings. Every field but the last four is a key of ``KEYS``, which holds
     its default: ``load_settings`` is the only constructor and fills them all."""
 
     database_url: str | None
@@ -298,6 +298,8 @@ class Settings:
     api_max_restore_jobs: int
     api_max_test_jobs: int
     config_file: Path | None = None
+    # one line each for stderr: a config file holding a password that others can read
+    warnings: tuple[str, ...] = ()
     schedules: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -385,8 +387,11 @@ def load_settings(
         path = Path(path_str).expanduser().absolute() if path_str else None
     except RuntimeError:  # ~user where there is no such user
         raise ConfigError(f"config file {path_str!r}: cannot expand '~'") from None
+    warnings: tuple[str, ...] = ()
     if path is not None:
-        values.update(_from_yaml(path, _read_yaml(path)))
+        from_file = _from_yaml(path, _read_yaml(path))
+        values.update(from_file)
+        warnings = _exposed_secrets(path, from_file)
     for key in KEYS:
         if key.env and env.get(key.env, "") != "":
             values[key.attr] = _parse(key, env[key.env], f"environment variable {key.env}")
@@ -396,4 +401,40 @@ def load_settings(
             continue
         key = by_attr[attr]
         values[attr] = _parse(key, raw, f"option for {'.'.join(key.path)}")
-    return Settings(config_file=path, env=env, **values)
+    return Settings(config_file=path, env=env, warnings=warnings, **values)
+
+
+def _has_password(url: str) -> bool:
+    """A password in a postgresql:// URL (``user:pw@`` or ``?password=``) or a libpq
+    ``key=value`` string."""
+    if re.search(r"(?:^|\s)password\s*=", url):
+        return True
+    if not url.startswith(("postgresql://", "postgres://")):
+        return False
+    try:
+        parts = urlsplit(url)
+        return bool(parts.password) or any(
+            k == "password" for k, _ in parse_qsl(parts.query, keep_blank_values=True)
+        )
+    except ValueError:
+        return False
+
+
+def _exposed_secrets(path: Path, from_file: Mapping[str, Any]) -> tuple[str, ...]:
+    """A warning when the file holds a password (``database.url``, ``api.restoreTargets``)
+    and its group or others may read it. The other secrets (age identity and passphrase, API
+    tokens) never sit in this file, only the names of their files."""
+    urls = [from_file.get("database_url") or "", *from_file.get("api_restore_targets", {}).values()]
+    if not any(_has_password(u) for u in urls):
+        return ()
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return ()
+    if not mode & 0o044:
+        return ()
+    return (
+        f"warning: {path} holds a password and is readable by "
+        f"{'group and others' if mode & 0o044 == 0o044 else 'group' if mode & 0o040 else 'others'}"
+        f" (mode {mode:04o}): chmod 600 {path}",
+    )

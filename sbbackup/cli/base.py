@@ -70,6 +70,8 @@ def get_ctx() -> ops.Context:
     obj = click.get_current_context().find_root().obj
     if "ctx" not in obj:
         settings = load_settings(obj["config"], overrides=obj["overrides"])
+        for warning in settings.warnings:  # one line each, not an error
+            stderr_console().print(warning, markup=False)
         obj["ctx"] = ops.Context(settings)
     ctx: ops.Context = obj["ctx"]
     return ctx

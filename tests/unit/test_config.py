@@ -172,12 +172,12 @@ def test_job_caps_are_bounded(tmp_path: Path, key: str, value: str) -> None:
 
 def test_keys_are_the_only_source_of_defaults() -> None:
     """Every setting is declared once, in KEYS (its default included); Settings has no
-    defaults of its own but for the file, the schedules and the environment."""
+    defaults of its own but for the file, its warnings, the schedules and the environment."""
     from dataclasses import MISSING, fields
 
     from sbbackup.config import KEYS, Settings
 
-    own = {"config_file", "schedules", "env"}
+    own = {"config_file", "warnings", "schedules", "env"}
     assert {f.name for f in fields(Settings)} - own == {k.attr for k in KEYS}
     for f in fields(Settings):
         if f.name not in own:
