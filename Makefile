@@ -5,9 +5,17 @@
 #   `make pytest` runs only its sample: tests/faults/conftest.py deselects the cases marked
 #   `fault_full` unless pytest runs with -m faults or SBBACKUP_FAULTS=full.
 # `make reliability`: `make faults`, then scripts/reliability-report.py writes docs/RELIABILITY.md.
+# `make install`: README "Install for real use": a venv in VENV, the command linked into
+#   PREFIX/bin, the man page in PREFIX/share/man/man1. `make uninstall` removes all three.
+#   `make install-check` runs the test that does both in a temporary directory.
 FAULT_JOBS ?= 2  # pytest-xdist workers for `make faults`
+PREFIX ?= /usr/local
+VENV ?= /opt/sbbackup
+PYTHON ?= python3
+PIP_ARGS ?=
 
-.PHONY: demo test deps lint typecheck pytest faults reliability bench clean
+.PHONY: demo test deps lint typecheck pytest faults reliability bench clean install uninstall \
+	install-check
 
 demo:
 	bash scripts/quickstart.sh
@@ -40,6 +48,22 @@ reliability:
 
 bench: deps
 	.venv/bin/python bench/bench_dump.py
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q $(PIP_ARGS) .
+	install -d $(PREFIX)/bin $(PREFIX)/share/man/man1
+	ln -sfn $(VENV)/bin/sbbackup $(PREFIX)/bin/sbbackup
+	install -m 0644 man/sbbackup.1 $(PREFIX)/share/man/man1/sbbackup.1
+	-command -v mandb >/dev/null && mandb -q $(PREFIX)/share/man
+
+uninstall:
+	rm -f $(PREFIX)/bin/sbbackup $(PREFIX)/share/man/man1/sbbackup.1
+	rm -rf $(VENV)
+	-command -v mandb >/dev/null && mandb -q $(PREFIX)/share/man
+
+install-check:
+	.venv/bin/pytest -q -p no:cacheprovider tests/integration/test_install.py
 
 clean:
 	rm -rf .venv build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
