@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from conftest import SB
 from helpers.api_server import Client, api_servers, url_of
-from helpers.cli import Result
+from helpers.cli import Result, run_patched
 from helpers.pgcluster import Cluster
 from helpers.pgwait import dump_waiting, table_locked, wait_for
 from jsonschema import Draft202012Validator
@@ -172,6 +172,22 @@ def test_every_kind_of_failure_is_a_json_error(
     res = sb("health", "--min-free", "1000P", "--json", env=source)  # more than any disk
     conforms("health", res.json())
     assert res.json()["ok"] is False and error_of(res, 14)["error"]["kind"] == "unhealthy"
+
+
+def test_an_unexpected_error_keeps_its_traceback_and_adds_the_json_error(
+    sb: SB, source: dict[str, str]
+) -> None:
+    res = run_patched(
+        {**sb.env, **source}, "sbbackup.ops.list_backups = lambda *a, **k: 1 / 0", "list", "--json"
+    )
+    assert res.code == 1 and res.out == ""
+    assert "Traceback" in res.err and "please report" in res.err
+    body = conforms("error", json.loads(res.err.splitlines()[-1]))
+    assert body["error"] == {
+        "code": 1,
+        "kind": "unexpected",
+        "message": "unexpected error: division by zero",
+    }
 
 
 def test_the_api_answers_are_the_same_shapes(sb: SB, source: dict[str, str]) -> None:
