@@ -264,6 +264,14 @@ def test_the_readme_names_every_schema_file() -> None:
     assert missing == []
 
 
+def test_a_postgresql_record_follows_the_contract(pg: Cluster, rich_db: str, sb: SB) -> None:
+    """The PostgreSQL engine's record carries more (server, properties, per-table counts)."""
+    env = {"DATABASE_URL": pg.url(rich_db)}
+    made = conforms("backup", sb.ok("create", "--format", "custom", "--json", env=env).json())
+    assert made["database"]["engine"] == "postgresql" and made["pgDumpVersion"]
+    assert conforms("backup-list", sb.ok("list", "--json", env=env).json())[0]["id"] == made["id"]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_create_json_ends_with_a_json_error(
     pg: Cluster, fresh_db: str, sb: SB, signum: int
