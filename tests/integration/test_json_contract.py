@@ -190,8 +190,17 @@ def test_an_unexpected_error_keeps_its_traceback_and_adds_the_json_error(
     }
 
 
-def test_the_api_answers_are_the_same_shapes(sb: SB, source: dict[str, str]) -> None:
-    env = {**source, "DB_BACKUP_PATH": str(sb.backup_path), "PATH": os.environ["PATH"]}
+def test_the_api_answers_are_the_same_shapes(
+    sb: SB, source: dict[str, str], tmp_path: Path
+) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir(mode=0o700)
+    env = {
+        **source,
+        "DB_BACKUP_PATH": str(sb.backup_path),
+        "PATH": os.environ["PATH"],
+        "SBBACKUP_API_RESTORE_DIR": str(landing),
+    }
     with api_servers() as start:
         server = start(load_settings(env=env))
         c = Client(url_of(server), sb.backup_path, env, server)
@@ -208,7 +217,12 @@ def test_the_api_answers_are_the_same_shapes(sb: SB, source: dict[str, str]) -> 
         assert conforms("schedule-list", c.call("GET", "/api/backup/schedules").body)
         new = {"scheduleId": "hourly", "cron": "0 * * * *", "retentionDays": 2}
         assert conforms("schedule", c.call("POST", "/api/backup/schedules", new).body)
-        gone = c.call("DELETE", "/api/backup/schedules/hourly").body
+        hourly = "/api/backup/schedules/hourly"
+        assert conforms("schedule", c.call("POST", hourly, {"minKeep": 2}).body)["minKeep"] == 2
+        assert conforms("schedule", c.call("POST", f"{hourly}/disable").body)["nextRun"] is None
+        assert conforms("schedule", c.call("POST", f"{hourly}/enable").body)["enabled"] is True
+        assert conforms("schedule", c.call("GET", hourly).body)["scheduleId"] == "hourly"
+        gone = c.call("DELETE", hourly).body
         assert conforms("schedule-removed", gone) == {"scheduleId": "hourly", "removed": True}
         conforms("next", c.call("GET", "/api/backup/schedules/next?count=3").body)
         conforms("statistics", c.call("GET", "/api/backup/schedules/statistics").body)
@@ -219,10 +233,14 @@ def test_the_api_answers_are_the_same_shapes(sb: SB, source: dict[str, str]) -> 
         run = c.call("POST", "/api/backup/schedules/daily/run")
         job = c.poll(run.headers["Location"], lambda b: b["status"] != "in_progress")
         assert conforms("job", job)["result"]["backup"]["scheduleId"] == "daily"
-        restore = c.call(
-            "POST", f"/api/backup/{made.body['id']}/restore", {"targetFile": "r.db"}
-        )  # no api.restoreDir: refused, and the refusal is the error shape
-        assert restore.status == 403 and conforms("error", restore.body)
+        restore = c.call("POST", f"/api/backup/{made.body['id']}/restore", {"targetFile": "r.db"})
+        assert restore.status == 202 and conforms("restore", restore.body), restore
+        done = c.poll(restore.headers["Location"], lambda b: b["status"] != "in_progress")
+        assert conforms("restore", done)["status"] == "completed"
+        again = c.call("POST", f"/api/backup/{made.body['id']}/restore", {"targetFile": "r.db"})
+        assert again.status == 409 and conforms("error", again.body)["error"]["kind"] == "conflict"
+        deleted = c.call("DELETE", f"/api/backup/{made.body['id']}")
+        assert conforms("backup", deleted.body)["id"] == made.body["id"]
         for path in ("/api/backup/nope", "/api/nothing", f"/api/backup/{cli['id'][:-4]}000Z"):
             reply = c.call("GET", path)
             assert reply.status in (400, 404) and conforms("error", reply.body), reply
