@@ -146,6 +146,12 @@ def test_every_backup_and_schedule_command(sb: SB, source: dict[str, str], tmp_p
     assert key["publicKey"].startswith("age1")
     gone = ok("backup", "delete", made["id"], "--yes")
     assert gone["id"] == made["id"]
+    # What sbbackup keeps on disk speaks the same way: manifests, audit, drill, restores.
+    kept = [*sb.backup_path.glob("*.json"), sb.backup_path / "last_test.json"]
+    kept += sb.backup_path.glob("restores/*.json")
+    docs = [json.loads(f.read_text()) for f in kept]
+    docs += [json.loads(line) for line in (sb.backup_path / "audit.log").read_text().splitlines()]
+    assert len(docs) > 10 and [p for d in docs for p in naming_problems(d)] == []
 
 
 def test_every_kind_of_failure_is_a_json_error(
