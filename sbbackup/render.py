@@ -320,14 +320,14 @@ def _schedule_list(result: ScheduleList, console: Console) -> None:
         header,
         [
             (
-                s["id"],
+                s["scheduleId"],
                 "yes" if s["enabled"] else "no",
                 s["cron"],
                 s["timezone"],
                 f"{s['retentionDays']}d/min {s['minKeep']}",
                 f"{_t(s['lastRun'])} {s['lastRunStatus']}" if s["lastRun"] else None,
                 _t(s["lastSuccess"]),
-                _t(s["nextRun"]),
+                _t(s["nextRunLocal"]),
                 s["backupCount"],
                 human_size(s["totalSize"]),
                 s["source"],
@@ -345,8 +345,8 @@ def _next_fires(result: NextFires, console: Console) -> None:
         [
             (
                 r["scheduleId"],
-                _t(r["next"]) or r["reason"],
-                _t(r["nextUtc"]),
+                _t(r["nextRunLocal"]) or r["reason"],
+                _t(r["nextRun"]),
                 r["cron"],
                 r["timezone"],
             )
@@ -363,12 +363,12 @@ def _pct(rate: float | None) -> str:
 def _statistics(st: Statistics, console: Console) -> None:
     rate, dur, size, disk = st.successRate, st.duration, st.size, st.disk
     ratio = size.compressionRatio
-    last_test = (st.lastRestoreTest or {}).get("at") or "never"
+    last_test = (st.lastRestoreDrill or {}).get("at") or "never"
     lines = [
         f"backups      {st.total} total, {st.completed} completed, {st.failed} failed",
         f"success      {_pct(rate.allTime)} all time, {_pct(rate.last7d)} 7d, "
         f"{_pct(rate.last30d)} 30d",
-        f"duration     avg {dur.averageSeconds or 0:.1f}s, p95 {dur.p95Seconds or 0:.1f}s",
+        f"duration     avg {(dur.averageMs or 0) / 1000:.1f}s, p95 {(dur.p95Ms or 0) / 1000:.1f}s",
         f"size         {human_size(size.totalBytes)} total, "
         f"{human_size(size.averageBytes)} average, "
         f"compression {'-' if ratio is None else f'{ratio:.2f}x'}",

@@ -16,11 +16,13 @@ from .context import Request, Response
 from .jobs import Job, wait_for
 from .policy import NO_TARGET_URL, guard_strength, restore_target
 from .wire import (
+    BACKUP_ALIASES,
     BACKUP_FIELDS,
     BACKUP_STATUSES,
     MAX_ID,
     RESTORE_FIELDS,
     JobStatus,
+    aliased,
     field,
     only,
     query_int,
@@ -30,13 +32,13 @@ from .wire import (
 
 
 def create_backup(api: Api, req: Request) -> Response:
-    body, ctx, s = req.body, req.ctx, api.settings
+    body, ctx, s = aliased(req.body, BACKUP_ALIASES), req.ctx, api.settings
     only(body, BACKUP_FIELDS)
     opts = ops.CreateOptions(
         format=field(body, "format", str),
-        compress=field(body, "compress", bool),
+        compress=field(body, "compression", bool),
         level=field(body, "level", int),
-        encrypt=field(body, "encrypt", bool),
+        encrypt=field(body, "encryption", bool),
     )
     guard_strength(
         s,

@@ -15,7 +15,17 @@ from ..policy.schedules import validate_schedule_id
 from .app import Api
 from .context import Request, Response
 from .policy import guard_schedule
-from .wire import RUN_ID_RE, SCHEDULE_FIELDS, field, only, query_int, stamp_id, validated
+from .wire import (
+    RUN_ID_RE,
+    SCHEDULE_ALIASES,
+    SCHEDULE_FIELDS,
+    aliased,
+    field,
+    only,
+    query_int,
+    stamp_id,
+    validated,
+)
 
 
 def list_schedules(api: Api, req: Request) -> Response:
@@ -27,11 +37,12 @@ def get_schedule(api: Api, req: Request) -> Response:
 
 
 def add_schedule(api: Api, req: Request) -> Response:
-    schedule_id = field(req.body, "id", str)
+    body = aliased(req.body, SCHEDULE_ALIASES)
+    schedule_id = field(body, "scheduleId", str)
     if schedule_id is None:
-        raise UsageError("field 'id' is required")
+        raise UsageError("field 'scheduleId' is required")
     validate_schedule_id(schedule_id)
-    fields = _schedule_fields(req.body, allow_id=True)
+    fields = _schedule_fields(body, allow_id=True)
     guard_schedule(api.settings, req.ctx, fields, None)
     view = schedule_ops.edit_schedule(req.ctx, schedule_id, "add", fields)
     return Response(201, view, {"Location": f"/api/backup/schedules/{schedule_id}"})
@@ -113,5 +124,5 @@ def _schedule_id(req: Request) -> str:
 
 def _schedule_fields(body: Mapping[str, Any], allow_id: bool) -> dict[str, Any]:
     """The body's schedule fields, type-checked; their values are checked by the store."""
-    only(body, (("id",) if allow_id else ()) + tuple(SCHEDULE_FIELDS))
-    return {k: field(body, k, SCHEDULE_FIELDS[k]) for k in body if k != "id"}
+    only(body, (("scheduleId",) if allow_id else ()) + tuple(SCHEDULE_FIELDS))
+    return {k: field(body, k, SCHEDULE_FIELDS[k]) for k in body if k != "scheduleId"}

@@ -81,14 +81,11 @@ def _located(response: dict[str, Any], description: str | None = None) -> dict[s
     return located if description is None else {**located, "description": description}
 
 
-def _array(name: str, description: str) -> dict[str, Any]:
-    return _json({"type": "array", "items": ref(name)}, description)
-
-
 LOCATION = {"schema": {"type": "string"}, "description": "The status URL."}
 BACKUP = _json(ref("Backup"), "The backup record.")
 JOB = _json(ref("Job"), "The job.")
 SCHEDULE = _json(ref("Schedule"), "The schedule with its last and next runs.")
+RESTORE = _json(ref("Restore"), "The restore record.")
 OBJECT = {"type": "object"}
 METRICS_TEXT = {
     "description": "Metrics.",
@@ -113,20 +110,22 @@ DOCS: dict[str, Doc] = {
         POST,
         "CreateBackup",
     ),
-    "listBackups": Doc("List backups, newest first.", {"200": _array("Backup", "Backups.")}, ALL),
+    "listBackups": Doc(
+        "List backups, newest first.", {"200": _json(ref("BackupList"), "Backups.")}, ALL
+    ),
     "getBackup": Doc("One backup's record.", {"200": BACKUP}),
     "deleteBackup": Doc(
         "Delete a backup's file and manifest.", {"200": BACKUP}, ("400", "401", "404", "409", "500")
     ),
     "restoreBackup": Doc(
         "Restore in the background; poll /api/backup/restore/{restoreId}.",
-        {"202": _located(_json(ref("Restore"), "Started."))},
+        {"202": _located(RESTORE, "Started.")},
         POST,
         "RestoreRequest",
     ),
     "getRestore": Doc(
         "A restore's status and step timings (the CLI's restore records).",
-        {"200": _json(ref("Restore"), "The restore record.")},
+        {"200": RESTORE},
     ),
     "runSelfTest": Doc(
         "Run the self test and restore drill (202 + status URL, or ?wait=true: 200).",
@@ -137,7 +136,7 @@ DOCS: dict[str, Doc] = {
     "getSelfTest": Doc("A self test's status and report.", {"200": JOB}),
     "listSchedules": Doc(
         "Every schedule with its last and next runs.",
-        {"200": _array("Schedule", "Schedules.")},
+        {"200": _json(ref("ScheduleList"), "Schedules.")},
         ALL,
     ),
     "createSchedule": Doc(
@@ -147,17 +146,19 @@ DOCS: dict[str, Doc] = {
         "NewSchedule",
     ),
     "nextScheduleRuns": Doc(
-        "The next fire times, soonest first.", {"200": _array("NextRun", "Next runs.")}, ALL
+        "The next fire times, soonest first.", {"200": _json(ref("Next"), "Next runs.")}, ALL
     ),
     "getStatistics": Doc(
         "Backup statistics (the statistics command's JSON).",
-        {"200": _json(OBJECT, "Statistics.")},
+        {"200": _json(ref("Statistics"), "Statistics.")},
         ALL,
     ),
     "getSchedule": Doc("One schedule.", {"200": SCHEDULE}),
     "updateSchedule": Doc("Change a schedule's fields.", {"200": SCHEDULE}, POST, "ScheduleFields"),
     "deleteSchedule": Doc(
-        "Remove a schedule.", {"200": _json(OBJECT, "Removed.")}, ("400", "401", "404", "500")
+        "Remove a schedule.",
+        {"200": _json(ref("ScheduleRemoved"), "Removed.")},
+        ("400", "401", "404", "500"),
     ),
     "enableSchedule": Doc("Enable a schedule.", {"200": SCHEDULE}, POST),
     "disableSchedule": Doc("Disable a schedule.", {"200": SCHEDULE}, POST),
@@ -206,7 +207,7 @@ def openapi_document() -> dict[str, Any]:
     for route in ROUTES:
         paths.setdefault(route.template, {})[route.method.lower()] = _operation(route)
     document = {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",  # its schemas are JSON Schema 2020-12: the files in sbbackup/schema
         "info": {
             "title": "sbbackup",
             "version": __version__,

@@ -1,20 +1,17 @@
-"""The component schemas of the OpenAPI document, as data, from the constants the server
-validates with (ID patterns, statuses, body fields)."""
+"""The component schemas of the OpenAPI document: the request bodies, as data from the
+constants the server validates with (ID patterns, body fields), and every response shape
+from the JSON Schema files (``sbbackup.schemas``: the files the CLI's ``--json`` is checked
+against too)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from .. import schemas
 from ..config import TARGET_NAME_RE
-from ..model import BACKUP_ID_RE, Status
+from ..model import BACKUP_ID_RE
 from ..policy.schedules import SCHEDULE_ID_RE
-from .wire import (
-    BACKUP_STATUSES,
-    DATABASE_NAME_RE,
-    FILE_NAME_RE,
-    JOB_STATUSES,
-    SCHEDULE_FIELDS,
-)
+from .wire import BACKUP_ALIASES, DATABASE_NAME_RE, FILE_NAME_RE, SCHEDULE_FIELDS
 
 JSON_TYPES = {str: "string", bool: "boolean", int: "integer"}
 
@@ -34,10 +31,6 @@ def obj(props: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]
     return schema
 
 
-def nullable(kind: str, **extra: Any) -> dict[str, Any]:
-    return {"type": kind, "nullable": True, **extra}
-
-
 # The fields a schedule takes, with their JSON types (``SCHEDULE_FIELDS``) and bounds.
 SCHEDULE_PROPS: dict[str, dict[str, Any]] = {
     k: {"type": JSON_TYPES[t]} for k, t in SCHEDULE_FIELDS.items()
@@ -45,72 +38,26 @@ SCHEDULE_PROPS: dict[str, dict[str, Any]] = {
 SCHEDULE_PROPS["retentionDays"]["minimum"] = 1
 SCHEDULE_PROPS["minKeep"]["minimum"] = 1
 SCHEDULE_PROPS["format"]["enum"] = ["plain", "custom"]
+# The old input names of POST /api/backup (``wire.BACKUP_ALIASES``), until the next major.
+DEPRECATED_BACKUP: dict[str, dict[str, Any]] = {
+    old: {"type": "boolean", "deprecated": True, "description": f"The old name of {new}."}
+    for old, new in BACKUP_ALIASES.items()
+}
 
-JOB = obj(
-    {
-        "id": {"type": "string"},
-        "kind": {"type": "string"},
-        "status": {"type": "string", "enum": list(JOB_STATUSES)},
-        "startedAt": {"type": "string"},
-        "finishedAt": nullable("string"),
-        "result": {"nullable": True},
-        "error": {"nullable": True, **ref("ErrorDetail")},
-        "statusUrl": {"type": "string"},
-    },
-    ("id", "kind", "status", "startedAt"),
-)
-
-SCHEMAS: dict[str, Any] = {
-    "ErrorDetail": obj(
-        {
-            "code": {"type": "integer", "description": "The sbbackup exit code."},
-            "kind": {"type": "string"},
-            "message": {"type": "string"},
-        },
-        ("code", "kind", "message"),
-    ),
-    "Error": obj({"error": ref("ErrorDetail")}, ("error",)),
-    "Backup": obj(
-        {
-            "id": {"type": "string"},
-            "filename": nullable("string"),
-            "size": {"type": "integer"},
-            "createdAt": {"type": "string"},
-            "completedAt": nullable("string"),
-            "checksum": nullable("string"),
-            "checksumAlgorithm": {"type": "string"},
-            "contentChecksum": nullable(
-                "string", description="SHA-256 of the dump stream itself, before zstd and age."
-            ),
-            "status": {"type": "string", "enum": list(BACKUP_STATUSES)},
-            "duration": {"type": "integer", "description": "Milliseconds."},
-            "error": nullable("string"),
-            "scheduleId": nullable("string"),
-            "format": {"type": "string"},
-            "compression": {"type": "object", "nullable": True},
-            "encryption": {"type": "object", "nullable": True},
-            "database": {"type": "object"},
-            "contents": {"type": "object", "nullable": True},
-            "writer": {
-                "type": "object",
-                "nullable": True,
-                "description": "The process that wrote it: pid and host.",
-            },
-        },
-        ("id", "status", "createdAt"),
-    ),
+REQUESTS: dict[str, Any] = {
     "CreateBackup": obj(
         {
             "format": {"type": "string", "enum": ["plain", "custom"]},
-            "compress": {
+            "compression": {
                 "type": "boolean",
                 "description": "false is refused (403) while the configuration compresses.",
             },
             "level": {"type": "integer", "minimum": 1, "maximum": 22},
-            "encrypt": {
+            "encryption": {
                 "type": "boolean",
                 "description": "false is refused (403) while the configuration encrypts.",
             },
+            **DEPRECATED_BACKUP,
         }
     )
     | {"additionalProperties": False},
@@ -161,24 +108,6 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "description": "Exactly one of targetDatabase, target and targetFile.",
     },
-    "Restore": obj(
-        {
-            "restoreId": {"type": "string"},
-            "backupId": {"type": "string"},
-            "target": nullable("string"),
-            "status": {
-                "type": "string",
-                "enum": [str(s) for s in (Status.IN_PROGRESS, Status.COMPLETED, Status.FAILED)],
-            },
-            "startedAt": {"type": "string"},
-            "finishedAt": nullable("string"),
-            "duration": {"type": "integer"},
-            "steps": {"type": "object", "additionalProperties": {"type": "integer"}},
-            "error": nullable("string"),
-            "validation": {"type": "object", "nullable": True},
-        },
-        ("restoreId", "backupId", "status"),
-    ),
     "TestRequest": obj(
         {
             "drill": {"type": "boolean", "default": True},
@@ -193,35 +122,24 @@ SCHEMAS: dict[str, Any] = {
         }
     )
     | {"additionalProperties": False},
-    "Job": JOB,
-    "Schedule": {"type": "object", "properties": {"id": {"type": "string"}}},
     "ScheduleFields": obj(SCHEDULE_PROPS) | {"additionalProperties": False},
     "NewSchedule": obj(
         {
-            "id": {"type": "string", "pattern": anchored(SCHEDULE_ID_RE.pattern)},
+            "scheduleId": {"type": "string", "pattern": anchored(SCHEDULE_ID_RE.pattern)},
             **SCHEDULE_PROPS,
+            "id": {
+                "type": "string",
+                "pattern": anchored(SCHEDULE_ID_RE.pattern),
+                "deprecated": True,
+                "description": "The old name of scheduleId (until the next major version).",
+            },
         },
-        ("id", "cron", "retentionDays"),
+        ("cron", "retentionDays"),
     )
-    | {"additionalProperties": False},
-    "NextRun": obj(
-        {
-            "scheduleId": {"type": "string"},
-            "enabled": {"type": "boolean"},
-            "cron": {"type": "string"},
-            "next": nullable("string"),
-            "nextUtc": nullable("string"),
-            "timezone": {"type": "string"},
-            "reason": nullable("string"),
-        }
-    ),
-    "Health": obj(
-        {
-            "ok": {"type": "boolean"},
-            "checkedAt": {"type": "string"},
-            "problems": {"type": "array", "items": {"type": "object"}},
-            "warnings": {"type": "array", "items": {"type": "object"}},
-        },
-        ("ok",),
-    ),
+    | {
+        "additionalProperties": False,
+        "anyOf": [{"required": ["scheduleId"]}, {"required": ["id"]}],
+    },
 }
+# Request bodies, then every schema file (``Backup``, ``Error``, ``Statistics`` ...).
+SCHEMAS: dict[str, Any] = {**REQUESTS, **schemas.openapi_components()}

@@ -49,7 +49,10 @@ DATABASE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$-]{0,62}")
 # A new SQLite file in api.restoreDir: a bare name, never a path, never hidden.
 FILE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
 RESERVED_DATABASES = frozenset({"postgres", "template0", "template1"})
-BACKUP_FIELDS = ("format", "compress", "level", "encrypt")
+BACKUP_FIELDS = ("format", "compression", "level", "encryption")
+# Deprecated input names (until the next major version) -> the record field they mean.
+BACKUP_ALIASES = {"compress": "compression", "encrypt": "encryption"}
+SCHEDULE_ALIASES = {"id": "scheduleId"}
 TARGET_FIELDS = ("targetDatabase", "target", "targetFile")
 RESTORE_FIELDS = (
     *TARGET_FIELDS,
@@ -139,6 +142,18 @@ def field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> 
         names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise UsageError(f"field {name!r} must be {_JSON_NAMES.get(names, names)}")
     return value
+
+
+def aliased(body: Mapping[str, Any], aliases: Mapping[str, str]) -> dict[str, Any]:
+    """``body`` with each deprecated name replaced by the field it stands for; both given is
+    a 400 (which one would win is not for the server to guess)."""
+    out = dict(body)
+    for old, new in aliases.items():
+        if old in out:
+            if new in out:
+                raise UsageError(f"field {old!r} is a deprecated name of {new!r}: give one")
+            out[new] = out.pop(old)
+    return out
 
 
 def only(body: Mapping[str, Any], allowed: tuple[str, ...]) -> None:

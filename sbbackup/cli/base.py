@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
 import signal
 import sys
@@ -253,7 +254,10 @@ def main(argv: list[str] | None = None) -> None:
             click.echo(cli.get_help(help_ctx))
         sys.exit(0)
     try:
-        cli.main(args=args, prog_name="sbbackup", standalone_mode=False)
+        # Not ``cli.main``: click would turn an interrupt into a blank line and an Abort
+        # before this boundary could give it its one line (and its JSON under --json).
+        with cli.make_context("sbbackup", list(args)) as click_ctx:
+            cli.invoke(click_ctx)
     except SbbackupError as exc:
         render_error(exc.message, exc.to_json() if as_json else None, err)
         sys.exit(int(exc.exit_code))
@@ -281,4 +285,7 @@ def main(argv: list[str] | None = None) -> None:
             "sbbackup: unexpected error: please report it at "
             "https://github.com/streambuddy/sbbackup/issues with the traceback above"
         )
+        if as_json:
+            payload = error_json(int(ExitCode.UNEXPECTED), "unexpected", f"unexpected error: {exc}")
+            err.file.write(json.dumps(payload) + "\n")
         sys.exit(int(ExitCode.UNEXPECTED))

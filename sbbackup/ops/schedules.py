@@ -153,7 +153,7 @@ def schedule_view(ctx: Context, s: Schedule, source: str, now: datetime) -> Sche
     done = [r for r in mine if r.status == Status.COMPLETED]
     nxt = next_runs(s, now, 1) if s.enabled and ctx.settings.enabled else []
     return ScheduleView(
-        id=s.id,
+        scheduleId=s.id,
         cron=s.cron,
         retentionDays=s.retentionDays,
         timezone=s.timezone,
@@ -167,7 +167,8 @@ def schedule_view(ctx: Context, s: Schedule, source: str, now: datetime) -> Sche
         lastRun=mine[0].createdAt if mine else None,
         lastRunStatus=mine[0].status if mine else None,
         lastSuccess=done[0].createdAt if done else None,
-        nextRun=nxt[0].isoformat() if nxt else None,
+        nextRun=iso(nxt[0]) if nxt else None,
+        nextRunLocal=_local(nxt[0]) if nxt else None,
         backupCount=len(done),
         totalSize=sum(r.size for r in done),
     )
@@ -211,26 +212,30 @@ def next_fires(ctx: Context, count: int, now: datetime | None = None) -> NextFir
     for s in schedules(ctx).schedules.values():
         if not s.enabled or not ctx.settings.enabled:
             why = "disabled" if not s.enabled else "backups off (DB_BACKUP_ENABLED=false)"
-            rows.append(_fire(s, False, None, None, why))
+            rows.append(_fire(s, False, None, why))
             continue
         for when in next_runs(s, now, count):
-            rows.append(_fire(s, True, when.isoformat(), iso(when), None))
-    rows.sort(key=lambda r: (r["nextUtc"] is None, r["nextUtc"] or "", r["scheduleId"]))
+            rows.append(_fire(s, True, when, None))
+    rows.sort(key=lambda r: (r["nextRun"] is None, r["nextRun"] or "", r["scheduleId"]))
     return NextFires(rows)
 
 
-def _fire(
-    s: Schedule, enabled: bool, when: str | None, utc: str | None, reason: str | None
-) -> NextFire:
+def _fire(s: Schedule, enabled: bool, when: datetime | None, reason: str | None) -> NextFire:
     return NextFire(
         scheduleId=s.id,
         cron=s.cron,
         timezone=s.timezone,
         enabled=enabled,
-        next=when,
-        nextUtc=utc,
+        nextRun=iso(when),
+        nextRunLocal=_local(when),
         reason=reason,
     )
+
+
+def _local(when: datetime | None) -> str | None:
+    """A fire time as the schedule's wall clock reads it, with its UTC offset (the one JSON
+    timestamp that is not UTC; its key ends in ``Local``)."""
+    return None if when is None else when.isoformat(timespec="milliseconds")
 
 
 def get_crontab(

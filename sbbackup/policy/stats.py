@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from ..model import BackupRecord, Status, iso
 from ..results import (
@@ -26,6 +27,8 @@ from ..results import (
 from ..results.base import human_size
 from .retention import record_time
 from .schedules import Schedule, due_after
+
+_N = TypeVar("_N", int, float)
 
 WINDOWS = {"allTime": None, "last7d": timedelta(days=7), "last30d": timedelta(days=30)}
 MANUAL = "manual"
@@ -64,7 +67,7 @@ def _rates(records: Sequence[BackupRecord], now: datetime) -> SuccessRate:
     return SuccessRate(**{name: _rate(records, now, w) for name, w in WINDOWS.items()})
 
 
-def p95(values: Sequence[float]) -> float | None:
+def p95(values: Sequence[_N]) -> _N | None:
     """Nearest-rank 95th percentile."""
     if not values:
         return None
@@ -104,7 +107,7 @@ def overdue_info(
         scheduleId=schedule.id,
         lastSuccess=last.createdAt if last else None,
         dueAt=iso(deadline),
-        overdueSeconds=int((now - deadline).total_seconds()),
+        overdueMs=int((now - deadline).total_seconds() * 1000),
     )
 
 
@@ -126,7 +129,7 @@ def _schedule_stats(
         lastRun=last_run.createdAt if last_run else None,
         lastRunStatus=last_run.status if last_run else None,
         lastSuccess=last_ok.createdAt if last_ok else None,
-        lastDurationSeconds=last_ok.duration / 1000 if last_ok else None,
+        lastDurationMs=last_ok.duration if last_ok else None,
         lastSizeBytes=last_ok.size if last_ok else None,
     )
 
@@ -143,7 +146,7 @@ def statistics(
     """Everything `sbbackup statistics` shows. ``last_restore_test`` is ``last_test.json``
     (``{"lastRun": {...}, "lastSuccess": {...} | None}``), as ``drills`` reads it."""
     done = [r for r in records if r.status == Status.COMPLETED]
-    durations = [r.duration / 1000 for r in done]
+    durations = [r.duration for r in done]
     compressed = [r for r in done if r.compression and r.uncompressedSize and r.size]
     by_status: dict[str, int] = {}
     for r in records:
@@ -163,8 +166,8 @@ def statistics(
         byStatus=dict(sorted(by_status.items())),
         successRate=_rates(records, now),
         duration=DurationStats(
-            averageSeconds=round(sum(durations) / len(durations), 3) if durations else None,
-            p95Seconds=p95(durations),
+            averageMs=round(sum(durations) / len(durations)) if durations else None,
+            p95Ms=p95(durations),
         ),
         size=SizeStats(
             totalBytes=sum(r.size for r in done),
@@ -177,11 +180,10 @@ def statistics(
         ),
         lastSuccess={p.scheduleId: p.lastSuccess for p in per},
         schedules=per,
-        graceSeconds=int(grace.total_seconds()),
+        graceMs=int(grace.total_seconds() * 1000),
         overdueSchedules=overdue,
         disk=DiskUsage(usedBytes=disk_used, freeBytes=disk_free),
-        lastRestoreTest=_entry(drills.get("lastSuccess")),
-        lastRestoreDrill=_entry(drills.get("lastRun")),
+        lastRestoreDrill=_entry(drills.get("lastSuccess")),
     )
 
 
@@ -246,7 +248,7 @@ def health(
         )
     _record_warnings(report, records, now)
     if restore_test_days is not None:
-        _restore_warning(report, stats.lastRestoreTest, now, restore_test_days)
+        _restore_warning(report, stats.lastRestoreDrill, now, restore_test_days)
     return report
 
 
@@ -344,7 +346,7 @@ def prometheus_text(
         ts = _time(last).timestamp() if last and record_time(last) else 0
         samples["sbbackup_last_success_timestamp_seconds"].append(f"{{{lab}}} {ts:.3f}")
         samples["sbbackup_last_duration_seconds"].append(
-            f"{{{lab}}} {p.lastDurationSeconds or 0:.3f}"
+            f"{{{lab}}} {(p.lastDurationMs or 0) / 1000:.3f}"
         )
         samples["sbbackup_last_size_bytes"].append(f"{{{lab}}} {p.lastSizeBytes or 0}")
         for status in _METRIC_STATUSES:

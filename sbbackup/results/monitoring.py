@@ -22,10 +22,10 @@ class SuccessRate:
 
 @dataclass(frozen=True)
 class DurationStats:
-    """Of completed backups, in seconds."""
+    """Of completed backups, in milliseconds."""
 
-    averageSeconds: float | None
-    p95Seconds: float | None
+    averageMs: int | None
+    p95Ms: int | None
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class ScheduleStats:
     lastRun: str | None
     lastRunStatus: str | None
     lastSuccess: str | None
-    lastDurationSeconds: float | None
+    lastDurationMs: int | None
     lastSizeBytes: int | None
 
 
@@ -70,13 +70,13 @@ class Overdue:
     scheduleId: str
     lastSuccess: str | None
     dueAt: str | None
-    overdueSeconds: int
+    overdueMs: int
 
 
 @dataclass(frozen=True)
 class Statistics:
-    """Everything `sbbackup statistics` shows. ``lastRestoreTest`` and ``lastRestoreDrill`` are
-    the drill entries as ``last_test.json`` keeps them (``at``, ``status``, ``backupId`` ...)."""
+    """Everything `sbbackup statistics` shows. ``lastRestoreDrill`` is the newest restore drill
+    that passed, as ``last_test.json`` keeps it (``at``, ``status``, ``backupId`` ...)."""
 
     generatedAt: str | None
     total: int
@@ -88,10 +88,9 @@ class Statistics:
     size: SizeStats
     lastSuccess: Mapping[str, str | None]
     schedules: tuple[ScheduleStats, ...]
-    graceSeconds: int
+    graceMs: int
     overdueSchedules: tuple[Overdue, ...]
     disk: DiskUsage
-    lastRestoreTest: Mapping[str, object] | None
     lastRestoreDrill: Mapping[str, object] | None
 
     def to_json(self) -> JsonObject:

@@ -109,7 +109,7 @@ class ScheduleView(TypedDict):
     """A schedule's settings (``policy.schedules.Schedule``, in its field order), where it
     comes from, and what the catalog says of it."""
 
-    id: str
+    scheduleId: str
     cron: str
     retentionDays: int
     timezone: str
@@ -123,7 +123,8 @@ class ScheduleView(TypedDict):
     lastRun: str | None
     lastRunStatus: str | None
     lastSuccess: str | None
-    nextRun: str | None
+    nextRun: str | None  # UTC
+    nextRunLocal: str | None  # the schedule's wall clock, with its offset
     backupCount: int
     totalSize: int
 
@@ -142,8 +143,8 @@ class NextFire(TypedDict):
     cron: str
     timezone: str
     enabled: bool
-    next: str | None
-    nextUtc: str | None
+    nextRun: str | None  # UTC
+    nextRunLocal: str | None  # the schedule's wall clock, with its offset
     reason: str | None
 
 

@@ -400,7 +400,9 @@ def test_traversal_and_hostile_ids(
     bad_ids = ["../x", "/etc/passwd", "a\x00b", "x" * 500, "manual", "test", "Daily"]
     for sid in bad_ids:
         reply = c.call(
-            "POST", "/api/backup/schedules", {"id": sid, "cron": "0 1 * * *", "retentionDays": 1}
+            "POST",
+            "/api/backup/schedules",
+            {"scheduleId": sid, "cron": "0 1 * * *", "retentionDays": 1},
         )
         assert reply.status == 400, (sid, reply)
     assert c.call("POST", "/api/backup/test", {"backupId": "/etc/passwd"}).status == 400
@@ -493,7 +495,8 @@ def test_body_limits_and_content_types(
         {"format": "tar"},
         {"level": 99},
         {"level": True},
-        {"compress": "yes"},
+        {"compression": "yes"},
+        {"compress": True, "compression": True},  # a deprecated name beside its new one
         {"nope": 1},
     ):
         assert c.call("POST", "/api/backup", body).status == 400, body
@@ -571,26 +574,37 @@ def test_schedule_endpoints(serve: Callable[..., Client], pg: Cluster, fresh_db:
     small_table(pg, fresh_db)
     c = serve(pg.url(fresh_db))
     listed = c.call("GET", "/api/backup/schedules")
-    assert listed.status == 200 and {s["id"] for s in listed.body} == {"daily", "weekly", "monthly"}
+    assert listed.status == 200 and {s["scheduleId"] for s in listed.body} == {
+        "daily",
+        "weekly",
+        "monthly",
+    }
     created = c.call(
         "POST",
         "/api/backup/schedules",
-        {"id": "hourly", "cron": "0 * * * *", "retentionDays": 2, "format": "custom"},
+        {
+            "id": "hourly",  # the deprecated name of scheduleId
+            "cron": "0 * * * *",
+            "retentionDays": 2,
+            "format": "custom",
+        },
     )
     assert created.status == 201, created
     assert created.headers["Location"] == "/api/backup/schedules/hourly"
-    assert created.body["id"] == "hourly" and created.body["format"] == "custom"
+    assert created.body["scheduleId"] == "hourly" and created.body["format"] == "custom"
     assert (
         c.call(
             "POST",
             "/api/backup/schedules",
-            {"id": "hourly", "cron": "0 * * * *", "retentionDays": 2},
+            {"scheduleId": "hourly", "cron": "0 * * * *", "retentionDays": 2},
         ).status
         == 400
     )
     assert (
         c.call(
-            "POST", "/api/backup/schedules", {"id": "x1", "cron": "not cron", "retentionDays": 2}
+            "POST",
+            "/api/backup/schedules",
+            {"scheduleId": "x1", "cron": "not cron", "retentionDays": 2},
         ).status
         == 400
     )

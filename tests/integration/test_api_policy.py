@@ -457,9 +457,11 @@ def test_a_client_cannot_weaken_a_backup(server: Start, pg: Cluster, source: str
     enc = {"recipients": [recipient]}
     c = server(pg.url(source), backup_cfg={"encryption": True}, encryption_cfg=enc)
     refused = [
-        ("POST", "/api/backup", {"encrypt": False}),
+        ("POST", "/api/backup", {"encryption": False}),
+        ("POST", "/api/backup", {"compression": False}),
+        ("POST", "/api/backup?wait=true", {"encryption": False, "compression": True}),
+        ("POST", "/api/backup", {"encrypt": False}),  # the deprecated name, refused the same
         ("POST", "/api/backup", {"compress": False}),
-        ("POST", "/api/backup?wait=true", {"encrypt": False, "compress": True}),
         (
             "POST",
             "/api/backup/schedules",
@@ -468,7 +470,7 @@ def test_a_client_cannot_weaken_a_backup(server: Start, pg: Cluster, source: str
         (
             "POST",
             "/api/backup/schedules",
-            {"id": "raw", "cron": "0 1 * * *", "retentionDays": 3, "compression": False},
+            {"scheduleId": "raw", "cron": "0 1 * * *", "retentionDays": 3, "compression": False},
         ),
         ("POST", "/api/backup/schedules/weekly", {"encryption": False}),
         ("POST", "/api/backup/schedules/monthly", {"encryption": False, "description": "x"}),
@@ -482,12 +484,12 @@ def test_a_client_cannot_weaken_a_backup(server: Start, pg: Cluster, source: str
     weekly = c.call("GET", "/api/backup/schedules/weekly").body
     assert weekly["encryption"] is True
     # Stronger is fine: the configuration's encryption, compression on, a new encrypted one.
-    made = c.call("POST", "/api/backup?wait=true", {"encrypt": True, "compress": True})
+    made = c.call("POST", "/api/backup?wait=true", {"encryption": True, "compression": True})
     assert made.status == 201 and made.body["encryption"]["recipients"] == [recipient], made
     added = c.call(
         "POST",
         "/api/backup/schedules",
-        {"id": "safe", "cron": "0 1 * * *", "retentionDays": 3, "encryption": True},
+        {"scheduleId": "safe", "cron": "0 1 * * *", "retentionDays": 3, "encryption": True},
     )
     assert added.status == 201, added
     lines = audit_lines(c)
@@ -505,7 +507,7 @@ def test_weaker_backups_when_allowed_are_audited(server: Start, pg: Cluster, sou
         backup_cfg={"encryption": True},
         encryption_cfg={"recipients": [recipient]},
     )
-    made = c.call("POST", "/api/backup?wait=true", {"encrypt": False, "compress": False})
+    made = c.call("POST", "/api/backup?wait=true", {"encryption": False, "compression": False})
     assert made.status == 201 and made.body["encryption"] is None, made
     assert made.body["compression"] is None
     changed = c.call("POST", "/api/backup/schedules/weekly", {"encryption": False})

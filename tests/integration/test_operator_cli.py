@@ -47,7 +47,7 @@ def test_schedules_json_lists_like_schedules_list_json(sb: SB, tmp_path: Path) -
     now = ("--now", "2026-03-20T12:00:00Z")  # the same clock for both
     bare = sb.ok("schedules", "--json", *now, env=env).json()
     listed = sb.ok("schedules", "list", "--json", *now, env=env).json()
-    assert bare == listed and {s["id"] for s in bare} >= {"daily", "weekly", "monthly"}
+    assert bare == listed and {s["scheduleId"] for s in bare} >= {"daily", "weekly", "monthly"}
     res = sb("schedules", "--json", "list", env=env)
     assert res.code == 2 and "after the subcommand" in res.err
 

@@ -117,7 +117,7 @@ def test_runtime_add_update_remove_enable_disable(
     assert (shown["minKeep"], shown["enabled"], shown["nextRun"]) == (3, False, None)
     assert run(capsys, "schedules", "enable", "hourly").code == 0
     assert run(capsys, "schedules", "remove", "daily").code == 0
-    ids = [s["id"] for s in run(capsys, "schedules", "list", "--json").json()]
+    ids = [s["scheduleId"] for s in run(capsys, "schedules", "list", "--json").json()]
     assert ids == ["weekly", "monthly", "hourly"]
     assert run(capsys, "schedules", "show", "daily").code == 10
     # human output works too
@@ -244,7 +244,7 @@ def test_next_lists_disabled_and_sorts(env: Path, capsys: pytest.CaptureFixture[
     res = run(capsys, "next", "--count", "2", "--now", "2026-03-06T12:00:00Z", "--json")
     assert res.code == 0, res.err
     rows = res.json()
-    assert [(r["scheduleId"], r["nextUtc"]) for r in rows] == [
+    assert [(r["scheduleId"], r["nextRun"]) for r in rows] == [
         ("daily", "2026-03-07T02:00:00.000Z"),
         ("daily", "2026-03-08T02:00:00.000Z"),
         ("weekly", "2026-03-08T03:00:00.000Z"),

@@ -347,9 +347,9 @@ def test_statistics_and_health_see_the_last_drill(sb: SB, tmp_path: Path) -> Non
 
     report = sb.ok("test", "--json", env=env).json()
     stats = sb.ok("statistics", "--json", env=env).json()
-    assert stats["lastRestoreTest"]["status"] == "passed"
-    assert stats["lastRestoreTest"]["backupId"] == report["drill"]["backupId"]
+    assert stats["lastRestoreDrill"]["status"] == "passed"
+    assert stats["lastRestoreDrill"]["backupId"] == report["drill"]["backupId"]
     assert "restore test" in sb.ok("statistics", env=env).out
-    at = stats["lastRestoreTest"]["at"]
+    at = stats["lastRestoreDrill"]["at"]
     assert restore_warnings(at, **days) == []
     assert restore_warnings("2099-01-01T00:00:00Z", **days)  # 3 days is long past by then

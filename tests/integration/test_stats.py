@@ -59,7 +59,7 @@ def test_statistics_numbers() -> None:
     )
     assert (st.total, st.completed, st.failed) == (6, 4, 2)
     assert st.successRate == SuccessRate(allTime=round(4 / 6, 4), last7d=0.75, last30d=0.8)
-    assert st.duration.averageSeconds == 4.0 and st.duration.p95Seconds == 10.0
+    assert st.duration.averageMs == 4000 and st.duration.p95Ms == 10_000
     assert st.size == SizeStats(
         totalBytes=1500, averageBytes=375, compressionRatio=round(6700 / 1500, 2)
     )
@@ -69,7 +69,7 @@ def test_statistics_numbers() -> None:
     assert st.lastSuccess["daily"] == "2026-03-20T02:00:00.000Z"
     assert st.overdueSchedules == ()
     assert st.disk == DiskUsage(usedBytes=1234, freeBytes=5678)
-    assert st.lastRestoreTest == {"at": "2026-03-19T00:00:00.000Z"}
+    assert st.lastRestoreDrill == {"at": "2026-03-19T00:00:00.000Z"}  # the newest that passed
     data = json.loads(json.dumps(st.to_json()))
     assert data["successRate"] == {"allTime": round(4 / 6, 4), "last7d": 0.75, "last30d": 0.8}
     assert data["size"] == {
@@ -78,7 +78,7 @@ def test_statistics_numbers() -> None:
         "compressionRatio": round(6700 / 1500, 2),
     }
     assert data["disk"] == {"usedBytes": 1234, "freeBytes": 5678}
-    assert data["overdueSchedules"] == [] and data["lastRestoreDrill"] is None
+    assert data["overdueSchedules"] == [] and "lastRestoreTest" not in data
     assert [p["scheduleId"] for p in data["schedules"]] == ["daily", "weekly", "monthly", "manual"]
 
 
@@ -240,7 +240,7 @@ def test_a_simulated_day_of_cron_runs(
     fires = run(capsys, *c, "next", "--count", "200", "--now", start.isoformat(), "--json").json()
     end = start + timedelta(days=8)
     plan = sorted(
-        (f["nextUtc"], f["scheduleId"]) for f in fires if f["nextUtc"] and f["nextUtc"] < iso(end)
+        (f["nextRun"], f["scheduleId"]) for f in fires if f["nextRun"] and f["nextRun"] < iso(end)
     )
     for when, sid in plan:
         res = run(capsys, *c, "run-schedule", sid, "--now", when)

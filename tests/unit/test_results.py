@@ -61,10 +61,9 @@ def test_statistics_json_is_plain_data_in_field_order() -> None:
         size=res.SizeStats(0, None, None),
         lastSuccess={"daily": None},
         schedules=(row,),
-        graceSeconds=3600,
-        overdueSchedules=(res.Overdue("daily", None, "2026-03-20T02:00:00.000Z", 36000),),
+        graceMs=3_600_000,
+        overdueSchedules=(res.Overdue("daily", None, "2026-03-20T02:00:00.000Z", 36_000_000),),
         disk=res.DiskUsage(None, None),
-        lastRestoreTest=None,
         lastRestoreDrill=None,
     )
     data = st.to_json()
@@ -80,11 +79,11 @@ def test_statistics_json_is_plain_data_in_field_order() -> None:
             "lastRun": None,
             "lastRunStatus": "failed",
             "lastSuccess": None,
-            "lastDurationSeconds": None,
+            "lastDurationMs": None,
             "lastSizeBytes": None,
         }
     ]
-    assert data["overdueSchedules"][0]["overdueSeconds"] == 36000
+    assert data["overdueSchedules"][0]["overdueMs"] == 36_000_000
     out = io.StringIO()
     render(st, False, Console(file=out, width=160))
     assert "OVERDUE daily: due 2026-03-20T02:00:00.000Z, last success never" in out.getvalue()
@@ -92,4 +91,5 @@ def test_statistics_json_is_plain_data_in_field_order() -> None:
 
 def test_a_schedule_view_starts_with_every_schedule_field_in_order() -> None:
     names = [f.name for f in fields(Schedule)]
-    assert list(res.ScheduleView.__annotations__)[: len(names)] == names
+    assert names[0] == "id"  # the JSON contract's one name for it is scheduleId
+    assert list(res.ScheduleView.__annotations__)[: len(names)] == ["scheduleId", *names[1:]]
