@@ -141,7 +141,10 @@ def test_every_backup_and_schedule_command(sb: SB, source: dict[str, str], tmp_p
     assert isinstance(stats["duration"]["averageMs"], int) and stats["graceMs"] == 3_600_000
     assert ok("health", "health")["ok"] is True
     assert ok("metrics", "metrics")["text"].startswith("# HELP")
-    assert ok("crontab", "crontab")["lines"]
+    assert ok("crontab", "crontab", "--cron", "debian")["lines"]
+    (tmp_path / "units").mkdir()
+    units = ok("crontab", "crontab", "--cron", "systemd", "--output-dir", str(tmp_path / "units"))
+    assert units["lines"] == [] and len(units["written"]) == len(units["files"]) == 6
     key = ok("keygen", "keygen", "--output", str(tmp_path / "key.txt"))
     assert key["publicKey"].startswith("age1")
     gone = ok("backup", "delete", made["id"], "--yes")
