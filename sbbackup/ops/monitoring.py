@@ -54,11 +54,16 @@ def _records(ctx: Context) -> list[BackupRecord]:
     ]
 
 
-def get_statistics(ctx: Context, now: datetime | None = None) -> Statistics:
+def get_statistics(
+    ctx: Context, now: datetime | None = None, records: list[BackupRecord] | None = None
+) -> Statistics:
+    """``records``: the catalog as ``_records`` read it, if the caller has it already."""
     used, free = ctx.storage.usage()
     sched = _schedules_as_run(ctx)
     last_test = ctx.state.last_drill()
-    return statistics(_records(ctx), sched, _now(now), DEFAULT_GRACE, used, free, last_test)
+    if records is None:
+        records = _records(ctx)
+    return statistics(records, sched, _now(now), DEFAULT_GRACE, used, free, last_test)
 
 
 def get_health(
@@ -81,9 +86,9 @@ def get_health(
     unusable = path_problem(ctx)
     if unusable is None:
         try:
-            stats = get_statistics(ctx, now)
-            sched = list(schedules(ctx).schedules.values()) if ctx.settings.enabled else []
             records = _records(ctx)
+            stats = get_statistics(ctx, now, records)
+            sched = list(schedules(ctx).schedules.values()) if ctx.settings.enabled else []
             report = health(stats, sched, records, now, DEFAULT_GRACE, min_free, restore_test_days)
         except (SbbackupError, OSError) as exc:  # it became unusable while we looked
             unusable = f"backup path {ctx.settings.backup_path} unusable: {_why(exc)}"

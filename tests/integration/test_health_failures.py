@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 from conftest import SB
+from helpers.api_server import Client, api_servers, url_of
 from helpers.cli import Result
 from helpers.manifests import edit_manifest, manifest_path, read_manifest
 from helpers.sched_helpers import run, sqlite_db
 from prometheus_client.parser import text_string_to_metric_families
 
+from sbbackup.config import load_settings
 from sbbackup.model import parse_iso
 
 RUNS = ("2026-03-18T02:00:00Z", "2026-03-19T02:00:00Z", "2026-03-20T02:00:00Z")
@@ -373,3 +375,36 @@ def test_metrics_last_verified_and_backups_by_status(
     assert (
         again[(verified, (("schedule", "daily"),))] == after[(verified, (("schedule", "daily"),))]
     )
+
+
+# --- the API says the same -----------------------------------------------------------------
+
+
+def test_api_health_reports_an_unusable_path_and_a_failed_closed_run(tmp_path: Path) -> None:
+    env = {**os.environ, "DATABASE_URL": sqlite_db(tmp_path / "app.db")}
+    env["DB_BACKUP_PATH"] = str(tmp_path / "backups")
+    env.pop("SBBACKUP_STATE_DIR", None)
+    with api_servers() as start:
+        server = start(load_settings(env=env))
+        c = Client(url_of(server), tmp_path / "backups", env, server)
+        health = c.call("GET", "/api/health")
+        assert health.status == 503, health
+        [problem] = health.body["problems"]
+        assert problem["check"] == "backup-path" and "does not exist" in problem["reason"]
+        assert not (tmp_path / "backups").exists()
+        # weekly encrypts and no recipient is configured: the refusal is a failed run.
+        run = c.call("POST", "/api/backup/schedules/weekly/run")
+        if run.status == 202:
+            job = c.poll(run.headers["Location"], lambda b: b["status"] != "in_progress")
+            assert job["status"] == "failed" and job["error"]["code"] == 2, job
+        else:
+            assert run.status in (400, 500) and "recipient" in run.error["message"], run
+        [failed] = c.call("GET", "/api/backup?status=failed").body
+        assert failed["scheduleId"] == "weekly" and "recipient" in failed["error"]
+        health = c.call("GET", "/api/health")
+        assert health.status == 503
+        found = checks(health.body["problems"])
+        assert found["last-run-failed"]["scheduleId"] == "weekly", health.body
+        metrics = samples(c.call("GET", "/metrics").body)
+        key = (("schedule", "weekly"), ("status", "failed"))
+        assert metrics[("sbbackup_schedule_backups", key)] == 1
