@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,14 @@ from conftest import SB
 from helpers.api_server import Client, api_servers, url_of
 from helpers.cli import Result
 from helpers.manifests import edit_manifest, manifest_path, read_manifest
+from helpers.records import record
 from helpers.sched_helpers import run, sqlite_db
 from prometheus_client.parser import text_string_to_metric_families
 
 from sbbackup.config import load_settings
 from sbbackup.model import parse_iso
+from sbbackup.policy import stats
+from sbbackup.policy.schedules import Schedule
 
 RUNS = ("2026-03-18T02:00:00Z", "2026-03-19T02:00:00Z", "2026-03-20T02:00:00Z")
 CHECKED = "2026-03-20T03:00:00Z"  # daily's run of the 20th is within its interval: not overdue
@@ -408,3 +412,34 @@ def test_api_health_reports_an_unusable_path_and_a_failed_closed_run(tmp_path: P
         metrics = samples(c.call("GET", "/metrics").body)
         key = (("schedule", "weekly"), ("status", "failed"))
         assert metrics[("sbbackup_schedule_backups", key)] == 1
+
+
+# --- the pure rule, status by status -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "problem"),
+    [
+        ("completed", None),
+        ("failed", "last-run-failed"),
+        ("abandoned", "last-run-failed"),
+        ("missing", "newest-missing"),
+        ("corrupt", "newest-corrupt"),
+        ("orphan", "newest-orphaned"),
+        ("in_progress", None),  # a live writer says nothing yet: the good one before counts
+    ],
+)
+def test_the_newest_record_decides(status: str, problem: str | None) -> None:
+    now = datetime(2026, 3, 20, 3, tzinfo=UTC)
+    daily = Schedule("daily", "0 2 * * *", 7, timezone="UTC")
+    newest = record(datetime(2026, 3, 20, 2, tzinfo=UTC), "daily", status, error="why")
+    records = [newest, record(datetime(2026, 3, 19, 2, tzinfo=UTC), "daily")]
+    st = stats.statistics(records, [daily], now, timedelta(hours=1), 0, 10)
+    report = stats.health(st, [daily], records, now, timedelta(hours=1), min_free=0)
+    assert [(p.check, p.scheduleId) for p in report.problems] == (
+        [(problem, "daily")] if problem else []
+    )
+    if problem:
+        assert newest.id in report.problems[0].reason and "why" in report.problems[0].reason
+    off = Schedule("daily", "0 2 * * *", 7, timezone="UTC", enabled=False)
+    assert stats.health(st, [off], records, now, timedelta(hours=1), min_free=0).ok
