@@ -9,7 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from ..config import DEFAULT_MIN_FREE
-from ..errors import SbbackupError
+from ..errors import SbbackupError, StorageError
 from ..model import BackupRecord, Status, iso
 from ..policy.schedules import Schedule
 from ..policy.stats import health, prometheus_text, statistics
@@ -90,7 +90,7 @@ def get_health(
             stats = get_statistics(ctx, now, records)
             sched = list(schedules(ctx).schedules.values()) if ctx.settings.enabled else []
             report = health(stats, sched, records, now, DEFAULT_GRACE, min_free, restore_test_days)
-        except (SbbackupError, OSError) as exc:  # it became unusable while we looked
+        except (StorageError, OSError) as exc:  # it became unusable while we looked
             unusable = f"backup path {ctx.settings.backup_path} unusable: {_why(exc)}"
     if unusable is not None:
         report = HealthReport(iso(now) or "")
@@ -115,7 +115,7 @@ def path_problem(ctx: Context) -> str | None:
 
     Creates nothing, unlike a backup (which makes a missing directory): a directory that is
     missing, not a directory, owned by someone else, open to others, read-only, or not
-    listable is a problem health reports."""
+    listable is a problem health reports. A configuration error (a bad URL) still raises."""
     where = ctx.settings.backup_path
     try:
         storage = ctx.storage
@@ -128,7 +128,7 @@ def path_problem(ctx: Context) -> str | None:
             if not os.access(storage.root, os.R_OK | os.W_OK | os.X_OK):
                 return f"backup path {where} unusable: {_access_problem(storage.root)}"
         storage.list_names()
-    except (SbbackupError, OSError) as exc:
+    except (StorageError, OSError) as exc:
         return f"backup path {where} unusable: {_why(exc)}"
     return None
 
