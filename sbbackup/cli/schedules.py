@@ -237,7 +237,8 @@ def statistics_cmd(fmt: str, as_json: bool, now: str | None) -> None:
 @json_option
 @now_option
 def metrics_cmd(as_json: bool, now: str | None) -> None:
-    """Prometheus text exposition (same as statistics --format prometheus).
+    """Prometheus text exposition (same as statistics --format prometheus): last success,
+    duration, size, last verified (restore drill) per schedule, backups by status.
 
     For node_exporter: sbbackup metrics > dir/sbbackup.prom.$$ && mv dir/sbbackup.prom.$$
     dir/sbbackup.prom
@@ -261,8 +262,10 @@ def metrics_cmd(as_json: bool, now: str | None) -> None:
 def health_cmd(
     min_free: int, restore_test_days: int | None, as_json: bool, now: str | None
 ) -> None:
-    """A monitoring check: exit 0 when healthy, 14 with the reasons when any enabled schedule
-    is overdue or its last run failed, or free space is below --min-free."""
+    """A monitoring check: exit 0 when healthy, 14 with the reasons when an enabled schedule
+    is overdue, its newest run failed (failed closed included) or its newest backup is
+    missing, corrupt, orphaned or abandoned, the backup path is unusable, or free space is
+    below --min-free. Backups switched off (DB_BACKUP_ENABLED=false) only warn."""
     from ..ops import monitoring
 
     report = monitoring.get_health(get_ctx(), _parse_now(now), min_free, restore_test_days)

@@ -54,21 +54,32 @@ def create_backup(
 ) -> BackupRecord:
     """Dump, stream to storage, commit, then write the manifest (the commit record)."""
     s = ctx.settings
+    now = now or datetime.now(UTC)
     fmt = opts.format or s.format
-    check_format(ctx.engine, fmt)
     compress = s.compression if opts.compress is None else opts.compress
     compression = (
         Compression(opts.level or s.compression_level, s.compression_threads) if compress else None
     )
     encrypt = s.encryption if opts.encrypt is None else opts.encrypt
     plan = None
-    if encrypt:
-        from ..encryption import plan_encryption
+    # A refusal the configuration caused (every choice of a schedule's run, or a setting the
+    # caller did not override) is a failed run: it leaves a failed record. A choice the
+    # caller made for this one backup is bad input: refused, nothing recorded.
+    scheduled = opts.schedule_id is not None
+    configured = scheduled or opts.format is None
+    try:
+        check_format(ctx.engine, fmt)
+        if encrypt:
+            from ..encryption import plan_encryption
 
-        plan = plan_encryption(s)  # fail closed, before anything is dumped
+            configured = scheduled or opts.encrypt is None
+            plan = plan_encryption(s)  # fail closed, before anything is dumped
+    except SbbackupError as exc:
+        if configured:
+            _record_refusal(ctx, opts, fmt, now, exc)
+        raise
     ctx.storage.check_writable()  # before any lock: a read-only path says so
     sweep_abandoned(ctx, partials_only=True)
-    now = now or datetime.now(UTC)
     suffix = (
         ctx.engine.file_extension[fmt] + (".zst" if compression else "") + (".age" if plan else "")
     )
@@ -108,6 +119,38 @@ def create_backup(
                     scheduleId=record.scheduleId,
                 )
     return record
+
+
+def _record_refusal(
+    ctx: Context, opts: CreateOptions, fmt: str, now: datetime, exc: SbbackupError
+) -> None:
+    """Record a backup refused before its dump (fail closed: no recipient, a format the
+    engine cannot write) as a ``failed`` attempt with the reason, so statistics, metrics and
+    health count it at once. Reserved like any backup (the ID's lock, then an exclusive
+    manifest), with no data file. Best effort: if the path cannot take a record, the refusal
+    alone is reported."""
+    record = BackupRecord(
+        id="",
+        filename=None,
+        size=0,
+        createdAt=iso(now) or "",
+        checksum=None,
+        status=Status.IN_PROGRESS,
+        duration=0,
+        scheduleId=opts.schedule_id,
+        database=ctx.engine.describe(),
+        format=fmt,
+        toolVersion=__version__,
+        writer={"pid": os.getpid(), "host": socket.gethostname()},
+    )
+    started = time.monotonic()
+    with contextlib.ExitStack() as held:
+        try:
+            ctx.storage.check_writable()
+            _reserve(ctx, record, ".refused", now, opts.backup_id, held)
+        except (SbbackupError, OSError):
+            return
+        _record_failure(ctx, record, exc, started)
 
 
 MAX_ID_TRIES = 1000

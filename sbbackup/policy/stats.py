@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from ..model import BackupRecord, Status, iso
+from ..model import BackupRecord, Status, iso, parse_iso
 from ..results import (
     DiskUsage,
     DurationStats,
@@ -195,6 +195,18 @@ def _entry(value: object) -> Mapping[str, object] | None:
 # --- health ------------------------------------------------------------------------------
 
 
+# What the newest record of an enabled schedule may say, and the check that reports it.
+# ``failed`` and ``abandoned`` keep their old check name; the others are the backup that
+# should be the schedule's newest restorable copy, and is not.
+_NEWEST_PROBLEMS: dict[str, str] = {
+    Status.FAILED: "last-run-failed",
+    Status.ABANDONED: "last-run-failed",
+    Status.MISSING: "newest-missing",
+    Status.CORRUPT: "newest-corrupt",
+    Status.ORPHAN: "newest-orphaned",
+}
+
+
 def health(
     stats: Statistics,
     schedules: Sequence[Schedule],
@@ -204,14 +216,16 @@ def health(
     min_free: int,
     restore_test_days: int | None = None,
 ) -> HealthReport:
-    """Unhealthy when an enabled schedule is overdue or its last run failed, or disk is low.
+    """Unhealthy when an enabled schedule is overdue, or its newest record is not a good
+    backup (failed, abandoned, data file missing or of the wrong size, or an orphan data file
+    whose manifest is gone), or disk is low.
 
     ``schedules`` are the ones that should be running (empty when backups are switched off).
-    A restore drill older than ``restore_test_days`` is a warning, not a problem.
+    Older missing, corrupt, abandoned and orphaned backups, records dated in the future or not
+    at all, and a restore drill older than ``restore_test_days`` are warnings.
     """
     report = HealthReport(iso(now) or "")
     overdue = {o.scheduleId: o for o in stats.overdueSchedules}
-    per = {p.scheduleId: p for p in stats.schedules}
     for s in schedules:
         if not s.enabled:
             continue
@@ -225,16 +239,10 @@ def health(
                     f"a run was due at {o.dueAt}",
                 )
             )
-        p = per.get(s.id)
-        if p is not None and p.lastRunStatus in (Status.FAILED, Status.ABANDONED):
-            last = next(r for r in records if r.scheduleId == s.id and r.createdAt == p.lastRun)
+        newest = newest_run(records, s.id, now)
+        if newest is not None and newest.status in _NEWEST_PROBLEMS:
             report.problems.append(
-                Finding(
-                    "last-run-failed",
-                    s.id,
-                    f"the last run of {s.id} ({last.createdAt}) failed: "
-                    f"{last.error or 'no detail'}",
-                )
+                Finding(_NEWEST_PROBLEMS[newest.status], s.id, _newest_reason(s.id, newest))
             )
     free = stats.disk.freeBytes
     if free is not None and free < min_free:
@@ -252,15 +260,49 @@ def health(
     return report
 
 
+def newest_run(records: Sequence[BackupRecord], sid: str, now: datetime) -> BackupRecord | None:
+    """A schedule's newest record that says something: one being written by a live writer
+    says nothing yet, and one dated in the future (clock skew) is not believed."""
+    mine = [
+        r
+        for r in records
+        if (r.scheduleId or MANUAL) == sid
+        and r.status != Status.IN_PROGRESS
+        and _time(r) <= now + _SKEW
+    ]
+    return _newest(mine)
+
+
+def _newest_reason(sid: str, r: BackupRecord) -> str:
+    if r.status in (Status.FAILED, Status.ABANDONED):
+        how = "was abandoned" if r.status == Status.ABANDONED else "failed"
+        return f"the last run of {sid}, {r.id} ({r.createdAt}), {how}: {r.error or 'no detail'}"
+    return (
+        f"the newest backup of {sid}, {r.id}, is {r.status}: {r.error or 'no detail'}; "
+        "it cannot be restored"
+    )
+
+
+# Warnings for what the catalog holds, newest first in each message.
+_STATUS_WARNINGS = (
+    (Status.MISSING, "backup(s) whose data file is missing: they cannot be restored"),
+    (
+        Status.CORRUPT,
+        "backup(s) with a data file of the wrong size or an unreadable manifest: they cannot "
+        "be restored (sbbackup verify says more)",
+    ),
+    (Status.ABANDONED, "backup(s) whose writer died; the next create or prune fails them"),
+    (Status.ORPHAN, "data file(s) without a manifest; prune removes them after retention"),
+)
+
+
 def _record_warnings(report: HealthReport, records: Sequence[BackupRecord], now: datetime) -> None:
-    """Records whose time cannot be trusted (dated in the future, or not dated at all), and
-    what dead writers left: abandoned backups and orphan data files."""
+    """Records whose time cannot be trusted (dated in the future, or not dated at all), backups
+    that cannot be restored (missing, corrupt), and what dead writers left: abandoned backups
+    and orphan data files. Each warning names the newest such backup."""
     future = sorted(r.id for r in records if _time(r) > now + _SKEW)
     undated = sorted(r.id for r in records if record_time(r) is None)
-    for status, advice in (
-        (Status.ABANDONED, "backup(s) whose writer died; the next create or prune fails them"),
-        (Status.ORPHAN, "data file(s) without a manifest; prune removes them after retention"),
-    ):
+    for status, advice in _STATUS_WARNINGS:
         ids = sorted(r.id for r in records if r.status == status)
         if ids:
             report.warnings.append(
@@ -289,8 +331,6 @@ def _record_warnings(report: HealthReport, records: Sequence[BackupRecord], now:
 def _restore_warning(
     report: HealthReport, last: Mapping[str, object] | None, now: datetime, days: int
 ) -> None:
-    from ..catalog import parse_iso
-
     stamp = last.get("at") if last else None
     at = parse_iso(stamp) if isinstance(stamp, str) else None
     if at is None or now - at > timedelta(days=days):
@@ -313,7 +353,18 @@ METRICS = (
     ),
     ("sbbackup_last_duration_seconds", "Duration of the schedule's newest completed backup."),
     ("sbbackup_last_size_bytes", "Stored size of the schedule's newest completed backup."),
-    ("sbbackup_backups_total", "Backups in the catalog by schedule and status."),
+    (
+        "sbbackup_backup_last_verified_timestamp_seconds",
+        "Unix time of the newest successful restore drill (sbbackup test, verify --deep "
+        "--restore) of one of the schedule's backups (0 if none recorded).",
+    ),
+    ("sbbackup_backups", "Backups in the catalog by status, over all schedules."),
+    ("sbbackup_schedule_backups", "Backups in the catalog by schedule and status."),
+    (
+        "sbbackup_backups_total",
+        "Deprecated (a gauge should not end in _total): sbbackup_schedule_backups, under its "
+        "old name for one more release.",
+    ),
     (
         "sbbackup_schedule_overdue",
         "1 if the schedule's last success is older than its interval plus grace.",
@@ -326,12 +377,18 @@ def _label(value: str) -> str:
 
 
 def prometheus_text(
-    records: Sequence[BackupRecord], schedules: Sequence[Schedule], now: datetime, grace: timedelta
+    records: Sequence[BackupRecord],
+    schedules: Sequence[Schedule],
+    now: datetime,
+    grace: timedelta,
+    last_verified: Mapping[str, str] | None = None,
 ) -> str:
     """Text exposition format for node_exporter's textfile collector. All series are gauges:
-    ``sbbackup_backups_total`` falls when retention prunes, so it is not a counter."""
+    backup counts fall when retention prunes, so they are not counters. ``last_verified``:
+    schedule ID -> the ISO time of the newest successful restore drill of its backups."""
     stats = statistics(records, schedules, now, grace)
     overdue = {o.scheduleId for o in stats.overdueSchedules}
+    verified = last_verified or {}
     samples: dict[str, list[str]] = {name: [] for name, _ in METRICS}
     for p in stats.schedules:
         lab = f'schedule="{_label(p.scheduleId)}"'
@@ -349,11 +406,19 @@ def prometheus_text(
             f"{{{lab}}} {(p.lastDurationMs or 0) / 1000:.3f}"
         )
         samples["sbbackup_last_size_bytes"].append(f"{{{lab}}} {p.lastSizeBytes or 0}")
+        at = parse_iso(verified[p.scheduleId]) if p.scheduleId in verified else None
+        samples["sbbackup_backup_last_verified_timestamp_seconds"].append(
+            f"{{{lab}}} {at.timestamp() if at else 0:.3f}"
+        )
         for status in _METRIC_STATUSES:
             n = sum(r.status == status for r in records if (r.scheduleId or MANUAL) == p.scheduleId)
-            samples["sbbackup_backups_total"].append(f'{{{lab},status="{status}"}} {n}')
+            for name in ("sbbackup_schedule_backups", "sbbackup_backups_total"):
+                samples[name].append(f'{{{lab},status="{status}"}} {n}')
         if p.enabled is not None:
             samples["sbbackup_schedule_overdue"].append(f"{{{lab}}} {int(p.scheduleId in overdue)}")
+    for status in (*_METRIC_STATUSES, Status.IN_PROGRESS):
+        n = sum(r.status == status for r in records)
+        samples["sbbackup_backups"].append(f'{{status="{status}"}} {n}')
     out = []
     for name, help_text in METRICS:
         out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]

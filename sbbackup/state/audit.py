@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..errors import SbbackupError
 from ..model import iso
-from .files import ensure_private_dir, open_append, storage_error
+from .files import check_private_dir, ensure_private_dir, open_append, open_read, storage_error
 
 AUDIT_FILE = "audit.log"
 
@@ -47,3 +48,33 @@ def append_audit(
             os.close(fd)
     except OSError as exc:
         raise storage_error(exc, f"cannot append to {path}") from None
+
+
+def created_by_schedule(state_dir: Path, wanted: set[str]) -> dict[str, str]:
+    """For the backup IDs in ``wanted``: the schedule whose ``create`` the log recorded as
+    completed (health attributes an orphan data file or an unreadable manifest this way: the
+    manifest that said so is gone). Best effort: a log that is missing, unreadable or in a
+    directory others can write tells nothing."""
+    found: dict[str, str] = {}
+    try:
+        if not wanted or not check_private_dir(state_dir):
+            return found
+        with open_read(state_dir / AUDIT_FILE) as fh:
+            for line in fh:
+                if b'"create"' not in line:  # cheap: most lines are not creates
+                    continue
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                sid = entry.get("scheduleId") if isinstance(entry, dict) else None
+                if (
+                    entry.get("operation") == "create"
+                    and entry.get("result") == "completed"
+                    and entry.get("id") in wanted
+                    and isinstance(sid, str)
+                ):
+                    found[entry["id"]] = sid
+    except (OSError, SbbackupError):
+        return found
+    return found

@@ -74,6 +74,10 @@ class StateDir:
         """Append one line to ``audit.log`` (StorageError, exit 4, if it cannot)."""
         audit.append_audit(self.root, operation, target_id, result, **extra)
 
+    def created_by_schedule(self, backup_ids: set[str]) -> dict[str, str]:
+        """Which schedule created each of ``backup_ids``, as far as ``audit.log`` says."""
+        return audit.created_by_schedule(self.root, backup_ids)
+
     # --- restore records ---
 
     def write_restore(self, rec: RestoreRecord) -> None:

@@ -194,10 +194,13 @@ def test_fail_closed_without_valid_recipients(
         assert res.code == 2, (label, res.err)
         assert "Traceback" not in res.err and len(res.err.strip().splitlines()) == 1, res.err
         assert secret not in res.err + res.out, f"{label}: the secret was echoed"
-    # Nothing was dumped: no data file, no partial, no plaintext fallback.
-    assert not sb.backup_path.exists() or not [
-        p for p in sb.backup_path.iterdir() if p.name.startswith("streambuddy")
-    ]
+    # Nothing was dumped: no data file, no partial, no plaintext fallback. Encryption is
+    # configured (not asked for on the command line), so each refusal is a failed record.
+    left = [p for p in sb.backup_path.iterdir() if p.name.startswith("streambuddy")]
+    assert left and all(p.suffix == ".json" for p in left), left
+    records = sb.ok("list", "--json", env=base).json()
+    assert len(records) == len(left) == 1 + len(bad_settings)
+    assert all(r["status"] == "failed" and r["filename"] is None for r in records)
 
 
 def test_passphrase_backup_opens_with_age_cli(

@@ -315,9 +315,11 @@ def test_weekly_is_encrypted_by_default(
     ident = tmp_path / "id.txt"
     key = run(capsys, "keygen", "--output", str(ident), "--json")
     assert key.code == 0, key.err
-    # Without recipients the encrypted schedule fails closed, before anything is dumped.
+    # Without recipients the encrypted schedule fails closed, before anything is dumped: a
+    # failed record with the reason and no data file.
     res = run(capsys, "run-schedule", "weekly")
-    assert res.code == 2 and run(capsys, "list", "--json").json() == []
+    [refused] = run(capsys, "list", "--json").json()
+    assert res.code == 2 and (refused["status"], refused["filename"]) == ("failed", None)
     monkeypatch.setenv("DB_BACKUP_ENCRYPTION_RECIPIENTS", key.json()["publicKey"])
     monkeypatch.setenv("DB_BACKUP_ENCRYPTION_IDENTITY_FILE", str(ident))
     weekly = run(capsys, "run-schedule", "weekly", "--json").json()["backup"]

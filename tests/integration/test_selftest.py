@@ -335,6 +335,7 @@ def test_statistics_and_health_see_the_last_drill(sb: SB, tmp_path: Path) -> Non
     con.executescript("CREATE TABLE a (x); INSERT INTO a VALUES (1);")
     con.close()
     env = {"DATABASE_URL": f"sqlite:///{db}", "DB_BACKUP_ENABLED": "false"}
+    sb.backup_path.mkdir(mode=0o700)  # a missing backup path would be a problem of its own
 
     def restore_warnings(now: str, **extra: str) -> list[dict]:
         res = sb("health", "--json", "--now", now, env={**env, **extra})

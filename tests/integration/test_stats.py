@@ -297,7 +297,9 @@ def test_disabled_backups(
     assert run(capsys, "list", "--json").json() == []
     rows = run(capsys, "next", "--json").json()
     assert all(not r["enabled"] for r in rows)
-    assert run(capsys, "health", "--min-free", "0").code == 0
+    (tmp_path / "backups").mkdir(mode=0o700)  # a missing backup path is a problem of its own
+    res = run(capsys, "health", "--min-free", "0", "--json")
+    assert res.code == 0 and res.json()["warnings"][0]["check"] == "disabled", res.out
     assert "backup.enabled is false" in run(capsys, "crontab").out
     monkeypatch.delenv("DB_BACKUP_ENABLED")
     assert run(capsys, "run-schedule", "nope").code == 10

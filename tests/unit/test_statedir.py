@@ -86,12 +86,17 @@ def test_restore_record_errors(sd: StateDir) -> None:
 
 def test_last_drill_keeps_the_last_success(sd: StateDir) -> None:
     assert sd.last_drill() is None
-    sd.record_drill({"backupId": "b1", "status": "passed"}, passed=True)
-    sd.record_drill({"backupId": "b2", "status": "failed"}, passed=False)
+    b1 = {"backupId": "b1", "status": "passed", "scheduleId": "daily"}
+    sd.record_drill(b1, passed=True)
+    sd.record_drill({"backupId": "b2", "status": "failed", "scheduleId": "daily"}, passed=False)
+    b3 = {"backupId": "b3", "status": "passed", "scheduleId": "test"}
+    sd.record_drill(b3, passed=True)
+    sd.record_drill({"backupId": "b4", "status": "failed", "scheduleId": "test"}, passed=False)
     drill = sd.last_drill()
     assert drill == {
-        "lastRun": {"backupId": "b2", "status": "failed"},
-        "lastSuccess": {"backupId": "b1", "status": "passed"},
+        "lastRun": {"backupId": "b4", "status": "failed", "scheduleId": "test"},
+        "lastSuccess": b3,
+        "lastSuccessBySchedule": {"daily": b1, "test": b3},  # a failed drill changes neither
     }
 
 

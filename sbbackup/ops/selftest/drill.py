@@ -183,10 +183,21 @@ def _record(ctx: Context, drill: Drill, started: str) -> None:
         "at": started,
         "status": drill.status,
         "backupId": drill.backupId,
+        "scheduleId": _schedule_of(ctx, drill.backupId),  # for the last-verified metric
         "error": drill.error,
         "timings": drill.timings,
     }
     ctx.state.record_drill(entry, passed=drill.status == "passed")
+
+
+def _schedule_of(ctx: Context, backup_id: str | None) -> str | None:
+    """The schedule of the drilled backup (``manual`` for none), None if it cannot be read."""
+    if backup_id is None:
+        return None
+    try:
+        return ctx.catalog.get(backup_id).scheduleId or "manual"
+    except (SbbackupError, OSError):
+        return None
 
 
 # --- verify --deep --restore -------------------------------------------------------------
