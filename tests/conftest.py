@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers.cli import Result  # noqa: E402
 from helpers.pgcluster import Cluster, create_cluster, destroy_cluster  # noqa: E402
+from helpers.schemas import check_run  # noqa: E402
 
 HERE = Path(__file__).parent
 CLEAN_PREFIXES = ("DB_BACKUP_", "SBBACKUP_", "PG", "DATABASE_URL")
@@ -79,6 +80,7 @@ class SB:
             timeout=timeout,
             input=input if input is not None else "",
         )
+        check_run(args, proc.returncode, proc.stdout, proc.stderr)
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     def ok(self, *args: str, **kw: object) -> Result:

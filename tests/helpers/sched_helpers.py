@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers.cli import Result
+from helpers.schemas import check_run
 from sbbackup.cli import main
 
 
@@ -19,6 +20,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> Result:
     except SystemExit as exc:
         code = int(exc.code or 0)
     out, err = capsys.readouterr()
+    check_run(args, code, out, err)
     return Result(code, out, err)
 
 

@@ -26,50 +26,14 @@ from helpers.api_server import Client, api_servers, url_of
 from helpers.cli import Result, run_patched
 from helpers.pgcluster import Cluster
 from helpers.pgwait import dump_waiting, table_locked, wait_for
+from helpers.schemas import CHECKED, conforms, naming_problems
 from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
 
 from sbbackup import api, schemas
 from sbbackup.config import load_settings
 from sbbackup.model import Status
 
 ROOT = Path(__file__).parents[2]
-CAMEL = re.compile(r"^[a-z][a-zA-Z0-9]*$")
-# Maps whose keys are data, not field names: table names, statuses, schedule IDs, settings.
-DATA_KEYED = frozenset({"tables", "byStatus", "lastSuccess", "properties", "settings"})
-REGISTRY: Registry = Registry().with_resources(  # type: ignore[call-arg]
-    (schemas.BASE_URI + f"{n}.json", Resource.from_contents(schemas.load(n)))
-    for n in schemas.names()
-)
-CHECKED: set[str] = set()  # the schemas some test validated an instance of
-
-
-def conforms(name: str, instance: Any) -> Any:
-    """``instance`` is valid under schema ``name`` and follows the naming rules."""
-    validator = Draft202012Validator(schemas.load(name), registry=REGISTRY)
-    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.path))
-    assert not errors, f"{name}: " + "; ".join(
-        f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors[:5]
-    )
-    assert not naming_problems(instance), (name, naming_problems(instance))
-    CHECKED.add(name)
-    return instance
-
-
-def naming_problems(value: Any, path: str = "", key: str = "") -> list[str]:
-    """Keys that are not camelCase, and ``+00:00`` timestamps outside ``...Local`` keys."""
-    found: list[str] = []
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if key not in DATA_KEYED and not CAMEL.match(str(k)):
-                found.append(f"{path}/{k}: not camelCase")
-            found += naming_problems(v, f"{path}/{k}", str(k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            found += naming_problems(v, f"{path}/{i}", key)
-    elif isinstance(value, str) and "+00:00" in value and not key.endswith("Local"):
-        found.append(f"{path}: {value[:40]!r} is not a Z timestamp")
-    return found
 
 
 def error_of(res: Result, code: int | None = None) -> dict[str, Any]:
