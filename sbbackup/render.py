@@ -159,6 +159,8 @@ def _drill_details(console: Console, d: Drill) -> None:
         console.print(Text(f"      error    {d.error}", style="red"))
     for name in d.leftoversDropped:
         console.print(Text(f"      cleanup  dropped leftover {name}"))
+    if d.backupDeleted:
+        console.print(Text(f"      cleanup  deleted backup {d.backupId} (--no-keep)"))
 
 
 def _mapping(console: Console, data: Mapping[str, object]) -> None:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
 from ..catalog import writer_lock
 from ..errors import LockedError
 from ..model import Status, iso
-from ..policy.retention import RetentionPolicy, plan_all
+from ..policy.retention import DRILL, RetentionPolicy, plan_all
 from ..policy.schedules import Schedule, crontab_lines, next_runs, validate_schedule_id
 from ..policy.sources import ScheduleSet, change_schedule, load_schedules
 from ..results import (
@@ -35,7 +35,7 @@ from .context import Context
 from .options import CreateOptions
 from .verify import check_file
 
-TEST_SCHEDULE = "test"  # the schedule ID of the restore drill's own backups
+TEST_SCHEDULE = DRILL  # the schedule ID of the restore drill's own backups
 PRUNE_LOCK = "prune"
 # run-schedule has already taken a good backup when it reaches retention: wait a while for a
 # concurrent `prune` rather than fail at once.
@@ -51,21 +51,30 @@ def schedules(ctx: Context) -> ScheduleSet:
 
 
 def policies(ctx: Context, sset: ScheduleSet) -> dict[str | None, RetentionPolicy]:
-    """Retention per schedule ID; ``None`` is manual backups (DB_BACKUP_RETENTION_DAYS)."""
-    manual = RetentionPolicy(ctx.settings.retention_days, 1)
+    """Retention per schedule ID; ``None`` is manual backups (DB_BACKUP_RETENTION_DAYS) and
+    ``test`` the drill backups (DB_BACKUP_TEST_RETENTION_DAYS). Both keep their newest good
+    copy (minKeep 1), like every schedule: a manual backup taken before a risky change, or the
+    last drill's, is never the one retention takes away."""
     pol: dict[str | None, RetentionPolicy] = {
         sid: RetentionPolicy(s.retentionDays, s.minKeep) for sid, s in sset.schedules.items()
     }
-    pol[None] = manual
-    pol.setdefault(TEST_SCHEDULE, manual)  # restore-drill backups age like manual ones
+    pol[None] = RetentionPolicy(ctx.settings.retention_days, 1)
+    pol[TEST_SCHEDULE] = RetentionPolicy(ctx.settings.test_retention_days, 1)
     return pol
+
+
+# The groups every run-schedule prunes besides its own schedule: manual backups and drill
+# backups have no cron line of their own, so without this they would grow without bound.
+UNSCHEDULED: frozenset[str | None] = frozenset({None, TEST_SCHEDULE})
 
 
 # --- run-schedule ------------------------------------------------------------------------
 
 
 def run_schedule(ctx: Context, schedule_id: str, now: datetime | None = None) -> RunResult:
-    """The cron entry point: lock, back up, re-verify, then (only then) apply retention.
+    """The cron entry point: lock, back up, re-verify, then (only then) apply retention to
+    this schedule's backups and to the manual and drill backups (``UNSCHEDULED``), under the
+    one prune lock.
 
     A second run of the same schedule raises LockedError (exit 11) at once. Any failure of
     the backup or its re-verification raises before retention is even planned.
@@ -87,8 +96,9 @@ def run_schedule(ctx: Context, schedule_id: str, now: datetime | None = None) ->
         record = create_backup(ctx, opts, now=now)
         check_file(ctx, record)  # the checksum must re-verify before anything is pruned
         # Re-read the schedules: a change made while the dump ran must not be ignored.
+        groups = UNSCHEDULED | {schedule_id}
         plan, removed = _apply_retention(
-            ctx, schedules(ctx), schedule_id, _now(now), False, PRUNE_WAIT_SECONDS
+            ctx, schedules(ctx), groups, _now(now), False, PRUNE_WAIT_SECONDS
         )
     return RunResult(schedule_id, RunOutcome.COMPLETED, None, record, plan, removed)
 
@@ -103,14 +113,15 @@ def prune(
     sset = schedules(ctx)
     if schedule_id is not None and schedule_id != TEST_SCHEDULE:
         sset.get(schedule_id)
-    plan, removed = _apply_retention(ctx, sset, schedule_id, _now(now), dry_run, 0)
+    groups = None if schedule_id is None else {schedule_id}
+    plan, removed = _apply_retention(ctx, sset, groups, _now(now), dry_run, 0)
     return PruneResult(dry_run, schedule_id, plan, removed)
 
 
 def _apply_retention(
     ctx: Context,
     sset: ScheduleSet,
-    schedule_id: str | None,
+    groups: Collection[str | None] | None,
     now: datetime,
     dry_run: bool,
     wait: float,
@@ -118,14 +129,15 @@ def _apply_retention(
     """One prune lock for every schedule: two prunes never race over the same manifests. A
     dry run only plans: it takes no lock, so it writes nothing (a read-only path works).
     A real prune first sweeps what dead writers left, then removes each backup under its
-    ID's lock, so nothing a live writer holds is touched."""
+    ID's lock, so nothing a live writer holds is touched. ``groups``: the schedule IDs whose
+    backups are planned (``None`` in it: manual backups), or None for all."""
     if dry_run:
         records = ctx.catalog.list()
-        return plan_all(records, policies(ctx, sset), now, only_schedule=schedule_id), []
+        return plan_all(records, policies(ctx, sset), now, only=groups), []
     with ctx.state.lock(PRUNE_LOCK, "a prune", wait=wait):
         sweep_abandoned(ctx)
         records = ctx.catalog.list()
-        plan = plan_all(records, policies(ctx, sset), now, only_schedule=schedule_id)
+        plan = plan_all(records, policies(ctx, sset), now, only=groups)
         by_id = {r.id: r for r in records}
         removed = []
         for decision in plan.remove:
