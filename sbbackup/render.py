@@ -329,7 +329,7 @@ def _schedule_list(result: ScheduleList, console: Console) -> None:
                 f"{s['retentionDays']}d/min {s['minKeep']}",
                 f"{_t(s['lastRun'])} {s['lastRunStatus']}" if s["lastRun"] else None,
                 _t(s["lastSuccess"]),
-                _t(s["nextRun"]),
+                _t(s["nextRun"]) or ("disabled" if not s["enabled"] else None),
                 s["backupCount"],
                 human_size(s["totalSize"]),
                 s["source"],
@@ -337,6 +337,8 @@ def _schedule_list(result: ScheduleList, console: Console) -> None:
             for s in result.rows
         ],
     )
+    if result.notice:
+        console.print(Text(f"nothing will run: {result.notice}", style="yellow"))
 
 
 @show.register

@@ -80,10 +80,8 @@ def run_schedule(ctx: Context, schedule_id: str, now: datetime | None = None) ->
     the backup or its re-verification raises before retention is even planned.
     """
     schedule = schedules(ctx).get(schedule_id)
-    if not ctx.settings.enabled:
-        return RunResult(
-            schedule_id, RunOutcome.SKIPPED, "scheduled backups are off (DB_BACKUP_ENABLED)"
-        )
+    if (off := backups_off(ctx)) is not None:
+        return RunResult(schedule_id, RunOutcome.SKIPPED, off)
     if not schedule.enabled:
         return RunResult(schedule_id, RunOutcome.SKIPPED, f"schedule {schedule_id} is disabled")
     with ctx.state.lock(f"schedule-{schedule_id}", f"schedule {schedule_id}"):
@@ -154,11 +152,26 @@ def _apply_retention(
 # --- schedules list / show / change ------------------------------------------------------
 
 
-def schedule_view(ctx: Context, s: Schedule, source: str, now: datetime) -> ScheduleView:
-    """A schedule's settings with its last run, last success, next run, count and size."""
+def backups_off(ctx: Context) -> str | None:
+    """Why no schedule runs at all, naming the setting the user set; None when they run."""
+    settings = ctx.settings
+    if settings.enabled:
+        return None
+    if settings.env.get("DB_BACKUP_ENABLED", "") != "":
+        where = f"DB_BACKUP_ENABLED={settings.env['DB_BACKUP_ENABLED']}"
+    else:
+        where = f"backup.enabled: false in {settings.config_file}"
+    return f"scheduled backups are off ({where})"
+
+
+def schedule_view(ctx: Context, s: Schedule, sset: ScheduleSet, now: datetime) -> ScheduleView:
+    """A schedule's settings with its last run, last success, next run, count and size,
+    whether it will run (and why not), and where each setting comes from."""
     mine = [r for r in ctx.catalog.list() if r.scheduleId == s.id]
     done = [r for r in mine if r.status == Status.COMPLETED]
-    nxt = next_runs(s, now, 1) if s.enabled and ctx.settings.enabled else []
+    off = backups_off(ctx) or (None if s.enabled else f"schedule {s.id} is disabled")
+    nxt = next_runs(s, now, 1) if off is None else []
+    origins = sset.origins.get(s.id, {})
     return ScheduleView(
         id=s.id,
         cron=s.cron,
@@ -170,26 +183,29 @@ def schedule_view(ctx: Context, s: Schedule, source: str, now: datetime) -> Sche
         encryption=s.encryption,
         format=s.format,
         description=s.description,
-        source=source,
+        source=sset.sources[s.id],
         lastRun=mine[0].createdAt if mine else None,
         lastRunStatus=mine[0].status if mine else None,
         lastSuccess=done[0].createdAt if done else None,
         nextRun=nxt[0].isoformat() if nxt else None,
         backupCount=len(done),
         totalSize=sum(r.size for r in done),
+        willRun=off is None,
+        reason=off,
+        sources={name: o.source for name, o in origins.items()},
+        shadowed=dict(sset.shadowed.get(s.id, {})),
     )
 
 
 def list_schedules(ctx: Context, now: datetime | None = None) -> ScheduleList:
     sset = schedules(ctx)
-    return ScheduleList(
-        [schedule_view(ctx, s, sset.sources[sid], _now(now)) for sid, s in sset.schedules.items()]
-    )
+    rows = [schedule_view(ctx, s, sset, _now(now)) for s in sset.schedules.values()]
+    return ScheduleList(rows, backups_off(ctx))
 
 
 def show_schedule(ctx: Context, schedule_id: str, now: datetime | None = None) -> ScheduleView:
     sset = schedules(ctx)
-    return schedule_view(ctx, sset.get(schedule_id), sset.sources[schedule_id], _now(now))
+    return schedule_view(ctx, sset.get(schedule_id), sset, _now(now))
 
 
 def edit_schedule(

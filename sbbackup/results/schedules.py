@@ -126,6 +126,16 @@ class ScheduleView(TypedDict):
     nextRun: str | None
     backupCount: int
     totalSize: int
+    # Will run-schedule back up with it? If not, why: the schedule is disabled, or backups
+    # are off altogether (DB_BACKUP_ENABLED=false, or backup.enabled in the YAML file).
+    willRun: bool
+    reason: str | None
+    # Where each setting above (cron ... description) was set: default, config (the YAML
+    # file), env or runtime (schedules.toml).
+    sources: dict[str, str]
+    # Values a higher source hides: field -> {"source", "setting", "value"} of the hidden one
+    # (e.g. a runtime retentionDays over DB_BACKUP_DAILY_RETENTION). Empty when none is.
+    shadowed: dict[str, dict[str, object]]
 
 
 class ScheduleRemoved(TypedDict):
@@ -152,6 +162,7 @@ class ScheduleList:
     """`schedules list`: a view of every schedule."""
 
     rows: list[ScheduleView]
+    notice: str | None = None  # for people: why no schedule runs at all (not in the JSON)
 
     def to_json(self) -> list[ScheduleView]:
         return self.rows
