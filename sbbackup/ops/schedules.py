@@ -6,6 +6,7 @@ module feeds them the catalog and ``now``, takes the locks, and applies plans.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 from collections.abc import Collection, Mapping
@@ -13,10 +14,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..catalog import writer_lock
-from ..errors import LockedError
+from ..errors import LockedError, SbbackupError
 from ..model import Status, iso
 from ..policy.retention import DRILL, RetentionPolicy, plan_all
-from ..policy.schedules import Schedule, crontab_lines, next_runs, validate_schedule_id
+from ..policy.schedules import (
+    Schedule,
+    crontab_lines,
+    local_zone,
+    next_runs,
+    validate_schedule_id,
+    zone_mismatch,
+)
 from ..policy.sources import ScheduleSet, change_schedule, load_schedules
 from ..results import (
     Crontab,
@@ -80,6 +88,7 @@ def run_schedule(ctx: Context, schedule_id: str, now: datetime | None = None) ->
     the backup or its re-verification raises before retention is even planned.
     """
     schedule = schedules(ctx).get(schedule_id)
+    started = _now(now)
     if (off := backups_off(ctx)) is not None:
         return RunResult(schedule_id, RunOutcome.SKIPPED, off)
     if not schedule.enabled:
@@ -98,7 +107,23 @@ def run_schedule(ctx: Context, schedule_id: str, now: datetime | None = None) ->
         plan, removed = _apply_retention(
             ctx, schedules(ctx), groups, _now(now), False, PRUNE_WAIT_SECONDS
         )
-    return RunResult(schedule_id, RunOutcome.COMPLETED, None, record, plan, removed)
+    # Only a run that completed spends the day's warning: a failure says enough by itself.
+    mismatch = zone_mismatch(schedule, started, (local_zone(), UTC))
+    warnings = _once_a_day(ctx, f"zone-{schedule_id}", mismatch, started)
+    return RunResult(schedule_id, RunOutcome.COMPLETED, None, record, plan, removed, warnings)
+
+
+def _once_a_day(ctx: Context, key: str, warning: str | None, now: datetime) -> list[str]:
+    """``[warning]`` unless it was already given today (UTC), remembered in the state
+    directory; a state file that cannot be written only means it is given again."""
+    if warning is None:
+        return []
+    day = now.astimezone(UTC).date().isoformat()
+    if ctx.state.warned().get(key) == day:
+        return []
+    with contextlib.suppress(SbbackupError, OSError):
+        ctx.state.set_warned(key, day)
+    return [warning]
 
 
 # --- prune -------------------------------------------------------------------------------

@@ -72,6 +72,8 @@ class RunResult:
     backup: BackupRecord | None = None
     retention: RetentionPlan | None = None
     removed: list[str] = field(default_factory=list)
+    # e.g. cron runs the schedule in another zone; each given at most once a day (stderr too)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> JsonObject:
         return {
@@ -81,6 +83,7 @@ class RunResult:
             "backup": self.backup.to_json() if self.backup else None,
             "retention": self.retention.to_json() if self.retention else None,
             "removed": self.removed,
+            "warnings": self.warnings,
         }
 
 
