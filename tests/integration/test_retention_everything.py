@@ -15,6 +15,9 @@ from helpers.manifests import backdate
 from helpers.pgcluster import Cluster
 from helpers.sched_helpers import run, sqlite_db
 
+from sbbackup.catalog import writer_lock
+from sbbackup.state import StateDir
+
 Capsys = pytest.CaptureFixture[str]
 
 
@@ -104,6 +107,20 @@ def test_the_newest_manual_and_drill_backups_are_never_pruned(
     # Nothing else would go either: the last good copy of each group stays whatever its age.
     plan = ok(capsys, "prune", "--dry-run", "--json")
     assert plan["remove"] == 0
+
+
+def test_a_manual_backup_under_its_writers_lock_is_left_for_the_next_run(
+    backups: Path, capsys: Capsys
+) -> None:
+    """The same lock rules as a schedule's own prune: each removal takes the backup's lock."""
+    old, newest = make_aged(capsys, backups, "manual", [60, 40])
+    with StateDir(backups).lock(writer_lock(old), "a test holding it"):
+        first = ok(capsys, "run-schedule", "daily", "--json")
+    assert first["removed"] == []
+    assert old in ids_by_schedule(capsys)[None]
+    second = ok(capsys, "run-schedule", "daily", "--json")
+    assert second["removed"] == [old]
+    assert ids_by_schedule(capsys)[None] == {newest}
 
 
 def test_prune_stays_quiet_and_covers_drill_backups(backups: Path, capsys: Capsys) -> None:
