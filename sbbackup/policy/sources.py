@@ -132,7 +132,7 @@ def _base_schedules(settings: Settings) -> ScheduleSet:
     where = str(settings.config_file or "config")
     for sid, body in (settings.schedules or {}).items():
         sid = str(sid)
-        validate_schedule_id(sid)
+        _valid_id(sid, f"{where}: key 'schedules.{sid[:80]}'")
         if body is not None and not isinstance(body, dict):
             raise ConfigError(f"{where}: key 'schedules.{sid}' must be a mapping")
         body = body or {}
@@ -146,6 +146,14 @@ def _base_schedules(settings: Settings) -> ScheduleSet:
         if sid in sset.schedules:
             _apply_env(sset, sid, settings.env)
     return sset
+
+
+def _valid_id(schedule_id: str, where: str) -> None:
+    """A bad schedule ID in a file is the file's error: name it and the key (exit 2)."""
+    try:
+        validate_schedule_id(schedule_id)
+    except UsageError as exc:
+        raise ConfigError(f"{where}: {exc.message}") from None
 
 
 def _refuse_unknown_seed_vars(env: Mapping[str, str]) -> None:
@@ -185,7 +193,7 @@ def _apply_env(sset: ScheduleSet, sid: str, env: Mapping[str, str]) -> None:
 
 def _apply_state(sset: ScheduleSet, state: Mapping[str, Any], state_path: Path) -> None:
     for sid, body in state.items():
-        validate_schedule_id(sid)
+        _valid_id(sid, f"{state_path}: schedules.{sid[:80]}")
         if not isinstance(body, dict):
             raise ConfigError(f"{state_path}: schedules.{sid} must be a table")
         if body.get("removed"):

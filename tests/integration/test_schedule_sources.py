@@ -166,6 +166,14 @@ def test_a_bad_variable_is_named(
             "schedules.daily: key 'retentionDays': got '-1', expected an integer >= 1",
         ),
         ("schedules:\n  daily:\n    timezone: Mars/Base\n", "schedules.daily: key 'timezone'"),
+        (
+            "schedules:\n  test:\n    cron: '0 1 * * *'\n    retentionDays: 2\n",
+            "key 'schedules.test': schedule ID 'test' is reserved",
+        ),
+        (
+            "schedules:\n  Daily:\n    retentionDays: 2\n",
+            "key 'schedules.Daily': invalid schedule ID",
+        ),
     ],
 )
 def test_a_bad_yaml_key_names_file_and_key_path(
