@@ -403,5 +403,6 @@ def load_settings(
         if raw is None:
             continue
         key = by_attr[attr]
-        values[attr] = _parse(key, raw, f"option for {'.'.join(key.path)}")
+        # The flag is named after the setting (--database-url, --backup-path): say which.
+        values[attr] = _parse(key, raw, f"option --{attr.replace('_', '-')}")
     return Settings(config_file=path, env=env, **values)
