@@ -155,6 +155,13 @@ KEYS: tuple[Key, ...] = (
         int_range(1, MAX_RETENTION_DAYS),
         30,
     ),
+    Key(
+        "test_retention_days",
+        ("backup", "testRetentionDays"),
+        "DB_BACKUP_TEST_RETENTION_DAYS",
+        int_range(1, MAX_RETENTION_DAYS),
+        1,
+    ),
     Key("compression", ("backup", "compression"), "DB_BACKUP_COMPRESSION", parse_bool, True),
     Key(
         "compression_level",
@@ -272,7 +279,8 @@ class Settings:
     lock_wait_timeout: int
     enabled: bool
     backup_path: str
-    retention_days: int
+    retention_days: int  # manual backups (no schedule)
+    test_retention_days: int  # the drill backups of `sbbackup test` (scheduleId "test")
     compression: bool
     compression_level: int
     compression_threads: int
@@ -400,7 +408,8 @@ def load_settings(
         if raw is None:
             continue
         key = by_attr[attr]
-        values[attr] = _parse(key, raw, f"option for {'.'.join(key.path)}")
+        # The flag is named after the setting (--database-url, --backup-path): say which.
+        values[attr] = _parse(key, raw, f"option --{attr.replace('_', '-')}")
     return Settings(config_file=path, env=env, warnings=warnings, **values)
 
 

@@ -159,6 +159,8 @@ def _drill_details(console: Console, d: Drill) -> None:
         console.print(Text(f"      error    {d.error}", style="red"))
     for name in d.leftoversDropped:
         console.print(Text(f"      cleanup  dropped leftover {name}"))
+    if d.backupDeleted:
+        console.print(Text(f"      cleanup  deleted backup {d.backupId} (--no-keep)"))
 
 
 def _mapping(console: Console, data: Mapping[str, object]) -> None:
@@ -327,7 +329,7 @@ def _schedule_list(result: ScheduleList, console: Console) -> None:
                 f"{s['retentionDays']}d/min {s['minKeep']}",
                 f"{_t(s['lastRun'])} {s['lastRunStatus']}" if s["lastRun"] else None,
                 _t(s["lastSuccess"]),
-                _t(s["nextRunLocal"]),
+                _t(s["nextRunLocal"]) or ("disabled" if not s["enabled"] else None),
                 s["backupCount"],
                 human_size(s["totalSize"]),
                 s["source"],
@@ -335,6 +337,8 @@ def _schedule_list(result: ScheduleList, console: Console) -> None:
             for s in result.rows
         ],
     )
+    if result.notice:
+        console.print(Text(f"nothing will run: {result.notice}", style="yellow"))
 
 
 @show.register

@@ -55,12 +55,16 @@ def now_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 def run_schedule_cmd(schedule_id: str, verbose: bool, as_json: bool, now: str | None) -> None:
     """Back up with a schedule's settings, re-verify, then apply its retention (for cron).
 
-    Quiet on success unless --verbose or --json. A second run of the same schedule exits 11
-    at once; a failed backup never prunes anything.
+    Retention covers this schedule's backups and the manual and drill (`test`) backups.
+    Quiet on success unless --verbose or --json, but for a warning on stderr (at most once
+    a day) when cron runs the schedule in another zone than its own. A second run of the
+    same schedule exits 11 at once; a failed backup never prunes anything.
     """
     from ..ops import schedules
 
     result = schedules.run_schedule(get_ctx(), schedule_id, _parse_now(now))
+    for warning in result.warnings:  # even on a quiet success: cron mails it (once a day)
+        stderr_console().print(Text(f"sbbackup: warning: {warning}"))
     if result.status == RunOutcome.SKIPPED and not as_json:
         stderr_console().print(Text(f"sbbackup: {result.reason}; nothing to do"))
     elif as_json or verbose:

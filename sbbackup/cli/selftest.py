@@ -16,19 +16,36 @@ from .base import cli, command, get_ctx, json_option, raise_for_report, read_met
     "--target-url", help="Server for the scratch database (default: the source's server)."
 )
 @click.option("--no-drill", is_flag=True, help="Preflight checks only.")
+@click.option(
+    "--no-keep",
+    is_flag=True,
+    help="Delete the drill's own backup once the drill passed (a failed one is kept).",
+)
 @json_option
 def test_cmd(
-    backup_id: str | None, latest: bool, target_url: str | None, no_drill: bool, as_json: bool
+    backup_id: str | None,
+    latest: bool,
+    target_url: str | None,
+    no_drill: bool,
+    no_keep: bool,
+    as_json: bool,
 ) -> None:
     """Preflight checks, then a restore drill: back up (or take --backup/--latest), verify,
     restore into a scratch database sbbackup_test_<id>, compare exact row and object counts
-    with the backup's manifest, and drop the scratch database. Exit 0 only if all passed."""
+    with the backup's manifest, and drop the scratch database. Exit 0 only if all passed.
+
+    The drill's own backup is tagged scheduleId "test" and kept for
+    DB_BACKUP_TEST_RETENTION_DAYS (1) unless --no-keep."""
     from ..ops.selftest import TestOptions, config_failure, run_self_test
 
     if backup_id and latest:
         raise click.UsageError("give --backup ID or --latest, not both")
     opts = TestOptions(
-        drill=not no_drill, backup_id=backup_id, latest=latest, target_url=target_url
+        drill=not no_drill,
+        backup_id=backup_id,
+        latest=latest,
+        target_url=target_url,
+        keep=not no_keep,
     )
     try:
         ctx = get_ctx()

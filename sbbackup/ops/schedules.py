@@ -10,16 +10,22 @@ import contextlib
 import os
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from ..catalog import writer_lock
-from ..errors import LockedError, UsageError
+from ..errors import LockedError, SbbackupError, UsageError
 from ..model import Status, iso
 from ..policy.crontab import Job, UnitFile, detect_cron, render_cron
-from ..policy.retention import RetentionPolicy, plan_all
-from ..policy.schedules import Schedule, local_zone, next_runs, validate_schedule_id
+from ..policy.retention import DRILL, RetentionPolicy, plan_all
+from ..policy.schedules import (
+    Schedule,
+    local_zone,
+    next_runs,
+    validate_schedule_id,
+    zone_mismatch,
+)
 from ..policy.sources import ScheduleSet, change_schedule, load_schedules
 from ..results import (
     Crontab,
@@ -40,7 +46,7 @@ from .context import Context
 from .options import CreateOptions
 from .verify import check_file
 
-TEST_SCHEDULE = "test"  # the schedule ID of the restore drill's own backups
+TEST_SCHEDULE = DRILL  # the schedule ID of the restore drill's own backups
 PRUNE_LOCK = "prune"
 # run-schedule has already taken a good backup when it reaches retention: wait a while for a
 # concurrent `prune` rather than fail at once.
@@ -56,30 +62,38 @@ def schedules(ctx: Context) -> ScheduleSet:
 
 
 def policies(ctx: Context, sset: ScheduleSet) -> dict[str | None, RetentionPolicy]:
-    """Retention per schedule ID; ``None`` is manual backups (DB_BACKUP_RETENTION_DAYS)."""
-    manual = RetentionPolicy(ctx.settings.retention_days, 1)
+    """Retention per schedule ID; ``None`` is manual backups (DB_BACKUP_RETENTION_DAYS) and
+    ``test`` the drill backups (DB_BACKUP_TEST_RETENTION_DAYS). Both keep their newest good
+    copy (minKeep 1), like every schedule: a manual backup taken before a risky change, or the
+    last drill's, is never the one retention takes away."""
     pol: dict[str | None, RetentionPolicy] = {
         sid: RetentionPolicy(s.retentionDays, s.minKeep) for sid, s in sset.schedules.items()
     }
-    pol[None] = manual
-    pol.setdefault(TEST_SCHEDULE, manual)  # restore-drill backups age like manual ones
+    pol[None] = RetentionPolicy(ctx.settings.retention_days, 1)
+    pol[TEST_SCHEDULE] = RetentionPolicy(ctx.settings.test_retention_days, 1)
     return pol
+
+
+# The groups every run-schedule prunes besides its own schedule: manual backups and drill
+# backups have no cron line of their own, so without this they would grow without bound.
+UNSCHEDULED: frozenset[str | None] = frozenset({None, TEST_SCHEDULE})
 
 
 # --- run-schedule ------------------------------------------------------------------------
 
 
 def run_schedule(ctx: Context, schedule_id: str, now: datetime | None = None) -> RunResult:
-    """The cron entry point: lock, back up, re-verify, then (only then) apply retention.
+    """The cron entry point: lock, back up, re-verify, then (only then) apply retention to
+    this schedule's backups and to the manual and drill backups (``UNSCHEDULED``), under the
+    one prune lock.
 
     A second run of the same schedule raises LockedError (exit 11) at once. Any failure of
     the backup or its re-verification raises before retention is even planned.
     """
     schedule = schedules(ctx).get(schedule_id)
-    if not ctx.settings.enabled:
-        return RunResult(
-            schedule_id, RunOutcome.SKIPPED, "scheduled backups are off (DB_BACKUP_ENABLED)"
-        )
+    started = _now(now)
+    if (off := backups_off(ctx)) is not None:
+        return RunResult(schedule_id, RunOutcome.SKIPPED, off)
     if not schedule.enabled:
         return RunResult(schedule_id, RunOutcome.SKIPPED, f"schedule {schedule_id} is disabled")
     with ctx.state.lock(f"schedule-{schedule_id}", f"schedule {schedule_id}"):
@@ -92,10 +106,27 @@ def run_schedule(ctx: Context, schedule_id: str, now: datetime | None = None) ->
         record = create_backup(ctx, opts, now=now)
         check_file(ctx, record)  # the checksum must re-verify before anything is pruned
         # Re-read the schedules: a change made while the dump ran must not be ignored.
+        groups = UNSCHEDULED | {schedule_id}
         plan, removed = _apply_retention(
-            ctx, schedules(ctx), schedule_id, _now(now), False, PRUNE_WAIT_SECONDS
+            ctx, schedules(ctx), groups, _now(now), False, PRUNE_WAIT_SECONDS
         )
-    return RunResult(schedule_id, RunOutcome.COMPLETED, None, record, plan, removed)
+    # Only a run that completed spends the day's warning: a failure says enough by itself.
+    mismatch = zone_mismatch(schedule, started, (local_zone(), UTC))
+    warnings = _once_a_day(ctx, f"zone-{schedule_id}", mismatch, started)
+    return RunResult(schedule_id, RunOutcome.COMPLETED, None, record, plan, removed, warnings)
+
+
+def _once_a_day(ctx: Context, key: str, warning: str | None, now: datetime) -> list[str]:
+    """``[warning]`` unless it was already given today (UTC), remembered in the state
+    directory; a state file that cannot be written only means it is given again."""
+    if warning is None:
+        return []
+    day = now.astimezone(UTC).date().isoformat()
+    if ctx.state.warned().get(key) == day:
+        return []
+    with contextlib.suppress(SbbackupError, OSError):
+        ctx.state.set_warned(key, day)
+    return [warning]
 
 
 # --- prune -------------------------------------------------------------------------------
@@ -108,14 +139,15 @@ def prune(
     sset = schedules(ctx)
     if schedule_id is not None and schedule_id != TEST_SCHEDULE:
         sset.get(schedule_id)
-    plan, removed = _apply_retention(ctx, sset, schedule_id, _now(now), dry_run, 0)
+    groups = None if schedule_id is None else {schedule_id}
+    plan, removed = _apply_retention(ctx, sset, groups, _now(now), dry_run, 0)
     return PruneResult(dry_run, schedule_id, plan, removed)
 
 
 def _apply_retention(
     ctx: Context,
     sset: ScheduleSet,
-    schedule_id: str | None,
+    groups: Collection[str | None] | None,
     now: datetime,
     dry_run: bool,
     wait: float,
@@ -123,14 +155,15 @@ def _apply_retention(
     """One prune lock for every schedule: two prunes never race over the same manifests. A
     dry run only plans: it takes no lock, so it writes nothing (a read-only path works).
     A real prune first sweeps what dead writers left, then removes each backup under its
-    ID's lock, so nothing a live writer holds is touched."""
+    ID's lock, so nothing a live writer holds is touched. ``groups``: the schedule IDs whose
+    backups are planned (``None`` in it: manual backups), or None for all."""
     if dry_run:
         records = ctx.catalog.list()
-        return plan_all(records, policies(ctx, sset), now, only_schedule=schedule_id), []
+        return plan_all(records, policies(ctx, sset), now, only=groups), []
     with ctx.state.lock(PRUNE_LOCK, "a prune", wait=wait):
         sweep_abandoned(ctx)
         records = ctx.catalog.list()
-        plan = plan_all(records, policies(ctx, sset), now, only_schedule=schedule_id)
+        plan = plan_all(records, policies(ctx, sset), now, only=groups)
         by_id = {r.id: r for r in records}
         removed = []
         for decision in plan.remove:
@@ -147,11 +180,26 @@ def _apply_retention(
 # --- schedules list / show / change ------------------------------------------------------
 
 
-def schedule_view(ctx: Context, s: Schedule, source: str, now: datetime) -> ScheduleView:
-    """A schedule's settings with its last run, last success, next run, count and size."""
+def backups_off(ctx: Context) -> str | None:
+    """Why no schedule runs at all, naming the setting the user set; None when they run."""
+    settings = ctx.settings
+    if settings.enabled:
+        return None
+    if settings.env.get("DB_BACKUP_ENABLED", "") != "":
+        where = f"DB_BACKUP_ENABLED={settings.env['DB_BACKUP_ENABLED']}"
+    else:
+        where = f"backup.enabled: false in {settings.config_file}"
+    return f"scheduled backups are off ({where})"
+
+
+def schedule_view(ctx: Context, s: Schedule, sset: ScheduleSet, now: datetime) -> ScheduleView:
+    """A schedule's settings with its last run, last success, next run, count and size,
+    whether it will run (and why not), and where each setting comes from."""
     mine = [r for r in ctx.catalog.list() if r.scheduleId == s.id]
     done = [r for r in mine if r.status == Status.COMPLETED]
-    nxt = next_runs(s, now, 1) if s.enabled and ctx.settings.enabled else []
+    off = backups_off(ctx) or (None if s.enabled else f"schedule {s.id} is disabled")
+    nxt = next_runs(s, now, 1) if off is None else []
+    origins = sset.origins.get(s.id, {})
     return ScheduleView(
         scheduleId=s.id,
         cron=s.cron,
@@ -163,7 +211,7 @@ def schedule_view(ctx: Context, s: Schedule, source: str, now: datetime) -> Sche
         encryption=s.encryption,
         format=s.format,
         description=s.description,
-        source=source,
+        source=sset.sources[s.id],
         lastRun=mine[0].createdAt if mine else None,
         lastRunStatus=mine[0].status if mine else None,
         lastSuccess=done[0].createdAt if done else None,
@@ -171,19 +219,22 @@ def schedule_view(ctx: Context, s: Schedule, source: str, now: datetime) -> Sche
         nextRunLocal=_local(nxt[0]) if nxt else None,
         backupCount=len(done),
         totalSize=sum(r.size for r in done),
+        willRun=off is None,
+        reason=off,
+        sources={name: o.source for name, o in origins.items()},
+        shadowed=dict(sset.shadowed.get(s.id, {})),
     )
 
 
 def list_schedules(ctx: Context, now: datetime | None = None) -> ScheduleList:
     sset = schedules(ctx)
-    return ScheduleList(
-        [schedule_view(ctx, s, sset.sources[sid], _now(now)) for sid, s in sset.schedules.items()]
-    )
+    rows = [schedule_view(ctx, s, sset, _now(now)) for s in sset.schedules.values()]
+    return ScheduleList(rows, backups_off(ctx))
 
 
 def show_schedule(ctx: Context, schedule_id: str, now: datetime | None = None) -> ScheduleView:
     sset = schedules(ctx)
-    return schedule_view(ctx, sset.get(schedule_id), sset.sources[schedule_id], _now(now))
+    return schedule_view(ctx, sset.get(schedule_id), sset, _now(now))
 
 
 def edit_schedule(

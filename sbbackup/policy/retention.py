@@ -19,7 +19,7 @@ younger than any cutoff, so it is kept until the clock catches up.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -27,6 +27,7 @@ from ..model import SCHEMA_VERSION, BackupRecord, Status, parse_iso
 from ..results import KEEP, REMOVE, Decision, RetentionPlan
 
 MANUAL = "manual"
+DRILL = "test"  # the scheduleId of `sbbackup test`'s own backups (its restore drills)
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
 
@@ -121,16 +122,19 @@ def plan_all(
     backups: Sequence[BackupRecord],
     policies: Mapping[str | None, RetentionPolicy],
     now: datetime,
-    only_schedule: str | None = None,
+    only: Collection[str | None] | None = None,
 ) -> RetentionPlan:
-    """Group by ``scheduleId`` and plan each group with its policy.
+    """Group by ``scheduleId`` and plan each group with its policy; with ``only``, just the
+    groups of those schedule IDs (``None`` in it is the manual group).
 
     ``policies[None]`` is the manual policy (``DB_BACKUP_RETENTION_DAYS``). Backups of a
     schedule that no longer exists follow it too, keeping their own newest copy.
+    ``policies[DRILL]``, when given, is the drill backups' own policy
+    (``DB_BACKUP_TEST_RETENTION_DAYS``).
     """
     groups: dict[str | None, list[BackupRecord]] = {}
     for r in backups:
-        if only_schedule is None or r.scheduleId == only_schedule:
+        if only is None or r.scheduleId in only:
             groups.setdefault(r.scheduleId, []).append(r)
     manual = policies[None]
     times = {r.id: record_time(r) for r in backups}
@@ -138,6 +142,8 @@ def plan_all(
     for sid, records in groups.items():
         if sid is None:
             part = plan(records, manual, now, MANUAL)
+        elif sid == DRILL and DRILL in policies:
+            part = plan(records, policies[DRILL], now, "drill backups")
         elif sid in policies:
             part = plan(records, policies[sid], now, f"schedule {sid}")
         else:

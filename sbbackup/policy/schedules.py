@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
@@ -246,3 +246,44 @@ def previous_run(schedule: Schedule, now: datetime) -> datetime:
 def due_after(schedule: Schedule, since: datetime) -> datetime:
     """When the first run after ``since`` was (or is) due: overdue detection's deadline."""
     return next_runs(schedule, since, 1)[0]
+
+
+# --- is cron running us in the schedule's zone? ------------------------------------------
+
+# How late after its fire time cron may start a run (a busy machine, a slow start-up) and it
+# still counts as that fire time.
+FIRE_GRACE = timedelta(minutes=10)
+
+
+def _fired_near(cron: str, zone: tzinfo, now: datetime) -> datetime | None:
+    """The fire time of ``cron`` read in ``zone`` that ``now`` is a run of, or None."""
+    local = now.astimezone(zone)
+    when: datetime = croniter(cron, local + timedelta(microseconds=1)).get_prev(datetime)
+    return when if local - when <= FIRE_GRACE else None
+
+
+def zone_mismatch(schedule: Schedule, now: datetime, cron_zones: Iterable[tzinfo]) -> str | None:
+    """Why a run at ``now`` looks like cron reads this schedule in another zone, or None.
+
+    It does when ``now`` is no fire time of the cron in the schedule's own zone but is one in
+    a zone cron may be using (``cron_zones``: the machine's zone, UTC): e.g. 02:00 UTC for
+    ``0 2 * * *`` Europe/Berlin, because Debian's cron ignores ``CRON_TZ``. A run started by
+    hand at another time matches neither and gets no warning.
+    """
+    own = schedule.zone
+    if _fired_near(schedule.cron, own, now) is not None:
+        return None
+    offset = now.astimezone(own).utcoffset()
+    for zone in cron_zones:
+        if now.astimezone(zone).utcoffset() == offset:
+            continue  # the same wall clock as the schedule's own zone right now
+        fired = _fired_near(schedule.cron, zone, now)
+        if fired is not None:
+            there = now.astimezone(own)
+            return (
+                f"schedule {schedule.id} ran at {fired:%H:%M} {fired.tzname()} "
+                f"({there:%H:%M} {there.tzname()}), but its cron '{schedule.cron}' is meant in "
+                f"{schedule.timezone}: cron is running it in another zone (Debian's cron "
+                "ignores CRON_TZ); regenerate the lines with `sbbackup crontab`"
+            )
+    return None

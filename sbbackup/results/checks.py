@@ -88,6 +88,7 @@ class Drill:
     leftoversDropped: list[str] = field(default_factory=list)
     error: str | None = None
     code: int = 0
+    backupDeleted: bool = False  # `test --no-keep` deleted the backup the drill made
 
     def to_json(self) -> JsonObject:
         return asdict(self)

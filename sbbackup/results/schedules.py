@@ -72,6 +72,8 @@ class RunResult:
     backup: BackupRecord | None = None
     retention: RetentionPlan | None = None
     removed: list[str] = field(default_factory=list)
+    # e.g. cron runs the schedule in another zone; each given at most once a day (stderr too)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> JsonObject:
         return {
@@ -81,6 +83,7 @@ class RunResult:
             "backup": self.backup.to_json() if self.backup else None,
             "retention": self.retention.to_json() if self.retention else None,
             "removed": self.removed,
+            "warnings": self.warnings,
         }
 
 
@@ -127,6 +130,16 @@ class ScheduleView(TypedDict):
     nextRunLocal: str | None  # the schedule's wall clock, with its offset
     backupCount: int
     totalSize: int
+    # Will run-schedule back up with it? If not, why: the schedule is disabled, or backups
+    # are off altogether (DB_BACKUP_ENABLED=false, or backup.enabled in the YAML file).
+    willRun: bool
+    reason: str | None
+    # Where each setting above (cron ... description) was set: default, config (the YAML
+    # file), env or runtime (schedules.toml).
+    sources: dict[str, str]
+    # Values a higher source hides: field -> {"source", "setting", "value"} of the hidden one
+    # (e.g. a runtime retentionDays over DB_BACKUP_DAILY_RETENTION). Empty when none is.
+    shadowed: dict[str, dict[str, object]]
 
 
 class ScheduleRemoved(TypedDict):
@@ -153,6 +166,7 @@ class ScheduleList:
     """`schedules list`: a view of every schedule."""
 
     rows: list[ScheduleView]
+    notice: str | None = None  # for people: why no schedule runs at all (not in the JSON)
 
     def to_json(self) -> list[ScheduleView]:
         return self.rows

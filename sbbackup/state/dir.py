@@ -1,7 +1,8 @@
 """``StateDir``: the one door to the local state directory.
 
 What sbbackup keeps beside the catalog lives here, each in its own file or directory:
-``audit.log``, ``locks/``, ``restores/``, ``last_test.json`` and ``schedules.toml``. For a
+``audit.log``, ``locks/``, ``restores/``, ``last_test.json``, ``schedules.toml`` and
+``warned.json``. For a
 local backup directory the state directory is that directory; for a backup path that is not
 a local directory it is ``state.dir`` (``SBBACKUP_STATE_DIR``). Every file is handled by the
 rules of ``sbbackup.state.files``: private directories, no symlink followed, atomic writes.
@@ -10,6 +11,7 @@ rules of ``sbbackup.state.files``: private directories, no symlink followed, ato
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from . import audit, drills, locks, restores
 from .files import check_private_dir, ensure_private_dir, read_bytes, storage_error, write_atomic
 
 SCHEDULES_FILE = "schedules.toml"
+WARNED_FILE = "warned.json"  # when each once-a-day warning was last given
 
 
 class StateDir:
@@ -115,3 +118,24 @@ class StateDir:
     def write_schedules(self, data: bytes) -> None:
         ensure_private_dir(self.root)
         write_atomic(self.root, SCHEDULES_FILE, data)
+
+    # --- once-a-day warnings ---
+
+    def warned(self) -> dict[str, str]:
+        """When each once-a-day warning was last given: key -> a UTC day (``2026-03-02``).
+        Missing, unreadable or untrusted: ``{}`` (the warning is given again, no harm)."""
+        try:
+            if not check_private_dir(self.root):
+                return {}
+            data = json.loads(read_bytes(self.root / WARNED_FILE))
+        except (OSError, ValueError, SbbackupError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): v for k, v in data.items() if isinstance(v, str)}
+
+    def set_warned(self, key: str, day: str) -> None:
+        """Remember that warning ``key`` was given on ``day`` (StorageError if it cannot)."""
+        data = {**self.warned(), key: day}
+        ensure_private_dir(self.root)
+        write_atomic(self.root, WARNED_FILE, json.dumps(data, sort_keys=True).encode() + b"\n")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -128,7 +128,9 @@ def test_two_concurrent_run_schedules(
 
 # --- row 12: failing runs, then retention now, 60 and 400 days later ----------------------
 
-RETENTION = {None: (30, 1), "daily": (7, 1), "weekly": (30, 1), "monthly": (365, 1)}
+RETENTION = {None: (30, 1), "test": (1, 1), "daily": (7, 1), "weekly": (30, 1), "monthly": (365, 1)}
+# What a run-schedule prunes besides its own schedule: the manual and the drill backups.
+UNSCHEDULED: tuple[str | None, ...] = (None, "test")
 
 
 def must_keep(listed: list[dict[str, Any]], now: datetime) -> set[str]:
@@ -190,17 +192,22 @@ def failing_run(bench: Bench, kind: str, now: datetime) -> tuple[int, str]:
 
 
 def applied(
-    bench: Bench, before: dict[str, dict[str, Any]], now: datetime, scope: str | None
+    bench: Bench,
+    before: dict[str, dict[str, Any]],
+    now: datetime,
+    scope: Collection[str | None] | None,
 ) -> dict[str, dict[str, Any]]:
-    """After retention at ``now`` over ``scope`` (a schedule, or None: all): exactly the
+    """After retention at ``now`` over ``scope`` (schedule IDs, None among them for manual
+    backups; or None: all): exactly the
     completed backups the rules let go are gone, every other one is still there, and no
     group lost its last good copy. Returns the completed backups now."""
     after = completed(bench)
-    inside = [r for r in before.values() if scope is None or r.get("scheduleId") == scope]
+    inside = [r for r in before.values() if scope is None or r.get("scheduleId") in scope]
     expected_gone = {r["id"] for r in inside} - must_keep(inside, now)
     gone = set(before) - set(after)
     assert gone == expected_gone, (
-        f"at {stamp(now)} ({scope or 'all'}): removed {sorted(gone)}, "
+        f"at {stamp(now)} ({'all' if scope is None else sorted(map(str, scope))}): "
+        f"removed {sorted(gone)}, "
         f"retention lets go of {sorted(expected_gone)}"
     )
     assert set(after) - set(before) == set(), "retention added a backup?"
@@ -213,10 +220,11 @@ def applied(
 def scheduled(
     bench: Bench, state: dict[str, dict[str, Any]], sid: str, now: datetime, **kw: Any
 ) -> dict[str, dict[str, Any]]:
-    """A good ``run-schedule`` at ``now``: its own retention is checked like a prune's."""
+    """A good ``run-schedule`` at ``now``: its retention (its own schedule's, the manual and
+    the drill backups') is checked like a prune's."""
     res = bench.ok("run-schedule", sid, "--json", "--now", stamp(now), **kw).json()
     before = {**state, res["backup"]["id"]: res["backup"]}
-    after = applied(bench, before, now, sid)
+    after = applied(bench, before, now, (sid, *UNSCHEDULED))
     assert sorted(res["removed"]) == sorted(set(before) - set(after)), res["removed"]
     return after
 
@@ -246,7 +254,7 @@ def test_retention_after_failing_runs(
         new = bench.ok("create", "--json").json()["id"]
         backdate(bench.backup_dir, new, base - timedelta(days=days, minutes=rng.randrange(60)))
     state = completed(bench)
-    for sid, days in GOOD:  # each run applies its own schedule's retention, checked too
+    for sid, days in GOOD:  # each run applies its (and the manual) retention, checked too
         now = base - timedelta(days=days, minutes=rng.randrange(60))
         state = scheduled(bench, state, sid, now, env=recipients)
     for i, kind in enumerate(kinds):

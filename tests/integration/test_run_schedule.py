@@ -95,7 +95,8 @@ def test_retention_after_a_run_with_backdated_manifests(
     assert actions[weekly_id] == ("keep", "newest completed backup (minKeep 1)")
     assert actions[manual_id][0] == "keep"  # the newest manual backup, too
     assert {i for i, (a, _) in actions.items() if a == "remove"} == set(ids[1:])
-    # A scheduled run applies only its own schedule's retention, after its backup.
+    # A scheduled run applies its own schedule's retention after its backup, and the manual
+    # and drill backups' (the old manual backup stays: it is the newest manual one).
     res = sb.ok("run-schedule", "daily", "--json", env=env).json()
     assert sorted(res["removed"]) == sorted(ids[1:])
     gone = {n for n in before if any(n.startswith(i + ".") for i in ids[1:])}

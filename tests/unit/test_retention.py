@@ -98,7 +98,7 @@ def test_plan_all_groups_by_schedule_and_manual_policy() -> None:
     assert removed == {records[1].id, records[3].id, records[5].id, records[7].id}
     gone = next(d for d in result.decisions if d.id == records[7].id)
     assert "no longer exists" in gone.reason
-    only = plan_all(records, policies, NOW, only_schedule="weekly")
+    only = plan_all(records, policies, NOW, only={"weekly"})
     assert {d.scheduleId for d in only.decisions} == {"weekly"}
 
 

@@ -22,7 +22,7 @@ from ...errors import (
 )
 from ...model import BackupRecord, Status, iso, validate_backup_id
 from ...results import Check, CheckStatus, Drill, DrillStatus, TestReport, VerifyReport
-from ..backups import create_backup, show_backup
+from ..backups import create_backup, delete_backup, show_backup
 from ..context import Context
 from ..options import CreateOptions
 from ..restore import compare_restored, load_backup, timed
@@ -46,6 +46,8 @@ def run_self_test(ctx: Context, opts: TestOptions, now: datetime | None = None) 
         report.drill.error = "not run: a preflight check failed"
     elif opts.drill:
         run_drill(ctx, lambda d: _pick_backup(ctx, opts, d), opts.target_url, report.drill)
+        if not opts.keep:
+            _delete_drill_backup(ctx, report)
     report.finishedAt = iso(datetime.now(UTC))
     try:  # only a drill writes: the preflight alone leaves no trace
         if opts.drill:
@@ -53,6 +55,21 @@ def run_self_test(ctx: Context, opts: TestOptions, now: datetime | None = None) 
     except StorageError as exc:  # diagnose, don't die: the report says it, with the rest
         report.checks.append(Check("audit", CheckStatus.FAIL, exc.message, int(exc.exit_code)))
     return report
+
+
+def _delete_drill_backup(ctx: Context, report: TestReport) -> None:
+    """`test --no-keep`: delete the backup this drill made, once the drill has passed. A
+    failed drill keeps it, to be inspected (drill-backup retention removes it later). A
+    deletion that fails is a failed check: CI must not believe its backups are gone."""
+    drill = report.drill
+    if drill.status != DrillStatus.PASSED or drill.backupId is None:
+        return
+    try:
+        delete_backup(ctx, drill.backupId)
+    except SbbackupError as exc:
+        report.checks.append(Check("no-keep", CheckStatus.FAIL, exc.message, int(exc.exit_code)))
+        return
+    drill.backupDeleted = True
 
 
 def drill_backup(ctx: Context, record: BackupRecord, server: str | None) -> Drill:

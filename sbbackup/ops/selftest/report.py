@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ...errors import ConfigError
+from ...errors import ConfigError, UsageError
 from ...model import iso
 from ...results import Check, CheckStatus, Drill, TestReport
 
@@ -19,6 +19,14 @@ class TestOptions:
     backup_id: str | None = None
     latest: bool = False
     target_url: str | None = None
+    keep: bool = True  # False (--no-keep): delete the backup the drill made, once it passed
+
+    def __post_init__(self) -> None:
+        if not self.keep and (not self.drill or self.backup_id or self.latest):
+            raise UsageError(
+                "--no-keep deletes the backup the drill makes: not with --backup, --latest "
+                "or --no-drill (they make none)"
+            )
 
 
 def config_failure(exc: ConfigError) -> TestReport:
