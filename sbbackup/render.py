@@ -6,10 +6,7 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from functools import singledispatch
-from typing import Any
-
-from rich.console import Console
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from .jsonable import to_jsonable
 from .model import BackupRecord, RestoreRecord, Status
@@ -30,19 +27,39 @@ from .results import (
 )
 from .results.base import human_size
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+else:
+    # rich costs tens of milliseconds to import: only human output loads it, never --json,
+    # --help or an error line. These stand-ins make and return the real objects (and keep
+    # the ``console: Console`` annotations that ``show.register`` evaluates resolvable).
+
+    def Console(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - rich's class, made lazily
+        from rich.console import Console
+
+        return Console(*args, **kwargs)
+
+    def Text(*args: Any, **kwargs: Any) -> Any:  # noqa: N802
+        from rich.text import Text
+
+        return Text(*args, **kwargs)
+
+
 __all__ = ["human_size", "render", "render_error", "show", "to_jsonable"]
 
 
 def render(result: object, as_json: bool, console: Console | None = None) -> None:
     """Print ``result`` to stdout: one JSON document, or the human view of it."""
+    if as_json:
+        # Indented for a person at a terminal; compact (and C-encoded, 4x faster) for pipes.
+        out = sys.stdout if console is None else console.file
+        terminal = out.isatty() if console is None else console.is_terminal
+        out.write(json.dumps(to_jsonable(result), indent=2 if terminal else None) + "\n")
+        return
     console = console or Console(
         soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 160
     )
-    if as_json:
-        # Indented for a person at a terminal; compact (and C-encoded, 4x faster) for pipes.
-        indent = 2 if console.is_terminal else None
-        console.file.write(json.dumps(to_jsonable(result), indent=indent) + "\n")
-        return
     show(result, console)
 
 
@@ -222,11 +239,15 @@ def human_duration(ms: int) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def render_error(message: str, payload: Mapping[str, object] | None, console: Console) -> None:
-    """Errors go to stderr: one line, plus the JSON object under --json."""
-    console.print(Text(f"sbbackup: error: {message}"), soft_wrap=True)
+def render_error(
+    message: str, payload: Mapping[str, object] | None, console: Console | None = None
+) -> None:
+    """Errors go to stderr (or ``console``): one line, plus the JSON object under --json.
+    Plain writes: reporting an error or an interrupt never waits for rich to load."""
+    out = sys.stderr if console is None else console.file
+    out.write(f"sbbackup: error: {message}\n")
     if payload is not None:
-        console.file.write(json.dumps(payload) + "\n")
+        out.write(json.dumps(payload) + "\n")
 
 
 # --- schedules ---------------------------------------------------------------------------
