@@ -7,7 +7,7 @@
 # `make reliability`: `make faults`, then scripts/reliability-report.py writes docs/RELIABILITY.md.
 FAULT_JOBS ?= 2  # pytest-xdist workers for `make faults`
 
-.PHONY: demo test deps lint typecheck pytest faults reliability bench clean
+.PHONY: demo test deps lint typecheck pytest faults reliability bench bench-cli clean
 
 demo:
 	bash scripts/quickstart.sh
@@ -40,6 +40,11 @@ reliability:
 
 bench: deps
 	.venv/bin/python bench/bench_dump.py
+
+# `make bench-cli`: whole-process medians of `sbbackup --help`, `list --json` and `list` over
+#   10,000 backups (bench/bench_cli.py; BENCH_ARGS="--python OTHER/.venv/bin/python" compares).
+bench-cli:
+	.venv/bin/python bench/bench_cli.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
