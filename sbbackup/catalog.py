@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 
 from .errors import IntegrityError, NotFoundError, StorageError
+from .jsonable import paused_gc
 from .model import (
     BACKUP_ID_RE,
     ID_PREFIX,
@@ -191,7 +192,8 @@ class Catalog:
         self, status: str | None = None, schedule: str | None = None, limit: int | None = None
     ) -> list[BackupRecord]:
         """Newest first."""
-        records = sorted(self.iter_records(), key=lambda r: (r.createdAt, r.id), reverse=True)
+        with paused_gc():
+            records = sorted(self.iter_records(), key=lambda r: (r.createdAt, r.id), reverse=True)
         if status:
             records = [r for r in records if r.status == status]
         if schedule:

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from functools import singledispatch
 from typing import TYPE_CHECKING, Any
 
-from .jsonable import to_jsonable
+from .jsonable import paused_gc, to_jsonable
 from .model import BackupRecord, RestoreRecord, Status
 from .results import (
     CheckStatus,
@@ -56,7 +56,9 @@ def render(result: object, as_json: bool, console: Console | None = None) -> Non
         # Indented for a person at a terminal; compact (and C-encoded, 4x faster) for pipes.
         out = sys.stdout if console is None else console.file
         terminal = out.isatty() if console is None else console.is_terminal
-        out.write(json.dumps(to_jsonable(result), indent=2 if terminal else None) + "\n")
+        with paused_gc():
+            text = json.dumps(to_jsonable(result), indent=2 if terminal else None)
+        out.write(text + "\n")
         return
     console = console or Console(
         soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 160

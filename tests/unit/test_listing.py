@@ -8,6 +8,7 @@ orphan and a data file that vanishes while the listing runs.
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -119,3 +120,25 @@ def test_from_json_still_refuses_wrong_types_and_ignores_unknown_keys() -> None:
     for key, bad in (("size", True), ("size", "1"), ("database", []), ("filename", 3)):
         with pytest.raises(Exception, match=f"{key} has the wrong type"):
             BackupRecord.from_json({**good, key: bad})
+
+
+def test_listing_pauses_the_cycle_collector_and_restores_it(root: Path) -> None:
+    backup(root, 1)
+    seen: list[bool] = []
+    real = local._lsize
+
+    def spying(entry):  # type: ignore[no-untyped-def]
+        seen.append(gc.isenabled())
+        return real(entry)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(local, "_lsize", spying)
+        assert len(Catalog(LocalStorage(root)).list()) == 1
+        assert seen == [False]  # paused while the records were built
+        assert gc.isenabled()  # and on again afterwards
+        gc.disable()
+        try:
+            Catalog(LocalStorage(root)).list()
+            assert not gc.isenabled()  # a pause never turns on what someone else turned off
+        finally:
+            gc.enable()
