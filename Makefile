@@ -14,8 +14,8 @@ VENV ?= /opt/sbbackup
 PYTHON ?= python3
 PIP_ARGS ?=
 
-.PHONY: demo test deps lint typecheck pytest faults reliability bench clean install uninstall \
-	install-check
+.PHONY: demo test deps lint typecheck pytest faults reliability bench bench-cli clean install \
+	uninstall install-check
 
 demo:
 	bash scripts/quickstart.sh
@@ -64,6 +64,11 @@ uninstall:
 
 install-check:
 	.venv/bin/pytest -q -p no:cacheprovider tests/integration/test_install.py
+
+# `make bench-cli`: whole-process medians of `sbbackup --help`, `list --json` and `list` over
+#   10,000 backups (bench/bench_cli.py; BENCH_ARGS="--python OTHER/.venv/bin/python" compares).
+bench-cli:
+	.venv/bin/python bench/bench_cli.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

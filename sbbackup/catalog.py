@@ -8,10 +8,11 @@ never data files.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 
 from .errors import IntegrityError, NotFoundError, StorageError
+from .jsonable import paused_gc
 from .model import (
     BACKUP_ID_RE,
     ID_PREFIX,
@@ -123,7 +124,10 @@ class Catalog:
             raise IntegrityError(f"{name}: manifest is nested too deeply") from None
         if not isinstance(data, dict):
             raise IntegrityError(f"{name}: manifest is not a JSON object")
-        if _depth(data) > MAX_MANIFEST_DEPTH:
+        # Every level of nesting opens a bracket: with few of them in the text (a manifest
+        # has about six), the walk over the parsed values is not needed.
+        brackets = raw.count(b"{") + raw.count(b"[")
+        if brackets > MAX_MANIFEST_DEPTH and _depth(data) > MAX_MANIFEST_DEPTH:
             raise IntegrityError(f"{name}: manifest is nested too deeply")
         record = BackupRecord.from_json(data, source=name)
         if record.id + MANIFEST_SUFFIX != name:
@@ -132,7 +136,8 @@ class Catalog:
 
     def iter_records(self) -> Iterator[BackupRecord]:
         """All manifests; ``missing``/``corrupt`` status derived from the data file. Then
-        every data file that no manifest claims, as an ``orphan``."""
+        every data file that no manifest claims, as an ``orphan``. One directory listing;
+        only data files are sized (a manifest's size is never needed)."""
         sizes = self.storage.list_sizes()
         claimed: set[str] = set()
         for name in sizes:
@@ -151,13 +156,13 @@ class Catalog:
                 yield corrupt_placeholder(stem, str(exc))
                 continue
             yield self.with_file_status(record, sizes)
-        for name, size in sizes.items():
+        for name in sizes:
             backup_id = data_file_id(name)
             if backup_id is not None and backup_id not in claimed:
-                yield orphan_record(backup_id, name, size)
+                yield orphan_record(backup_id, name, sizes[name])
 
     def with_file_status(
-        self, record: BackupRecord, sizes: dict[str, int] | None = None
+        self, record: BackupRecord, sizes: Mapping[str, int] | None = None
     ) -> BackupRecord:
         """Mark a completed record ``missing`` or ``corrupt`` from its data file's presence and
         size (``sizes``: a listing already made, so 10,000 records cost one directory scan),
@@ -187,7 +192,8 @@ class Catalog:
         self, status: str | None = None, schedule: str | None = None, limit: int | None = None
     ) -> list[BackupRecord]:
         """Newest first."""
-        records = sorted(self.iter_records(), key=lambda r: (r.createdAt, r.id), reverse=True)
+        with paused_gc():
+            records = sorted(self.iter_records(), key=lambda r: (r.createdAt, r.id), reverse=True)
         if status:
             records = [r for r in records if r.status == status]
         if schedule:

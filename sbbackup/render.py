@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from functools import singledispatch
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.text import Text
-
-from .jsonable import to_jsonable
+from .jsonable import paused_gc, to_jsonable
 from .model import BackupRecord, RestoreRecord, Status
 from .results import (
     CheckStatus,
@@ -30,19 +28,41 @@ from .results import (
 )
 from .results.base import human_size
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+else:
+    # rich costs tens of milliseconds to import: only human output loads it, never --json,
+    # --help or an error line. These stand-ins make and return the real objects (and keep
+    # the ``console: Console`` annotations that ``show.register`` evaluates resolvable).
+
+    def Console(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - rich's class, made lazily
+        from rich.console import Console
+
+        return Console(*args, **kwargs)
+
+    def Text(*args: Any, **kwargs: Any) -> Any:  # noqa: N802
+        from rich.text import Text
+
+        return Text(*args, **kwargs)
+
+
 __all__ = ["human_size", "render", "render_error", "show", "to_jsonable"]
 
 
 def render(result: object, as_json: bool, console: Console | None = None) -> None:
     """Print ``result`` to stdout: one JSON document, or the human view of it."""
+    if as_json:
+        # Indented for a person at a terminal; compact (and C-encoded, 4x faster) for pipes.
+        out = sys.stdout if console is None else console.file
+        terminal = out.isatty() if console is None else console.is_terminal
+        with paused_gc():
+            text = json.dumps(to_jsonable(result), indent=2 if terminal else None)
+        out.write(text + "\n")
+        return
     console = console or Console(
         soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 160
     )
-    if as_json:
-        # Indented for a person at a terminal; compact (and C-encoded, 4x faster) for pipes.
-        indent = 2 if console.is_terminal else None
-        console.file.write(json.dumps(to_jsonable(result), indent=indent) + "\n")
-        return
     show(result, console)
 
 
@@ -93,7 +113,8 @@ def _backups(console: Console, records: Sequence[BackupRecord]) -> None:
         )
         for r in records
     ]
-    _table(console, header, rows, status_col=1)
+    # Too wide for the terminal: CREATED goes first (the ID says it), FORMAT, DURATION, ...
+    _table(console, header, rows, status_col=1, drop=(5, 3, 6, 2, 4), elide=(0,))
     for r in records:  # who is writing a running backup; why one is no backup
         if r.status == Status.IN_PROGRESS:
             w = r.writer or {}
@@ -224,11 +245,15 @@ def human_duration(ms: int) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def render_error(message: str, payload: Mapping[str, object] | None, console: Console) -> None:
-    """Errors go to stderr: one line, plus the JSON object under --json."""
-    console.print(Text(f"sbbackup: error: {message}"), soft_wrap=True)
+def render_error(
+    message: str, payload: Mapping[str, object] | None, console: Console | None = None
+) -> None:
+    """Errors go to stderr (or ``console``): one line, plus the JSON object under --json.
+    Plain writes: reporting an error or an interrupt never waits for rich to load."""
+    out = sys.stderr if console is None else console.file
+    out.write(f"sbbackup: error: {message}\n")
     if payload is not None:
-        console.file.write(json.dumps(payload) + "\n")
+        out.write(json.dumps(payload) + "\n")
 
 
 # --- schedules ---------------------------------------------------------------------------
@@ -239,26 +264,123 @@ def _table(
     header: Sequence[str],
     rows: Sequence[Sequence[Any]],
     status_col: int | None = None,
+    drop: Sequence[int] = (),
+    elide: Sequence[int] = (),
 ) -> None:
     """Aligned columns, written line by line (a rich Table takes seconds for 10,000 rows).
-    On a terminal the header is bold and ``status_col`` is coloured by status."""
+
+    To a pipe: every cell whole, no colour, no padding after the last cell. On a terminal the
+    header is bold, ``status_col`` is coloured by status, and a table wider than the terminal
+    is fitted (``fit_columns``): the ``drop`` columns go first (a note names them), then the
+    last column wraps, then the ``elide`` columns (IDs) lose their middle, never their ends."""
     cells = [["-" if v is None else str(v) for v in row] for row in rows]
-    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(header)]
-
-    def line(row: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-
     if not console.is_terminal:
-        console.file.write("\n".join([line(header), *map(line, cells)]) + "\n")
+        widths = _widths(header, cells)
+        console.file.write("".join(_line(r, widths) + "\n" for r in [header, *cells]))
         return
-    console.print(Text(line(header), style="bold"))
+    plan = fit_columns(header, cells, console.width, drop=drop, elide=elide)
+    console.print(Text(_line([header[i] for i in plan.columns], plan.widths), style="bold"))
+    shown_status = plan.columns.index(status_col) if status_col in plan.columns else None
     for row in cells:
-        text = Text(line(row))
-        if status_col is not None:
-            start = sum(w + 2 for w in widths[:status_col])
-            style = STATUS_COLOUR.get(row[status_col], "yellow")
-            text.stylize(style, start, start + len(row[status_col]))
-        console.print(text)
+        for n, line in enumerate(plan.lines(row)):
+            text = Text(line)
+            if n == 0 and shown_status is not None and status_col is not None:
+                start = sum(w + 2 for w in plan.widths[:shown_status])
+                style = STATUS_COLOUR.get(row[status_col], "yellow")
+                text.stylize(style, start, start + len(row[status_col]))
+            console.print(text)
+    if plan.hidden:
+        note = f"(hidden to fit: {', '.join(header[i] for i in plan.hidden)}; see --json)"
+        for line in textwrap.wrap(note, console.width, break_on_hyphens=False):
+            console.print(Text(line, style="dim"))
+
+
+def _widths(header: Sequence[str], cells: Sequence[Sequence[str]]) -> list[int]:
+    return [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(header)]
+
+
+def _line(row: Sequence[str], widths: Sequence[int]) -> str:
+    return "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+
+
+ELLIPSIS = "\N{HORIZONTAL ELLIPSIS}"
+MIN_WRAP = 16  # the narrowest a wrapped last column gets
+MIN_ELIDED = 15  # the narrowest an elided ID gets: 7 characters of each end
+
+
+def elide_middle(text: str, width: int) -> str:
+    """``text`` in ``width`` characters, its middle replaced by an ellipsis: both ends stay."""
+    if len(text) <= width:
+        return text
+    head, tail = width // 2, (width - 1) // 2
+    return text[:head] + ELLIPSIS + (text[-tail:] if tail else "")
+
+
+class TablePlan:
+    """Which columns a terminal shows, how wide, and how a row becomes its lines."""
+
+    def __init__(
+        self, columns: list[int], widths: list[int], hidden: list[int], wrap: bool, elide: set[int]
+    ) -> None:
+        self.columns, self.widths, self.hidden = columns, widths, hidden
+        self.wrap, self.elide = wrap, elide
+
+    def lines(self, row: Sequence[str]) -> list[str]:
+        cells = [row[i] for i in self.columns]
+        for n, i in enumerate(self.columns):
+            if i in self.elide:
+                cells[n] = elide_middle(cells[n], self.widths[n])
+        last = self.widths[-1]
+        if not (self.wrap and len(cells[-1]) > last):
+            return [_line(cells, self.widths)]
+        parts = textwrap.wrap(cells[-1], last, break_on_hyphens=False) or [""]
+        indent = " " * sum(w + 2 for w in self.widths[:-1])
+        first = _line([*cells[:-1], parts[0]], self.widths)
+        return [first, *(indent + p for p in parts[1:])]
+
+
+def fit_columns(
+    header: Sequence[str],
+    cells: Sequence[Sequence[str]],
+    width: int,
+    drop: Sequence[int] = (),
+    elide: Sequence[int] = (),
+) -> TablePlan:
+    """Fit a table into ``width`` terminal columns: drop the ``drop`` columns in that order
+    until it fits; then wrap the last column (not below ``MIN_WRAP``); then shorten the
+    ``elide`` columns by their middle (not below ``MIN_ELIDED``). What still does not fit
+    overflows: the terminal wraps it, nothing is cut."""
+    natural = _widths(header, cells)
+    columns = list(range(len(header)))
+
+    def total() -> int:
+        return sum(natural[i] for i in columns) + 2 * (len(columns) - 1)
+
+    hidden: list[int] = []
+    for i in drop:
+        if total() <= width:
+            break
+        if i in columns and len(columns) > 1:
+            columns.remove(i)
+            hidden.append(i)
+    widths = [natural[i] for i in columns]
+    wrap = False
+    excess = total() - width
+    last = columns[-1]
+    if excess > 0 and last not in elide and natural[last] > MIN_WRAP:
+        widths[-1] = max(natural[last] - excess, MIN_WRAP, len(header[last]))
+        wrap = widths[-1] < natural[last]
+        excess = sum(widths) + 2 * (len(columns) - 1) - width
+    shortened: set[int] = set()
+    for n, i in enumerate(columns):
+        if excess <= 0:
+            break
+        if i in elide and widths[n] > MIN_ELIDED:
+            cut = min(excess, widths[n] - max(MIN_ELIDED, len(header[i])))
+            widths[n] -= cut
+            excess -= cut
+            shortened.add(i)
+    return TablePlan(columns, widths, sorted(hidden), wrap, shortened)
 
 
 def _t(value: str | None) -> str | None:
@@ -295,7 +417,8 @@ def _prune(r: PruneResult, console: Console) -> None:
         for d in r.plan.decisions
     ]
     if rows:
-        _table(console, ("ACTION", "ID", "SCHEDULE", "STATUS", "REASON"), rows)
+        header = ("ACTION", "ID", "SCHEDULE", "STATUS", "REASON")
+        _table(console, header, rows, drop=(3, 2), elide=(1,))
     freed = human_size(sum(d.size for d in r.plan.remove))
     verb = "would remove" if r.dryRun else "removed"
     count = len(r.plan.remove) if r.dryRun else len(r.removed)
@@ -336,6 +459,7 @@ def _schedule_list(result: ScheduleList, console: Console) -> None:
             )
             for s in result.rows
         ],
+        drop=(10, 6, 8, 9, 4, 3, 5),  # too wide for the terminal: SOURCE first, ...
     )
     if result.notice:
         console.print(Text(f"nothing will run: {result.notice}", style="yellow"))
@@ -356,6 +480,7 @@ def _next_fires(result: NextFires, console: Console) -> None:
             )
             for r in result.rows
         ],
+        drop=(2, 4),
     )
 
 
@@ -397,6 +522,7 @@ def _statistics(st: Statistics, console: Console) -> None:
             )
             for p in st.schedules
         ],
+        drop=(7, 5, 4),
     )
     for o in st.overdueSchedules:
         console.print(

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from .. import ops
 from ..errors import ExitCode, UsageError, error_for_code
 from ..model import Status
-from ..render import render
 from .base import cli, command, get_ctx, json_option, progress_display, read_meter
+
+if TYPE_CHECKING:
+    from .. import ops
+    from ..render import render
+else:  # loaded on first use: --help needs neither (see _lazy)
+    from ._lazy import ops, render
 
 # --- backups -----------------------------------------------------------------------------
 

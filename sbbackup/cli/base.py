@@ -13,13 +13,11 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from rich.console import Console
 
-from .. import __version__, ops
-from ..config import load_settings
+from .. import __version__
 from ..errors import (
     EXIT_CODE_HELP,
     ExitCode,
@@ -28,13 +26,22 @@ from ..errors import (
     error_json,
     from_interrupt,
 )
-from ..pipeline import Meter
-from ..render import render_error
+
+if TYPE_CHECKING:  # rich, the use cases and the renderer cost --help tens of milliseconds
+    from rich.console import Console
+
+    from .. import ops
+    from ..pipeline import Meter
+    from ..render import render_error
+else:
+    from ._lazy import ops, render_error
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def stderr_console() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, soft_wrap=True, highlight=False)
 
 
@@ -70,6 +77,13 @@ class SizeParam(click.ParamType):
 def get_ctx() -> ops.Context:
     obj = click.get_current_context().find_root().obj
     if "ctx" not in obj:
+        # A command at work: the use cases and the renderer load now, single-threaded, as
+        # they did at start-up before --help was made lazy, never later beside a worker
+        # thread's imports (an import racing another can get a half-initialised module).
+        from .. import ops as _ops  # noqa: F401
+        from .. import render as _render  # noqa: F401
+        from ..config import load_settings
+
         settings = load_settings(obj["config"], overrides=obj["overrides"])
         for warning in settings.warnings:  # one line each, not an error
             stderr_console().print(warning, markup=False)
@@ -237,9 +251,9 @@ def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _interrupted(as_json: bool, err: Console) -> NoReturn:
+def _interrupted(as_json: bool) -> NoReturn:
     payload = error_json(int(ExitCode.INTERRUPTED), "interrupted", "interrupted")
-    render_error("interrupted", payload if as_json else None, err)
+    render_error("interrupted", payload if as_json else None)
     sys.exit(int(ExitCode.INTERRUPTED))
 
 
@@ -248,7 +262,6 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     as_json = "--json" in args
     signal.signal(signal.SIGTERM, _sigterm)
-    err = stderr_console()
     if not args:  # bare `sbbackup` asks what there is: help on stdout, exit 0
         with click.Context(cli, info_name="sbbackup") as help_ctx:
             click.echo(cli.get_help(help_ctx))
@@ -259,33 +272,31 @@ def main(argv: list[str] | None = None) -> None:
         with cli.make_context("sbbackup", list(args)) as click_ctx:
             cli.invoke(click_ctx)
     except SbbackupError as exc:
-        render_error(exc.message, exc.to_json() if as_json else None, err)
+        render_error(exc.message, exc.to_json() if as_json else None)
         sys.exit(int(exc.exit_code))
-    except click.exceptions.Abort:
-        render_error("interrupted", None, err)
-        sys.exit(int(ExitCode.INTERRUPTED))
+    except click.exceptions.Abort:  # click's word for a KeyboardInterrupt inside a command
+        _interrupted(as_json)
     except click.ClickException as exc:
         render_error(
             exc.format_message(),
             error_json(int(ExitCode.USAGE), "usage", exc.format_message()) if as_json else None,
-            err,
         )
         sys.exit(int(ExitCode.USAGE))
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        _interrupted(as_json, err)
+        _interrupted(as_json)
     except BrokenPipeError:
         sys.exit(0)
     except Exception as exc:  # noqa: BLE001 - the unexpected-error boundary
         if from_interrupt(exc):  # a signal during a lazy import, wrapped by Python 3.11
-            _interrupted(as_json, err)
+            _interrupted(as_json)
         traceback.print_exc()
-        err.print(
+        sys.stderr.write(
             "sbbackup: unexpected error: please report it at "
-            "https://github.com/streambuddy/sbbackup/issues with the traceback above"
+            "https://github.com/streambuddy/sbbackup/issues with the traceback above\n"
         )
         if as_json:
             payload = error_json(int(ExitCode.UNEXPECTED), "unexpected", f"unexpected error: {exc}")
-            err.file.write(json.dumps(payload) + "\n")
+            sys.stderr.write(json.dumps(payload) + "\n")
         sys.exit(int(ExitCode.UNEXPECTED))

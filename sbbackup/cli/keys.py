@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from ..errors import UsageError
-from ..render import render
 from .base import cli, command, json_option
+
+if TYPE_CHECKING:
+    from ..render import render
+else:
+    from ._lazy import render  # loaded on first use: --help needs no renderer
 
 
 @command(cli, "keygen")

@@ -9,15 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.text import Text
 
 from ..config import DEFAULT_MIN_FREE
 from ..errors import ExitCode, UsageError
-from ..render import render
-from ..results import RunOutcome
 from .base import (
     SizeParam,
     cli,
@@ -27,6 +24,14 @@ from .base import (
     raise_for_report,
     stderr_console,
 )
+
+if TYPE_CHECKING:
+    from rich.text import Text
+
+    from ..render import render
+    from ..results import RunOutcome
+else:  # loaded on first use: --help needs none of them (see _lazy)
+    from ._lazy import RunOutcome, Text, render
 
 
 def _parse_now(value: str | None) -> datetime | None:

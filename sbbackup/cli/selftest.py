@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from ..errors import ConfigError
-from ..render import render
 from .base import cli, command, get_ctx, json_option, raise_for_report, read_meter
+
+if TYPE_CHECKING:
+    from ..render import render
+else:
+    from ._lazy import render  # loaded on first use: --help needs no renderer
 
 
 @command(cli, "test")

@@ -66,14 +66,14 @@ def fsync_dir(path: Path) -> None:
 # --- files ---------------------------------------------------------------------------------
 
 
-def _is_symlink(path: Path) -> bool:
+def _is_symlink(path: Path | str) -> bool:
     try:
         return stat.S_ISLNK(os.lstat(path).st_mode)
     except OSError:
         return False
 
 
-def _open(path: Path, flags: int) -> int:
+def _open(path: Path | str, flags: int) -> int:
     """``os.open`` that turns a symlink at ``path`` into a StorageError naming it; any other
     OSError (FileNotFoundError included) propagates for the caller to word."""
     try:
@@ -101,7 +101,7 @@ def open_lock(path: Path) -> int:
     return _open(path, _LOCK)
 
 
-def open_read_fd(path: Path) -> int:
+def open_read_fd(path: Path | str) -> int:
     """A read-only fd on ``path``; FileNotFoundError when it does not exist."""
     return _open(path, _READ)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import BinaryIO, Protocol
 
 from ..errors import ConfigError
@@ -49,8 +49,9 @@ class Storage(Protocol):
 
     def list_names(self) -> list[str]: ...
 
-    def list_sizes(self) -> dict[str, int]:
-        """Every object's name and size, from one listing."""
+    def list_sizes(self) -> Mapping[str, int]:
+        """Every object's name and size, from one listing (a backend may read a size only
+        when it is looked up: ``LocalStorage`` does, one ``lstat`` each)."""
 
     def unfinished(self) -> list[str]:
         """The names of objects whose write was interrupted and left something behind (a

@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import stat
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -88,6 +89,7 @@ class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.url = str(root)
+        self._prefix = os.path.join(self.url, "")  # "root/": names join as plain strings
         self._checked = False  # once checked, it stays safe: nobody else can change it
 
     @classmethod
@@ -133,8 +135,23 @@ class LocalStorage:
             raise storage_error(exc, f"cannot read {self._path(name)}") from None
 
     def read_bytes(self, name: str) -> bytes:
-        with self.open_read(name) as fh:
-            return fh.read()
+        """The whole object, read straight from its fd (listing reads 10,000 manifests: no
+        buffered file object, no fstat to size a buffer). A read error propagates as is."""
+        path = self._prefix + state.check_name(name)
+        self._check()
+        try:
+            fd = state.open_read_fd(path)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise storage_error(exc, f"cannot read {path}") from None
+        try:
+            chunks = []
+            while chunk := os.read(fd, _READ_CHUNK):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def write_bytes_atomic(self, name: str, data: bytes) -> None:
         self.ensure()
@@ -175,13 +192,15 @@ class LocalStorage:
         except OSError as exc:
             raise storage_error(exc, f"cannot list {self.root}") from None
 
-    def list_sizes(self) -> dict[str, int]:
+    def list_sizes(self) -> Mapping[str, int]:
+        """One ``scandir``; a size costs an ``lstat`` only when it is looked up (the catalog
+        reads the manifests themselves and needs only the data files' sizes)."""
         self._check()
         try:
             with os.scandir(self.root) as entries:
-                return {e.name: _lsize(e) for e in entries if _listed(e)}
+                return _Sizes({e.name: e for e in entries if _listed(e)})
         except FileNotFoundError:
-            return {}
+            return _Sizes({})
         except OSError as exc:
             raise storage_error(exc, f"cannot list {self.root}") from None
 
@@ -247,5 +266,33 @@ def _listed(entry: os.DirEntry[str]) -> bool:
 
 
 def _lsize(entry: os.DirEntry[str]) -> int:
-    """A regular file's size; -1 for a symlink (whatever it points at is not ours)."""
-    return -1 if entry.is_symlink() else entry.stat(follow_symlinks=False).st_size
+    """A regular file's size; -1 for a symlink (whatever it points at is not ours) and for a
+    file gone since the directory was listed."""
+    if entry.is_symlink():
+        return -1
+    try:
+        return entry.stat(follow_symlinks=False).st_size  # cached by the entry
+    except OSError:
+        return -1
+
+
+_READ_CHUNK = 1 << 16
+
+
+class _Sizes(Mapping[str, int]):
+    """``list_sizes``: the names of one directory scan; each size read when looked up."""
+
+    def __init__(self, entries: dict[str, os.DirEntry[str]]) -> None:
+        self._entries = entries
+
+    def __getitem__(self, name: str) -> int:
+        return _lsize(self._entries[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
