@@ -245,6 +245,10 @@ def human_duration(ms: int) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else human_duration(round(value))
+
+
 def render_error(
     message: str, payload: Mapping[str, object] | None, console: Console | None = None
 ) -> None:
@@ -497,7 +501,7 @@ def _statistics(st: Statistics, console: Console) -> None:
         f"backups      {st.total} total, {st.completed} completed, {st.failed} failed",
         f"success      {_pct(rate.allTime)} all time, {_pct(rate.last7d)} 7d, "
         f"{_pct(rate.last30d)} 30d",
-        f"duration     avg {(dur.averageMs or 0) / 1000:.1f}s, p95 {(dur.p95Ms or 0) / 1000:.1f}s",
+        f"duration     avg {_ms(dur.averageMs)}, p95 {_ms(dur.p95Ms)}",
         f"size         {human_size(size.totalBytes)} total, "
         f"{human_size(size.averageBytes)} average, "
         f"compression {'-' if ratio is None else f'{ratio:.2f}x'}",

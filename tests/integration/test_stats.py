@@ -265,6 +265,9 @@ def test_a_simulated_day_of_cron_runs(
     assert run(capsys, *c, "health", "--min-free", "0", "--now", now).code == 0
     human = run(capsys, *c, "statistics", "--now", now).out
     assert "100.0% all time" in human
+    # Durations in the unit people read (these runs take milliseconds: never "0.0s").
+    avg = st["duration"]["averageMs"]
+    assert f"avg {avg} ms" in human if avg < 1000 else f"avg {avg / 1000:.1f} s" in human
     # A day later with no runs: hourly and daily are overdue, and health says so.
     later = (end + timedelta(days=1)).isoformat()
     res = run(capsys, *c, "health", "--min-free", "0", "--json", "--now", later)
