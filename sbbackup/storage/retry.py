@@ -77,7 +77,8 @@ class RetryPolicy:
 
     def cap(self, retry: int) -> float:
         """The upper bound of the delay before retry ``retry`` (1-based)."""
-        return float(min(self.max_delay, self.base_delay * 2 ** min(retry - 1, 64)))
+        # the exponent is bounded: 2**1024 and up cannot become a float
+        return float(min(self.max_delay, self.base_delay * 2 ** min(retry - 1, 1000)))
 
     def delay(self, retry: int) -> float:
         """Full jitter (AWS's "Exponential Backoff And Jitter"): uniform in [0, cap)."""

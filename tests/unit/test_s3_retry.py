@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -38,6 +40,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
     ResponseStreamingError,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 from moto import mock_aws
 from moto.core.botocore_stubber import MockRawResponse
 
@@ -500,3 +504,31 @@ URL = "http://127.0.0.1:9"
 )
 def test_botocore_transient(exc: BaseException, transient: bool) -> None:
     assert botocore_transient(exc) is transient
+
+
+@given(
+    st.integers(1, 100),
+    st.floats(0, 1, exclude_max=True),
+    st.floats(0, 5),
+    st.floats(0, 60),
+)
+def test_jittered_delay_within_bounds(retry: int, draw: float, base: float, most: float) -> None:
+    slept: list[float] = []
+    policy = RetryPolicy(
+        lambda exc: True, base_delay=base, max_delay=most, rng=lambda: draw, sleep=slept.append
+    )
+    cap = policy.cap(retry)
+    assert cap == min(most, base * 2 ** (retry - 1))
+    assert 0 <= policy.delay(retry) <= cap <= most
+    policy.wait(OSError("x"), retry, "op")
+    assert slept == [policy.delay(retry)]
+
+
+def test_importing_the_wrapper_loads_no_botocore() -> None:
+    """botocore is imported inside botocore_transient only (a local path never loads it)."""
+    code = (
+        "import sys, sbbackup.storage.retry, sbbackup.storage.s3plan; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('botocore', 'boto3')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
