@@ -7,9 +7,10 @@ from __future__ import annotations
 import getpass
 import json
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import SbbackupError
 from ..model import iso
@@ -50,31 +51,51 @@ def append_audit(
         raise storage_error(exc, f"cannot append to {path}") from None
 
 
+# An audit line is a few hundred bytes (a reason quoting a server's message at most a few
+# thousand): a longer one is not ours, and is skipped rather than read into memory whole.
+MAX_LINE = 64 * 1024
+
+
+def _lines(fh: BinaryIO) -> Iterator[bytes]:
+    """The lines of ``fh``, each read at most ``MAX_LINE`` bytes at a time; an overlong line is
+    skipped (to its newline) instead of being held whole."""
+    while line := fh.readline(MAX_LINE + 1):
+        if len(line) <= MAX_LINE:
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):  # the rest of the overlong line
+            line = fh.readline(MAX_LINE + 1)
+
+
 def created_by_schedule(state_dir: Path, wanted: set[str]) -> dict[str, str]:
     """For the backup IDs in ``wanted``: the schedule whose ``create`` the log recorded as
     completed (health attributes an orphan data file or an unreadable manifest this way: the
     manifest that said so is gone). Best effort: a log that is missing, unreadable or in a
-    directory others can write tells nothing."""
+    directory others can write tells nothing, and a line that is not a create record of this
+    shape (a bare string, a list, an ID that is not a string) is skipped."""
     found: dict[str, str] = {}
     try:
         if not wanted or not check_private_dir(state_dir):
             return found
         with open_read(state_dir / AUDIT_FILE) as fh:
-            for line in fh:
+            for line in _lines(fh):
                 if b'"create"' not in line:  # cheap: most lines are not creates
                     continue
                 try:
                     entry = json.loads(line)
                 except ValueError:
                     continue
-                sid = entry.get("scheduleId") if isinstance(entry, dict) else None
+                if not isinstance(entry, dict):
+                    continue
+                backup_id, sid = entry.get("id"), entry.get("scheduleId")
                 if (
                     entry.get("operation") == "create"
                     and entry.get("result") == "completed"
-                    and entry.get("id") in wanted
+                    and isinstance(backup_id, str)
+                    and backup_id in wanted
                     and isinstance(sid, str)
                 ):
-                    found[entry["id"]] = sid
+                    found[backup_id] = sid
     except (OSError, SbbackupError):
         return found
     return found
