@@ -6,13 +6,17 @@
 #   `fault_full` unless pytest runs with -m faults or SBBACKUP_FAULTS=full.
 # `make reliability`: `make faults`, then scripts/reliability-report.py writes docs/RELIABILITY.md.
 # `make install`: README "Install for real use": a venv in VENV, the command linked into
-#   PREFIX/bin, the man page in PREFIX/share/man/man1. `make uninstall` removes all three.
+#   PREFIX/bin, the man page in PREFIX/share/man/man1. `make uninstall` removes all three
+#   (refusing an empty PREFIX or VENV, or a VENV without pyvenv.cfg).
 #   `make install-check` runs the test that does both in a temporary directory.
 FAULT_JOBS ?= 2  # pytest-xdist workers for `make faults`
 PREFIX ?= /usr/local
 VENV ?= /opt/sbbackup
 PYTHON ?= python3
 PIP_ARGS ?=
+# An empty PREFIX would put the command in /bin; an empty or wrong VENV must never reach rm -rf.
+CHECK_DIRS = test -n "$(strip $(PREFIX))" -a -n "$(strip $(VENV))" || \
+	{ echo "make: PREFIX and VENV must not be empty" >&2; exit 2; }
 
 .PHONY: demo test deps lint typecheck pytest faults reliability bench bench-cli clean install \
 	uninstall install-check
@@ -50,6 +54,7 @@ bench: deps
 	.venv/bin/python bench/bench_dump.py
 
 install:
+	@$(CHECK_DIRS)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q $(PIP_ARGS) .
 	install -d $(PREFIX)/bin $(PREFIX)/share/man/man1
@@ -58,8 +63,12 @@ install:
 	-command -v mandb >/dev/null && mandb -q $(PREFIX)/share/man
 
 uninstall:
+	@$(CHECK_DIRS)
+	@if [ -e "$(VENV)" ] && [ ! -f "$(VENV)/pyvenv.cfg" ]; then \
+		echo "make uninstall: $(VENV) is no virtual environment (no pyvenv.cfg): not removed" >&2; \
+		exit 2; fi
 	rm -f $(PREFIX)/bin/sbbackup $(PREFIX)/share/man/man1/sbbackup.1
-	rm -rf $(VENV)
+	rm -rf -- "$(VENV)"
 	-command -v mandb >/dev/null && mandb -q $(PREFIX)/share/man
 
 install-check:

@@ -82,3 +82,29 @@ def test_make_install_and_uninstall(tmp_path: Path) -> None:
     assert not link.exists() and not link.is_symlink() and not page.exists()
     assert not venv.exists()
     print(f"installed {link} -> {venv}/bin/sbbackup and {page}; {len(jobs)} crontab lines")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize("case", ["empty VENV", "empty PREFIX", "not a venv"])
+def test_make_uninstall_refuses_what_it_did_not_install(tmp_path: Path, case: str) -> None:
+    """`rm -rf $(VENV)` never runs on an empty VENV or on a directory that is no virtual
+    environment (VENV=/usr by mistake), and an empty PREFIX touches nothing under /."""
+    prefix, venv = tmp_path / "usr-local", tmp_path / "not-a-venv"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "sbbackup").write_text("keep\n")
+    venv.mkdir()
+    (venv / "precious").write_text("keep\n")
+    values = {
+        "empty VENV": (f"PREFIX={prefix}", "VENV="),
+        "empty PREFIX": ("PREFIX=", f"VENV={venv}"),
+        "not a venv": (f"PREFIX={prefix}", f"VENV={venv}"),
+    }[case]
+    proc = subprocess.run(
+        ["make", "-s", "-C", ROOT, *values, "uninstall"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    expected = "no virtual environment" if case == "not a venv" else "must not be empty"
+    assert expected in proc.stderr, proc.stderr
+    assert (venv / "precious").read_text() == "keep\n"
+    assert (prefix / "bin" / "sbbackup").read_text() == "keep\n"
+    print(f"{case}: make uninstall exit {proc.returncode}, nothing removed")
