@@ -44,6 +44,8 @@ class Api:
         log: Callable[[str], None] | None = None,
         document: Mapping[str, Any] | None = None,
     ) -> None:
+        # Before any request or job thread exists: their first imports must not race.
+        ops.preload_imports(settings)
         self.settings = settings
         self.tokens = tokens
         self.public_health = public_health

@@ -36,6 +36,7 @@ __all__ = [
     "compare_contents",
     "compare_properties",
     "engine_for",
+    "preload",
     "signals_deferred",
 ]
 
@@ -61,6 +62,20 @@ ENGINES: dict[str, Callable[[EngineSettings], Engine]] = {
     "postgresql": _postgresql,
     "postgres": _postgresql,
 }
+
+
+def preload(url: str | None) -> None:
+    """Import now the plugin ``url`` selects and what it imports on first use. A server calls
+    this before its threads start: the first import of a module graph in two threads at once
+    can hand one of them a half-initialised module ("module X has no attribute Y"). An
+    unsupported URL imports nothing (``engine_for`` says what is wrong)."""
+    scheme = _scheme(url)
+    if scheme == "sqlite":
+        from . import sqlite  # noqa: F401
+    elif scheme is not None:
+        from .postgresql import preload as preload_postgresql
+
+        preload_postgresql()
 
 
 def engine_for(settings: EngineSettings) -> Engine:

@@ -24,7 +24,7 @@ from .backups import (
     show_backup,
     unique_backup_id,
 )
-from .context import Context
+from .context import Context, preload_imports
 from .options import CreateOptions, RestoreOptions
 from .restore import RESTORE_ID_RE, get_restore, new_restore_id, restore_backup
 from .verify import verify_backups
@@ -40,6 +40,7 @@ __all__ = [
     "get_restore",
     "list_backups",
     "new_restore_id",
+    "preload_imports",
     "restore_backup",
     "show_backup",
     "unique_backup_id",

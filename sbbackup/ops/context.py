@@ -9,7 +9,7 @@ from typing import Any
 
 from ..catalog import Catalog, writer_lock
 from ..config import Settings
-from ..engines import ENGINES, Engine, EngineSettings, engine_for
+from ..engines import ENGINES, Engine, EngineSettings, engine_for, preload
 from ..model import BackupRecord
 from ..pipeline import Meter
 from ..state import StateDir
@@ -84,3 +84,14 @@ class Context:
         if self.remote:
             extra["remote"] = self.remote
         self.state.audit(operation, target_id, result, **extra)
+
+
+def preload_imports(settings: Settings) -> None:
+    """Import now, in the calling thread, what the use cases import on first use (the
+    configured engine and its driver, the age encryption and its cryptography): a server calls
+    this before it starts request and job threads, whose first imports could otherwise race
+    each other and see a half-initialised module."""
+    from .. import encryption  # noqa: F401
+    from ..crypto import age  # noqa: F401
+
+    preload(settings.database_url)

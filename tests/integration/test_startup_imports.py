@@ -111,3 +111,52 @@ def test_an_error_line_needs_no_rich(env: dict[str, str]) -> None:
     code, out, modules = loaded(env, "show", "nosuch", "--json")
     assert code == 2
     assert matching(modules, ("rich", *NEVER)) == []
+
+
+SERVER_PROBE = """
+import json, os, sys, threading
+from sbbackup import api
+from sbbackup.config import load_settings
+settings = load_settings(None)
+server = api.make_server(settings, "127.0.0.1", 0, api.load_tokens(os.environ))
+threads = threading.active_count()
+server.server_close()
+print(json.dumps({"threads": threads, "modules": sorted(sys.modules)}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("url", "engine"),
+    [
+        ("postgresql://backup@127.0.0.1:1/app", ("psycopg", "psycopg.sql", "psycopg.pq")),
+        ("sqlite:///{tmp}/app.db", ("sbbackup.engines.sqlite", "sqlite3")),
+    ],
+)
+def test_the_api_server_imports_what_its_threads_use_before_they_start(
+    tmp_path: Path, url: str, engine: tuple[str, ...]
+) -> None:
+    """Request and job threads import nothing for the first time: two of them doing so at once
+    can get a half-initialised module. The server is made (no thread yet) with the engine,
+    its driver, age and cryptography already loaded; nothing connects to the URL."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_BACKUP_", "SBBACKUP_"))}
+    env = {k: v for k, v in env.items() if not k.startswith("PG")}
+    env |= {
+        "DATABASE_URL": url.format(tmp=tmp_path),
+        "DB_BACKUP_PATH": str(tmp_path / "b"),
+        "SBBACKUP_API_TOKEN": "t" * 40,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", SERVER_PROBE], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["threads"] == 1  # made in the main thread alone
+    wanted = (
+        "sbbackup.encryption",
+        "sbbackup.crypto.age",
+        "cryptography.hazmat.primitives.kdf.scrypt",
+        *engine,
+    )
+    missing = [m for m in wanted if m not in report["modules"]]
+    assert missing == []
+    print(f"{url.split(':')[0]}: {len(report['modules'])} modules loaded before any thread")

@@ -26,4 +26,13 @@ from __future__ import annotations
 from .client import TOOLS
 from .engine import PostgreSQLEngine
 
-__all__ = ["TOOLS", "PostgreSQLEngine"]
+__all__ = ["TOOLS", "PostgreSQLEngine", "preload"]
+
+
+def preload() -> None:
+    """Import now what this engine imports on first use (psycopg, its ``sql``, the COPY
+    counter): see ``sbbackup.engines.preload``."""
+    import psycopg  # noqa: F401
+    from psycopg import sql  # noqa: F401
+
+    from . import copycount  # noqa: F401
