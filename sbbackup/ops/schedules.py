@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..catalog import writer_lock
 from ..errors import LockedError, SbbackupError, UsageError
-from ..model import Status, iso
+from ..model import BackupRecord, Status, iso
 from ..policy.crontab import Job, UnitFile, detect_cron, render_cron
 from ..policy.retention import DRILL, RetentionPolicy, plan_all
 from ..policy.schedules import (
@@ -78,6 +78,13 @@ def policies(ctx: Context, sset: ScheduleSet) -> dict[str | None, RetentionPolic
 # backups have no cron line of their own, so without this they would grow without bound.
 UNSCHEDULED: frozenset[str | None] = frozenset({None, TEST_SCHEDULE})
 
+# What a run-schedule never removes on its own: an unreadable manifest (a read that failed
+# once, EIO or a storage hiccup, looks the same as a damaged file) and a data file with no
+# manifest have lost their scheduleId, so they fall into the manual group and its days
+# (DB_BACKUP_RETENTION_DAYS) although they may be a schedule's copy kept for a year. Health
+# reports them; `sbbackup prune` or `delete` removes them when someone asks.
+UNATTRIBUTED: frozenset[str] = frozenset({Status.CORRUPT, Status.ORPHAN})
+
 
 # --- run-schedule ------------------------------------------------------------------------
 
@@ -108,7 +115,7 @@ def run_schedule(ctx: Context, schedule_id: str, now: datetime | None = None) ->
         # Re-read the schedules: a change made while the dump ran must not be ignored.
         groups = UNSCHEDULED | {schedule_id}
         plan, removed = _apply_retention(
-            ctx, schedules(ctx), groups, _now(now), False, PRUNE_WAIT_SECONDS
+            ctx, schedules(ctx), groups, _now(now), False, PRUNE_WAIT_SECONDS, unattributed=False
         )
     # Only a run that completed spends the day's warning: a failure says enough by itself.
     mismatch = zone_mismatch(schedule, started, (local_zone(), UTC))
@@ -151,18 +158,20 @@ def _apply_retention(
     now: datetime,
     dry_run: bool,
     wait: float,
+    unattributed: bool = True,
 ) -> tuple[RetentionPlan, list[str]]:
     """One prune lock for every schedule: two prunes never race over the same manifests. A
     dry run only plans: it takes no lock, so it writes nothing (a read-only path works).
     A real prune first sweeps what dead writers left, then removes each backup under its
     ID's lock, so nothing a live writer holds is touched. ``groups``: the schedule IDs whose
-    backups are planned (``None`` in it: manual backups), or None for all."""
+    backups are planned (``None`` in it: manual backups), or None for all. Without
+    ``unattributed``, the ``UNATTRIBUTED`` records of the manual group are left out."""
     if dry_run:
-        records = ctx.catalog.list()
+        records = _plannable(ctx.catalog.list(), unattributed)
         return plan_all(records, policies(ctx, sset), now, only=groups), []
     with ctx.state.lock(PRUNE_LOCK, "a prune", wait=wait):
         sweep_abandoned(ctx)
-        records = ctx.catalog.list()
+        records = _plannable(ctx.catalog.list(), unattributed)
         plan = plan_all(records, policies(ctx, sset), now, only=groups)
         by_id = {r.id: r for r in records}
         removed = []
@@ -175,6 +184,12 @@ def _apply_retention(
             ctx.audit("prune", decision.id, "deleted", reason=decision.reason)
             removed.append(decision.id)
         return plan, removed
+
+
+def _plannable(records: list[BackupRecord], unattributed: bool) -> list[BackupRecord]:
+    if unattributed:
+        return records
+    return [r for r in records if not (r.scheduleId is None and r.status in UNATTRIBUTED)]
 
 
 # --- schedules list / show / change ------------------------------------------------------

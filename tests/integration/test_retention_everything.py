@@ -215,3 +215,36 @@ def test_test_retention_days_from_yaml(backups: Path, capsys: Capsys, tmp_path: 
     assert [d["id"] for d in plan["decisions"] if d["action"] == "remove"] == [  # type: ignore[union-attr]
         drills[0]
     ]
+
+
+def test_run_schedule_never_removes_an_unreadable_manifest_or_an_orphan(
+    backups: Path, capsys: Capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A monthly backup (a year's retention) whose manifest cannot be read, or is gone, has lost
+    its scheduleId: it would fall to the manual backups' 30 days. A cron run leaves both (a
+    failed read looks the same as damage); an explicit prune still removes them."""
+    monkeypatch.setenv("DB_BACKUP_MONTHLY_ENCRYPTION", "false")  # no key in this test
+    now = datetime.now(UTC)
+    damaged, lost = (
+        backdate(
+            backups,
+            str(ok(capsys, "run-schedule", "monthly", "--json")["backup"]["id"]),  # type: ignore[index]
+            now - timedelta(days=age),
+        )
+        for age in (45, 40)
+    )
+    data = {p.name for p in backups.iterdir() if p.name.startswith((damaged, lost))}
+    assert len(data) == 4  # two data files, two manifests
+    (backups / f"{damaged}.json").write_bytes(b"{ not json")
+    (backups / f"{lost}.json").unlink()
+    statuses = {r["id"]: r["status"] for r in run(capsys, "list", "--json").json()}
+    assert (statuses[damaged], statuses[lost]) == ("corrupt", "orphan")
+
+    res = ok(capsys, "run-schedule", "daily", "--json")
+    assert res["removed"] == []
+    assert {damaged, lost} <= {p.name.split(".")[0] for p in backups.iterdir()}
+    assert (backups / f"{damaged}.json").read_bytes() == b"{ not json"
+
+    pruned = ok(capsys, "prune", "--json")
+    assert set(pruned["removed"]) == {damaged, lost}  # type: ignore[arg-type]
+    print(f"run-schedule removed {len(res['removed'])}; prune removed {sorted(pruned['removed'])}")  # type: ignore[arg-type]
