@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from ..config import DEFAULT_MIN_FREE
 from ..errors import SbbackupError, StorageError
-from ..model import BackupRecord, Status, iso
+from ..model import BackupRecord, Status, iso, parse_iso
 from ..policy.schedules import Schedule
 from ..policy.stats import health, prometheus_text, statistics
 from ..results import Finding, HealthReport, Metrics, Statistics
@@ -172,6 +172,17 @@ def last_verified(last_test: Mapping[str, object] | None) -> dict[str, str]:
         entries.append((last["scheduleId"], last))
     for sid, entry in entries:
         at = entry.get("at") if isinstance(entry, Mapping) else None
-        if isinstance(sid, str) and isinstance(at, str) and at > found.get(sid, ""):
-            found[sid] = at
+        if isinstance(sid, str) and _is_time(at) and str(at) > found.get(sid, ""):
+            found[sid] = str(at)
     return found
+
+
+def _is_time(value: object) -> bool:
+    """A time ``parse_iso`` reads (a damaged or hand-edited last_test.json must not make
+    ``metrics`` or ``/metrics`` fail)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return parse_iso(value) is not None
+    except ValueError:
+        return False
