@@ -88,10 +88,12 @@ class Context:
 
 def preload_imports(settings: Settings) -> None:
     """Import now, in the calling thread, what the use cases import on first use (the
-    configured engine and its driver, the age encryption and its cryptography): a server calls
-    this before it starts request and job threads, whose first imports could otherwise race
-    each other and see a half-initialised module."""
+    configured engine and its driver, those of the declared restore targets, the age
+    encryption and its cryptography): a server calls this before it starts request and job
+    threads, whose first imports could otherwise race each other and see a half-initialised
+    module."""
     from .. import encryption  # noqa: F401
     from ..crypto import age  # noqa: F401
 
-    preload(settings.database_url)
+    for url in (settings.database_url, *settings.api_restore_targets.values()):
+        preload(url)  # a declared restore target may use another engine than the source

@@ -130,6 +130,8 @@ print(json.dumps({"threads": threads, "modules": sorted(sys.modules)}))
     [
         ("postgresql://backup@127.0.0.1:1/app", ("psycopg", "psycopg.sql", "psycopg.pq")),
         ("sqlite:///{tmp}/app.db", ("sbbackup.engines.sqlite", "sqlite3")),
+        # a SQLite source, but a declared restore target on PostgreSQL: its driver too
+        ("sqlite:///{tmp}/app.db pg-target", ("sqlite3", "psycopg", "psycopg.sql")),
     ],
 )
 def test_the_api_server_imports_what_its_threads_use_before_they_start(
@@ -140,6 +142,12 @@ def test_the_api_server_imports_what_its_threads_use_before_they_start(
     its driver, age and cryptography already loaded; nothing connects to the URL."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_BACKUP_", "SBBACKUP_"))}
     env = {k: v for k, v in env.items() if not k.startswith("PG")}
+    url, _, target = url.partition(" ")
+    if target:
+        config = tmp_path / "config.yaml"
+        config.write_text("api:\n  restoreTargets:\n    staging: postgresql://r@127.0.0.1:1/s\n")
+        config.chmod(0o600)
+        env["SBBACKUP_CONFIG"] = str(config)
     env |= {
         "DATABASE_URL": url.format(tmp=tmp_path),
         "DB_BACKUP_PATH": str(tmp_path / "b"),
