@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from .s3options import S3Options
 
 
 class AtomicWriter(Protocol):
@@ -65,19 +68,34 @@ class Storage(Protocol):
         """(bytes used by backups, bytes free), None where unknown."""
 
 
-StorageFactory = Callable[[str], Storage]
+# (location, the s3.* settings) -> a storage; a backend ignores the options it has no use for
+StorageFactory = Callable[[str, "S3Options | None"], Storage]
 
 
-def _registry() -> dict[str, StorageFactory]:
+def _local(location: str, _options: S3Options | None) -> Storage:
     from .local import LocalStorage
 
-    return {"file": LocalStorage.from_url, "": LocalStorage.from_url}
+    return LocalStorage.from_url(location)
 
 
-def open_storage(location: str) -> Storage:
-    """A plain path or file:// URL is local; other schemes come from the registry."""
-    scheme = location.split("://", 1)[0] if "://" in location else ""
-    factory = _registry().get(scheme)
+def _s3(location: str, options: S3Options | None) -> Storage:
+    from .s3 import S3Storage  # boto3 is imported here, for an s3:// path only
+
+    return S3Storage.from_url(location, options)  # type: ignore[return-value]  # until it lands
+
+
+REGISTRY: dict[str, StorageFactory] = {"file": _local, "": _local, "s3": _s3}
+
+
+def scheme_of(location: str) -> str:
+    return location.split("://", 1)[0] if "://" in location else ""
+
+
+def open_storage(location: str, s3: S3Options | None = None) -> Storage:
+    """A plain path or file:// URL is local, ``s3://bucket/prefix`` is S3 (``s3`` holds its
+    settings; None: S3Options() defaults); other schemes are refused (exit 2)."""
+    scheme = scheme_of(location)
+    factory = REGISTRY.get(scheme)
     if factory is None:
         raise ConfigError(f"unsupported backup path scheme {scheme!r} in {location!r}")
-    return factory(location)
+    return factory(location, s3)
