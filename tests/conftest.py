@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,10 +17,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers.cli import Result  # noqa: E402
 from helpers.pgcluster import Cluster, create_cluster, destroy_cluster  # noqa: E402
+from helpers.s3server import S3Server, start_rclone, start_seaweedfs  # noqa: E402
 from helpers.schemas import check_run  # noqa: E402
 
 HERE = Path(__file__).parent
-CLEAN_PREFIXES = ("DB_BACKUP_", "SBBACKUP_", "PG", "DATABASE_URL")
+CLEAN_PREFIXES = ("DB_BACKUP_", "SBBACKUP_", "PG", "DATABASE_URL", "AWS_")
 
 
 @pytest.fixture(autouse=True)
@@ -96,3 +99,26 @@ def sb(tmp_path: Path) -> SB:
     env["DB_BACKUP_PATH"] = str(backups)
     env.pop("SBBACKUP_STATE_DIR", None)
     return SB(backups, env)
+
+
+# --- S3-compatible servers on 127.0.0.1 (started by the first test that asks) ---------------
+
+
+@pytest.fixture(scope="session")
+def s3_seaweedfs() -> Iterator[S3Server]:
+    server = start_seaweedfs(Path(tempfile.mkdtemp(prefix="sb-seaweedfs-", dir="/tmp")))
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_rclone() -> Iterator[S3Server]:
+    server = start_rclone(Path(tempfile.mkdtemp(prefix="sb-rclone-", dir="/tmp")))
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.workdir, ignore_errors=True)

@@ -79,9 +79,11 @@ def _local(location: str, _options: S3Options | None) -> Storage:
 
 
 def _s3(location: str, options: S3Options | None) -> Storage:
-    from .s3 import S3Storage  # boto3 is imported here, for an s3:// path only
+    from .retry import RetryingStorage, botocore_transient
+    from .s3 import S3Storage  # boto3 is imported there, on first use, for an s3:// path only
 
-    return S3Storage.from_url(location, options)  # type: ignore[return-value]  # until it lands
+    s3 = S3Storage.from_url(location, options)
+    return RetryingStorage(s3, botocore_transient)
 
 
 REGISTRY: dict[str, StorageFactory] = {"file": _local, "": _local, "s3": _s3}
