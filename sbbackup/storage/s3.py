@@ -214,7 +214,16 @@ class S3Storage:
     def check_writable(self) -> None:
         """The bucket exists and these credentials reach it (HEAD bucket). Whether a write is
         allowed shows at the first put; ``preflight`` writes and deletes a probe."""
-        self._call(f"cannot use {self.url}", lambda: self.client.head_bucket(Bucket=self.bucket))
+        what = f"cannot use {self.url}"
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except StorageError:
+            raise
+        except Exception as exc:
+            error = self.error(exc, what)
+            if isinstance(error, FileNotFoundError):  # HEAD has no body: a bare 404
+                error = StorageError(f"{what}: the bucket does not exist ({self.where()})")
+            raise error from exc
 
     def open_write(self, name: str, expected_size: int | None = None) -> S3Writer:
         """Starts the multipart upload at once: a writer that dies is then listed by

@@ -87,8 +87,13 @@ def _check_database(ctx: Context) -> Outcome:
 def _check_path(ctx: Context) -> Outcome:
     storage = ctx.storage
     if not isinstance(storage, LocalStorage):
+        inner = getattr(storage, "inner", storage)
+        if hasattr(inner, "preflight"):  # S3: bucket, credentials, a probe write and delete
+            report = inner.preflight(None).split(": ", 1)[-1].split("; ", 1)[0]
+            names = storage.list_names()
+            return "pass", f"{inner.where()}: {report} ({len(names)} objects)"
         names = storage.list_names()
-        return "pass", f"{getattr(storage, 'url', 'storage')} reachable ({len(names)} objects)"
+        return "pass", f"{storage.url} reachable, writable ({len(names)} objects)"
     root = storage.root
     if not state.check_private_dir(root):  # refuses a shared or foreign directory (exit 4)
         parent = next((p for p in root.parents if p.exists()), root)
@@ -133,6 +138,15 @@ def _free_space(ctx: Context) -> int | None:
 
 
 def _check_space(ctx: Context) -> Outcome:
+    inner = getattr(ctx.storage, "inner", ctx.storage)
+    if hasattr(inner, "part_plan"):  # S3: no free space to measure; the part plan instead
+        try:
+            need, basis = _estimate(ctx)
+        except DatabaseError:
+            return "pass", f"object storage; {inner.part_plan(None)}"
+        return "pass", f"object storage; next backup about {_size(need)} ({basis}): " + str(
+            inner.part_plan(need)
+        )
     free = _free_space(ctx)
     if free is None:
         return "warn", "free space is unknown for this storage"
