@@ -87,7 +87,7 @@ def _check_database(ctx: Context) -> Outcome:
 def _check_path(ctx: Context) -> Outcome:
     storage = ctx.storage
     if not isinstance(storage, LocalStorage):
-        inner = getattr(storage, "inner", storage)
+        inner: Any = getattr(storage, "inner", storage)
         if hasattr(inner, "preflight"):  # S3: bucket, credentials, a probe write and delete
             report = inner.preflight(None).split(": ", 1)[-1].split("; ", 1)[0]
             names = storage.list_names()
@@ -138,7 +138,7 @@ def _free_space(ctx: Context) -> int | None:
 
 
 def _check_space(ctx: Context) -> Outcome:
-    inner = getattr(ctx.storage, "inner", ctx.storage)
+    inner: Any = getattr(ctx.storage, "inner", ctx.storage)
     if hasattr(inner, "part_plan"):  # S3: no free space to measure; the part plan instead
         try:
             need, basis = _estimate(ctx)
