@@ -666,7 +666,7 @@ class S3Writer:
                     f"abort the upload of {self.storage.url}/{self.name}",
                 )
             except Exception as exc:
-                _log.warning(
+                _log.info(
                     "%s: the multipart upload %s could not be aborted (%s); "
                     "the next run or prune removes it",
                     self.what,
