@@ -43,9 +43,10 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
 
-from . import AtomicWriter, Storage
+if TYPE_CHECKING:
+    from .protocol import AtomicWriter, Storage
 
 T = TypeVar("T")
 

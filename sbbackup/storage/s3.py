@@ -42,6 +42,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -72,6 +73,7 @@ _DENIED = frozenset(
 )
 _NO_BUCKET = frozenset({"NoSuchBucket"})
 PROBE_NAME = ".sbbackup-probe"
+_HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
 def _code(exc: BaseException) -> tuple[str, int | None]:
@@ -250,8 +252,23 @@ class S3Storage:
         return io.BufferedReader(_Body(self, response, what), buffer_size=1 << 16)
 
     def read_bytes(self, name: str) -> bytes:
-        with self.open_read(name) as stream:
-            return stream.read()
+        """The whole (small) object. Where its ETag is its MD5 (a single put, no SSE-KMS or
+        SSE-C), the bytes are checked against it: a server that replaces an object in place
+        (rclone serve s3 over a directory) can serve a mix of two versions while a put runs.
+        A mismatch is a ConnectionError, so ``RetryingStorage`` reads it again, whole."""
+        what = f"cannot read {self.url}/{name}"
+        response = self._call(
+            what, lambda: self.client.get_object(Bucket=self.bucket, Key=self.key(name))
+        )
+        with io.BufferedReader(_Body(self, response, what), buffer_size=1 << 16) as stream:
+            data = stream.read()
+        etag = str(response.get("ETag", "")).strip('"').lower()
+        plain = response.get("ServerSideEncryption") in (None, "AES256") and not response.get(
+            "SSECustomerAlgorithm"
+        )
+        if plain and _HEX32.fullmatch(etag) and _md5(data)[1] != etag:
+            raise ConnectionError(f"{what}: the bytes read do not match the object's MD5 ETag")
+        return data
 
     def write_bytes_atomic(self, name: str, data: bytes) -> None:
         """A PutObject is atomic: readers see the old object or the new one, never a mix."""
@@ -453,6 +470,8 @@ class _Body(io.RawIOBase):
         try:
             data = self._body.read(len(buffer))
         except Exception as exc:
+            if type(exc).__name__ == "IncompleteReadError":  # botocore: body ended short
+                raise ConnectionError(f"{self._what}: the stream ended early") from exc
             raise self._storage.error(exc, self._what) from exc
         n = len(data)
         if n == 0 and self._left:
